@@ -1,0 +1,1 @@
+//! Workspaces and API keys: who may call, with which scopes, in which workspace.

@@ -1,0 +1,1 @@
+//! Domain types shared by every room: workspaces, regions, subjects, scopes.

@@ -1,0 +1,1 @@
+//! The gRPC edge shared by every service: authentication layer, error mapping, request metrics.

@@ -1,0 +1,1 @@
+//! The policy engine: loads policies/ and decides collect, process, export, retention.

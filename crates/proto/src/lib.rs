@@ -1,0 +1,1 @@
+//! The public gRPC contract (meridian.v1), compiled once with protox.

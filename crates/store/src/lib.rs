@@ -1,0 +1,1 @@
+//! Storage backends (PostgreSQL, SQLite), migrations and the schema check.

@@ -1,0 +1,1 @@
+//! Tracing, JSON logs and OpenTelemetry export.

@@ -1,0 +1,1 @@
+//! Field-level encryption: key hierarchy, sealing, blind indexes, crypto-shredding.

@@ -1,0 +1,1 @@
+//! Audiences and destinations service.

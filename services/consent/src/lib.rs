@@ -1,0 +1,1 @@
+//! Consent ledger and data-subject requests service.

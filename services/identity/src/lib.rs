@@ -1,0 +1,1 @@
+//! Identity stitching and profiles service.
