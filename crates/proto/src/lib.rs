@@ -1,1 +1,25 @@
-//! The public gRPC contract (meridian.v1), compiled once with protox.
+//! The public gRPC contract, `meridian.v1`, compiled from `proto/` with protox.
+//!
+//! Exposes the generated messages, clients and server traits under [`v1`], and
+//! [`FILE_DESCRIPTOR_SET`] for gRPC reflection. Messages that carry personal
+//! data have a redacting `Debug` (see `redact.rs`).
+
+#[allow(clippy::all, unreachable_pub, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("meridian.v1");
+}
+
+mod redact;
+
+/// The encoded descriptor set of every `meridian.v1` file, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/meridian_descriptor.bin"));
+
+/// The fully qualified names of the services in the contract.
+pub const SERVICE_NAMES: [&str; 5] = [
+    "meridian.v1.IngestService",
+    "meridian.v1.IdentityService",
+    "meridian.v1.ConsentService",
+    "meridian.v1.DsrService",
+    "meridian.v1.AudienceService",
+];
