@@ -99,7 +99,11 @@ impl<'a> BitReader<'a> {
     }
 
     /// `n` single-bit flags.
-    pub(crate) fn flags(&mut self, n: usize, field: &'static str) -> Result<Vec<bool>, SignalError> {
+    pub(crate) fn flags(
+        &mut self,
+        n: usize,
+        field: &'static str,
+    ) -> Result<Vec<bool>, SignalError> {
         self.need(n, field)?;
         let out = self
             .bits
@@ -158,12 +162,20 @@ impl<'a> BitReader<'a> {
             if bit {
                 let weight = if index == 0 { prev } else { cur };
                 value = value.checked_add(weight).ok_or_else(|| {
-                    self.invalid(field, offset, "Fibonacci-coded integer overflows 64 bits".into())
+                    self.invalid(
+                        field,
+                        offset,
+                        "Fibonacci-coded integer overflows 64 bits".into(),
+                    )
                 })?;
             }
             if index > 0 {
                 let next = prev.checked_add(cur).ok_or_else(|| {
-                    self.invalid(field, offset, "Fibonacci-coded integer overflows 64 bits".into())
+                    self.invalid(
+                        field,
+                        offset,
+                        "Fibonacci-coded integer overflows 64 bits".into(),
+                    )
                 })?;
                 prev = cur;
                 cur = next;
@@ -173,7 +185,12 @@ impl<'a> BitReader<'a> {
         }
     }
 
-    pub(crate) fn invalid(&self, field: &'static str, offset: usize, reason: String) -> SignalError {
+    pub(crate) fn invalid(
+        &self,
+        field: &'static str,
+        offset: usize,
+        reason: String,
+    ) -> SignalError {
         SignalError::InvalidField {
             segment: self.segment.to_owned(),
             field,
@@ -216,7 +233,10 @@ mod tests {
     fn fibonacci_without_terminator_is_truncated() {
         let bits = bits_of("0101010");
         let mut r = BitReader::new("t", &bits);
-        assert!(matches!(r.fibonacci("f"), Err(SignalError::Truncated { .. })));
+        assert!(matches!(
+            r.fibonacci("f"),
+            Err(SignalError::Truncated { .. })
+        ));
     }
 
     #[test]

@@ -20,7 +20,9 @@ pub enum SignalError {
     },
 
     /// A segment contains a character outside the base64url alphabet.
-    #[error("{segment}: character {character:?} at position {position} is not base64url (A-Z a-z 0-9 - _)")]
+    #[error(
+        "{segment}: character {character:?} at position {position} is not base64url (A-Z a-z 0-9 - _)"
+    )]
     InvalidCharacter {
         /// Which segment (for example `TC string core segment`).
         segment: String,
@@ -31,7 +33,9 @@ pub enum SignalError {
     },
 
     /// A field runs past the end of its segment.
-    #[error("{segment}: field {field} at bit {offset} needs {needed} bits but only {available} remain")]
+    #[error(
+        "{segment}: field {field} at bit {offset} needs {needed} bits but only {available} remain"
+    )]
     Truncated {
         /// Which segment.
         segment: String,

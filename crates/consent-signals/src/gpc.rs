@@ -50,7 +50,11 @@ mod tests {
     #[test]
     fn header_values() {
         assert!(Gpc::from_header("1").unwrap().enabled);
-        assert!(Gpc::from_header(" 1\t").unwrap().opts_out_of_sale_and_sharing());
+        assert!(
+            Gpc::from_header(" 1\t")
+                .unwrap()
+                .opts_out_of_sale_and_sharing()
+        );
         for bad in ["0", "", "true", "11", "1,1"] {
             let err = Gpc::from_header(bad).unwrap_err();
             assert!(err.to_string().contains("Sec-GPC"), "{err}");

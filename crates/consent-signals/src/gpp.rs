@@ -186,7 +186,10 @@ impl UsNat {
         m.insert("Version".into(), json!(self.version));
         m.insert("SharingNotice".into(), json!(self.sharing_notice));
         m.insert("SaleOptOutNotice".into(), json!(self.sale_opt_out_notice));
-        m.insert("SharingOptOutNotice".into(), json!(self.sharing_opt_out_notice));
+        m.insert(
+            "SharingOptOutNotice".into(),
+            json!(self.sharing_opt_out_notice),
+        );
         m.insert(
             "TargetedAdvertisingOptOutNotice".into(),
             json!(self.targeted_advertising_opt_out_notice),
@@ -213,7 +216,10 @@ impl UsNat {
             "KnownChildSensitiveDataConsents".into(),
             json!(self.known_child_sensitive_data_consents),
         );
-        m.insert("PersonalDataConsents".into(), json!(self.personal_data_consents));
+        m.insert(
+            "PersonalDataConsents".into(),
+            json!(self.personal_data_consents),
+        );
         mspa_json(
             &mut m,
             self.mspa_covered_transaction,
@@ -291,7 +297,10 @@ impl UsCa {
         let mut m = Map::new();
         m.insert("Version".into(), json!(self.version));
         m.insert("SaleOptOutNotice".into(), json!(self.sale_opt_out_notice));
-        m.insert("SharingOptOutNotice".into(), json!(self.sharing_opt_out_notice));
+        m.insert(
+            "SharingOptOutNotice".into(),
+            json!(self.sharing_opt_out_notice),
+        );
         m.insert(
             "SensitiveDataLimitUseNotice".into(),
             json!(self.sensitive_data_limit_use_notice),
@@ -306,7 +315,10 @@ impl UsCa {
             "KnownChildSensitiveDataConsents".into(),
             json!(self.known_child_sensitive_data_consents),
         );
-        m.insert("PersonalDataConsents".into(), json!(self.personal_data_consents));
+        m.insert(
+            "PersonalDataConsents".into(),
+            json!(self.personal_data_consents),
+        );
         mspa_json(
             &mut m,
             self.mspa_covered_transaction,
@@ -461,7 +473,9 @@ fn header(text: &str, sections: usize) -> Result<Vec<u16>, SignalError> {
     let too_many = |n: usize| {
         SignalError::structure(
             NAME,
-            format!("the header lists at least {n} section ids but the string has {sections} sections"),
+            format!(
+                "the header lists at least {n} section ids but the string has {sections} sections"
+            ),
         )
     };
     for _ in 0..count {
@@ -478,11 +492,21 @@ fn header(text: &str, sections: usize) -> Result<Vec<u16>, SignalError> {
             first
         };
         if end.saturating_sub(first) >= sections as u64 {
-            return Err(too_many(ids.len() + 1 + (end - first) as usize));
+            return Err(r.invalid(
+                "SectionIds",
+                offset,
+                format!(
+                    "range {first}-{end} lists more section ids than the string's {sections} sections"
+                ),
+            ));
         }
         for id in first..=end {
             let id = u16::try_from(id).map_err(|_| {
-                r.invalid("SectionIds", offset, format!("section id {id} is too large"))
+                r.invalid(
+                    "SectionIds",
+                    offset,
+                    format!("section id {id} is too large"),
+                )
             })?;
             if ids.contains(&id) {
                 return Err(r.invalid(
@@ -573,8 +597,7 @@ fn usnat(text: &str) -> Result<UsNat, SignalError> {
         sale_opt_out_notice: r.u8(2, "SaleOptOutNotice")?,
         sharing_opt_out_notice: r.u8(2, "SharingOptOutNotice")?,
         targeted_advertising_opt_out_notice: r.u8(2, "TargetedAdvertisingOptOutNotice")?,
-        sensitive_data_processing_opt_out_notice: r
-            .u8(2, "SensitiveDataProcessingOptOutNotice")?,
+        sensitive_data_processing_opt_out_notice: r.u8(2, "SensitiveDataProcessingOptOutNotice")?,
         sensitive_data_limit_use_notice: r.u8(2, "SensitiveDataLimitUseNotice")?,
         sale_opt_out: r.u8(2, "SaleOptOut")?,
         sharing_opt_out: r.u8(2, "SharingOptOut")?,

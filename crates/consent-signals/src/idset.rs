@@ -55,6 +55,16 @@ impl IdSet {
         }
     }
 
+    /// Adds every id of `other`.
+    pub fn union_with(&mut self, other: &IdSet) {
+        if self.words.len() < other.words.len() {
+            self.words.resize(other.words.len(), 0);
+        }
+        for (mine, theirs) in self.words.iter_mut().zip(&other.words) {
+            *mine |= theirs;
+        }
+    }
+
     /// Number of ids in the set.
     pub fn len(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
@@ -87,10 +97,8 @@ impl IdSet {
     pub(crate) fn from_flags(flags: &[bool]) -> Self {
         let mut set = Self::new();
         for (index, flag) in flags.iter().enumerate() {
-            if *flag {
-                if let Ok(id) = u16::try_from(index + 1) {
-                    set.insert(id);
-                }
+            if *flag && let Ok(id) = u16::try_from(index + 1) {
+                set.insert(id);
             }
         }
         set

@@ -452,7 +452,13 @@ fn date(r: &mut BitReader<'_>, field: &'static str) -> Result<DateTime<Utc>, Sig
         .ok()
         .and_then(|d| d.checked_mul(100))
         .and_then(DateTime::<Utc>::from_timestamp_millis)
-        .ok_or_else(|| r.invalid(field, offset, format!("{deciseconds} ds is not a valid time")))
+        .ok_or_else(|| {
+            r.invalid(
+                field,
+                offset,
+                format!("{deciseconds} ds is not a valid time"),
+            )
+        })
 }
 
 /// A vendor vector: 16-bit max id, 1-bit encoding type, then a bitfield of
@@ -519,9 +525,7 @@ fn restrictions(r: &mut BitReader<'_>) -> Result<Vec<PublisherRestriction>, Sign
             .iter_mut()
             .find(|e| e.purpose_id == purpose_id && e.restriction_type == restriction_type)
         {
-            for id in vendors.iter() {
-                existing.vendors.insert(id);
-            }
+            existing.vendors.union_with(&vendors);
         } else {
             out.push(PublisherRestriction {
                 purpose_id,

@@ -84,8 +84,33 @@ fn check(kind: &str, want_gpp: bool) {
             }
         }
     }
+    // Every reference-encoded string, cut and corrupted at pseudo-random
+    // points, must give Ok or a clean error (no panic).
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut mutants = 0usize;
+    for (encoded, _) in &models {
+        let bytes = encoded.as_bytes();
+        for _ in 0..4 {
+            let at = (next() % bytes.len() as u64) as usize;
+            let cut = String::from_utf8_lossy(&bytes[..at]).into_owned();
+            let mut flipped = bytes.to_vec();
+            flipped[at] = b"AZaz09-_.~"[(next() % 10) as usize];
+            for candidate in [cut, String::from_utf8_lossy(&flipped).into_owned()] {
+                if let Err(err) = decode(&candidate) {
+                    assert!(!err.to_string().is_empty());
+                }
+                mutants += 1;
+            }
+        }
+    }
     println!(
-        "{kind} oracle: {} models, {agreed} agreed",
+        "{kind} oracle: {} models, {agreed} agreed; {mutants} mutants decoded without panic",
         models.len()
     );
     assert!(
