@@ -461,13 +461,11 @@ fn load_rules(
             let offset = policy
                 .to_cedar()
                 .and_then(|t| file.text.get(search_from..).and_then(|rest| rest.find(&t)).map(|o| (o + search_from, t.len())));
-            let line = match offset {
-                Some((o, len)) => {
-                    search_from = o + len;
-                    file.line_of(o)
-                }
-                None => file.line_of(search_from),
-            };
+            let start = offset.map_or(search_from, |(o, _)| o);
+            let line = file.line_of(start);
+            if let Some((o, len)) = offset {
+                search_from = o + len;
+            }
             let err = |reason: String| PolicyLoadError::Cedar { file: file.path.clone(), line, reason };
             let Some(id) = policy.annotation("id").map(str::to_owned) else {
                 return Err(err("rule has no @id(\"...\") annotation".to_owned()));
@@ -491,7 +489,13 @@ fn load_rules(
                     true
                 };
                 if !known {
-                    return Err(err(format!("rule {id:?} refers to unknown entity {lit}")));
+                    let needle = format!("::\"{key}\"");
+                    let at = file.text.get(start..).and_then(|t| t.find(&needle)).map_or(line, |o| file.line_of(start + o));
+                    return Err(PolicyLoadError::Cedar {
+                        file: file.path.clone(),
+                        line: at,
+                        reason: format!("rule {id:?} refers to unknown entity {lit}"),
+                    });
                 }
             }
             let pid = PolicyId::new(&id);
