@@ -1,0 +1,215 @@
+//! `meridian bench vault`: single-core throughput of sealing, opening and blind indexing.
+//!
+//! Runs entirely in memory ([`crate::MemoryKeyStore`], an ephemeral [`crate::KeyRing`]) with
+//! warm caches, through the public [`Vault`] methods, in one task that never yields, so the
+//! figures are per core. Build with `--release` for meaningful numbers.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::blind::IdentifierKind;
+use crate::error::Result;
+use crate::kek::KeyRing;
+use crate::store::MemoryKeyStore;
+use crate::vault::Vault;
+
+/// Benchmark settings.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Plaintext size of each sealed field and length of each indexed email.
+    pub field_bytes: usize,
+    /// Distinct subjects cycled through (all data keys cached).
+    pub subjects: usize,
+    /// Wall time spent on each measurement.
+    pub duration: Duration,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            field_bytes: 32,
+            subjects: 1024,
+            duration: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Results; every rate is operations per second on one core.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Plaintext bytes per field.
+    pub field_bytes: usize,
+    /// Distinct subjects.
+    pub subjects: usize,
+    /// Threads used for each measurement (always 1).
+    pub threads: usize,
+    /// `release` or `debug` (debug figures are not meaningful).
+    pub build_profile: &'static str,
+    /// `Vault::seal` calls per second per core.
+    pub seals_per_sec_per_core: f64,
+    /// `Vault::open` calls per second per core.
+    pub opens_per_sec_per_core: f64,
+    /// `Vault::blind_index` calls per second per core (email of `field_bytes` bytes,
+    /// including normalization).
+    pub blind_indexes_per_sec_per_core: f64,
+    /// `Vault::blind_index` for phone numbers (libphonenumber parsing dominates).
+    pub phone_blind_indexes_per_sec_per_core: f64,
+    /// Size of one sealed field in bytes.
+    pub sealed_field_bytes: usize,
+}
+
+async fn measure<F, Fut>(duration: Duration, mut op: F) -> Result<f64>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let start = Instant::now();
+    let mut done: usize = 0;
+    loop {
+        for _ in 0..256 {
+            op(done).await?;
+            done += 1;
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= duration {
+            return Ok(done as f64 / elapsed.as_secs_f64());
+        }
+    }
+}
+
+fn email_of_len(i: usize, len: usize) -> String {
+    let mut local = format!("user{i:07}.");
+    let domain = "@example.com";
+    while local.len() + domain.len() < len {
+        local.push('x');
+    }
+    format!("{local}{domain}")
+}
+
+/// Runs the benchmark.
+pub async fn run(opts: &BenchOptions) -> Result<BenchReport> {
+    let provider = Arc::new(KeyRing::generate(1)?);
+    let vault = Vault::new(provider, Arc::new(MemoryKeyStore::new()));
+    let ws = "bench";
+    let n = opts.subjects.max(1);
+    let subjects: Vec<String> = (0..n).map(|i| format!("subject-{i}")).collect();
+    let records: Vec<String> = (0..n).map(|i| format!("record-{i}")).collect();
+    let emails: Vec<String> = (0..n).map(|i| email_of_len(i, opts.field_bytes)).collect();
+    let phones: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "06 12 {:02} {:02} {:02}",
+                (i / 10_000) % 100,
+                (i / 100) % 100,
+                i % 100
+            )
+        })
+        .collect();
+    let plaintext = vec![b'p'; opts.field_bytes];
+
+    // Warm up: create every data key and the workspace key.
+    let mut sealed = Vec::with_capacity(n);
+    for i in 0..n {
+        sealed.push(
+            vault
+                .seal(ws, &subjects[i], &records[i], "email", &plaintext)
+                .await?,
+        );
+    }
+    vault
+        .blind_index(ws, IdentifierKind::Email, &emails[0], None)
+        .await?;
+
+    let seals = measure(opts.duration, |i| {
+        let (s, r, p) = (&subjects[i % n], &records[i % n], &plaintext);
+        let vault = &vault;
+        async move {
+            black_box(vault.seal(ws, s, r, "email", p).await?);
+            Ok(())
+        }
+    })
+    .await?;
+    let opens = measure(opts.duration, |i| {
+        let (s, r, c) = (&subjects[i % n], &records[i % n], &sealed[i % n]);
+        let vault = &vault;
+        async move {
+            black_box(vault.open(ws, s, r, "email", c).await?);
+            Ok(())
+        }
+    })
+    .await?;
+    let blind = measure(opts.duration, |i| {
+        let e = &emails[i % n];
+        let vault = &vault;
+        async move {
+            black_box(
+                vault
+                    .blind_index(ws, IdentifierKind::Email, e, None)
+                    .await?,
+            );
+            Ok(())
+        }
+    })
+    .await?;
+    let phone = measure(opts.duration / 2, |i| {
+        let p = &phones[i % n];
+        let vault = &vault;
+        async move {
+            black_box(
+                vault
+                    .blind_index(ws, IdentifierKind::Phone, p, Some("FR"))
+                    .await?,
+            );
+            Ok(())
+        }
+    })
+    .await?;
+
+    Ok(BenchReport {
+        field_bytes: opts.field_bytes,
+        subjects: n,
+        threads: 1,
+        build_profile: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        seals_per_sec_per_core: seals,
+        opens_per_sec_per_core: opens,
+        blind_indexes_per_sec_per_core: blind,
+        phone_blind_indexes_per_sec_per_core: phone,
+        sealed_field_bytes: sealed.first().map_or(0, Vec::len),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bench_runs_and_reports_units() {
+        let report = run(&BenchOptions {
+            field_bytes: 32,
+            subjects: 8,
+            duration: Duration::from_millis(20),
+        })
+        .await
+        .unwrap();
+        assert!(report.seals_per_sec_per_core > 0.0);
+        assert!(report.opens_per_sec_per_core > 0.0);
+        assert!(report.blind_indexes_per_sec_per_core > 0.0);
+        assert_eq!(report.sealed_field_bytes, 32 + crate::seal::SEAL_OVERHEAD);
+        let json = serde_json::to_value(&report).unwrap();
+        for key in [
+            "seals_per_sec_per_core",
+            "opens_per_sec_per_core",
+            "blind_indexes_per_sec_per_core",
+        ] {
+            assert!(json[key].as_f64().unwrap() > 0.0, "{key}");
+        }
+        assert_eq!(email_of_len(3, 32).len(), 32);
+    }
+}

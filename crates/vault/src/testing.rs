@@ -1,0 +1,204 @@
+//! TEST SUPPORT ONLY (feature `test-support`): dumps every table of a database as text and
+//! captures logs, for plaintext scans ("no email, phone or name appears at rest or in logs").
+//! Not for production use.
+//!
+//! Each dumped value is rendered as text; binary values are rendered both as lossy UTF-8 (so
+//! plaintext stored in a BLOB/BYTEA column shows up) and as hex. [`find_plaintext`] looks for
+//! each needle case-insensitively, raw and hex-encoded.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use sqlx::{PgPool, Row, SqlitePool};
+
+/// Every row of every table, one line per row: `table: col=value | col=value`.
+#[derive(Debug, Default, Clone)]
+pub struct TableDump {
+    /// Table names dumped.
+    pub tables: Vec<String>,
+    /// Rows dumped per table, in `tables` order.
+    pub row_counts: Vec<usize>,
+    /// The text.
+    pub text: String,
+}
+
+impl TableDump {
+    /// Rows dumped from `table` (None if the table was not seen).
+    pub fn rows_in(&self, table: &str) -> Option<usize> {
+        self.tables
+            .iter()
+            .position(|t| t == table)
+            .map(|i| self.row_counts[i])
+    }
+}
+
+fn render_bytes(bytes: &[u8]) -> String {
+    format!(
+        "{} (hex {})",
+        String::from_utf8_lossy(bytes),
+        hex::encode(bytes)
+    )
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Dumps every base table of the current schema of a PostgreSQL database.
+pub async fn dump_postgres(pool: &PgPool) -> Result<TableDump, sqlx::Error> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut dump = TableDump::default();
+    for table in tables {
+        let columns: Vec<(String, String)> = sqlx::query_as(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+        )
+        .bind(&table)
+        .fetch_all(pool)
+        .await?;
+        let select: Vec<String> = columns
+            .iter()
+            .map(|(name, ty)| {
+                if ty == "bytea" {
+                    quote_ident(name)
+                } else {
+                    format!("{}::text", quote_ident(name))
+                }
+            })
+            .collect();
+        let sql = format!("SELECT {} FROM {}", select.join(", "), quote_ident(&table));
+        let rows = sqlx::query(&sql).fetch_all(pool).await?;
+        for row in &rows {
+            let mut line = format!("{table}:");
+            for (i, (name, ty)) in columns.iter().enumerate() {
+                let value = if ty == "bytea" {
+                    row.try_get::<Option<Vec<u8>>, _>(i)?
+                        .map(|b| render_bytes(&b))
+                } else {
+                    row.try_get::<Option<String>, _>(i)?
+                };
+                line.push_str(&format!(" {name}={} |", value.as_deref().unwrap_or("NULL")));
+            }
+            dump.text.push_str(&line);
+            dump.text.push('\n');
+        }
+        dump.row_counts.push(rows.len());
+        dump.tables.push(table);
+    }
+    Ok(dump)
+}
+
+/// Dumps every table of a SQLite database (including `sqlite_sequence` and the migrations table).
+pub async fn dump_sqlite(pool: &SqlitePool) -> Result<TableDump, sqlx::Error> {
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(pool)
+            .await?;
+    let mut dump = TableDump::default();
+    for table in tables {
+        let columns: Vec<String> =
+            sqlx::query(&format!("PRAGMA table_info({})", quote_ident(&table)))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<String, _>("name"))
+                .collect::<Result<_, _>>()?;
+        // CAST(.. AS BLOB) renders any value (text, number, blob) as its bytes.
+        let select: Vec<String> = columns
+            .iter()
+            .map(|c| format!("CAST({} AS BLOB)", quote_ident(c)))
+            .collect();
+        let sql = format!("SELECT {} FROM {}", select.join(", "), quote_ident(&table));
+        let rows = sqlx::query(&sql).fetch_all(pool).await?;
+        for row in &rows {
+            let mut line = format!("{table}:");
+            for (i, name) in columns.iter().enumerate() {
+                let value = row
+                    .try_get::<Option<Vec<u8>>, _>(i)?
+                    .map(|b| render_bytes(&b));
+                line.push_str(&format!(" {name}={} |", value.as_deref().unwrap_or("NULL")));
+            }
+            dump.text.push_str(&line);
+            dump.text.push('\n');
+        }
+        dump.row_counts.push(rows.len());
+        dump.tables.push(table);
+    }
+    Ok(dump)
+}
+
+/// The needles found in `haystack`, case-insensitively, as given or hex-encoded.
+pub fn find_plaintext<'n>(
+    haystack: &str,
+    needles: impl IntoIterator<Item = &'n str>,
+) -> Vec<&'n str> {
+    let hay = haystack.to_lowercase();
+    needles
+        .into_iter()
+        .filter(|needle| !needle.is_empty())
+        .filter(|needle| {
+            hay.contains(&needle.to_lowercase()) || hay.contains(&hex::encode(needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// A `tracing` subscriber writing every event (TRACE and up, all targets) into memory.
+#[derive(Clone, Default)]
+pub struct LogCapture {
+    buf: Arc<Mutex<Vec<u8>>>,
+}
+
+impl LogCapture {
+    /// A fresh capture.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Installs the capture as the global default subscriber; returns false if one was
+    /// already installed (then nothing is captured by this capture).
+    pub fn install_global(&self) -> bool {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(self.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).is_ok()
+    }
+
+    /// Everything captured so far.
+    pub fn contents(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+/// Writer handed out per event.
+pub struct LogCaptureWriter {
+    buf: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Write for LogCaptureWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
+    type Writer = LogCaptureWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        LogCaptureWriter {
+            buf: self.buf.clone(),
+        }
+    }
+}
