@@ -1,1 +1,82 @@
-fn main() {}
+//! `meridian`: one binary that runs any service (`meridian serve ingest`) or
+//! all of them (`meridian serve`), and carries the operator commands.
+
+mod cli;
+mod config;
+mod http;
+mod keys;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, KeysCommand};
+use crate::config::{Config, Settings};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Version = cli.command {
+        println!("meridian {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    let file = match &cli.store.config {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
+    };
+    let config = Config::resolve(file.merge(Settings::from_env()).merge(cli.flag_settings()))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        // Operator commands log warnings only, unless MERIDIAN_LOG says otherwise.
+        let serving = matches!(cli.command, Command::Serve(_));
+        let log_filter = if serving || std::env::var_os("MERIDIAN_LOG").is_some() {
+            config.log_filter.clone()
+        } else {
+            "warn".to_owned()
+        };
+        let _telemetry = meridian_telemetry::init(&meridian_telemetry::TelemetryConfig {
+            log_filter,
+            otlp_endpoint: config.otlp_endpoint.clone(),
+            service_name: "meridian".to_owned(),
+        })?;
+        match cli.command {
+            Command::Serve(args) => serve::run(config, args.services).await,
+            Command::Migrate => migrate(&config).await,
+            Command::Keys(KeysCommand::CreateWorkspace(args)) => {
+                keys::create_workspace(&config, &args.workspace).await
+            }
+            Command::Keys(KeysCommand::CreateApiKey { workspace, scopes }) => {
+                keys::create_key(&config, &workspace.workspace, &scopes).await
+            }
+            Command::Keys(KeysCommand::RevokeApiKey { key_id }) => {
+                keys::revoke_key(&config, &key_id).await
+            }
+            Command::Version => Ok(()),
+        }
+    })
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let store = meridian_store::Store::connect(&config.store).await?;
+    store.migrate().await?;
+    println!(
+        "{} schema is at migration {}",
+        store.backend().as_str(),
+        store.latest_known_migration().unwrap_or(0)
+    );
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! The command line: `meridian serve|migrate|keys|version|…`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meridian",
+    version,
+    about = "Meridian: a privacy-first, cross-border customer data platform",
+    long_about = "Runs any Meridian service, or all of them in one process, and carries the operator commands.\n\
+                  With no configuration it runs embedded (SQLite in ./meridian-data); with DATABASE_URL \
+                  (and NATS_URL) it runs against PostgreSQL (and NATS JetStream)."
+)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// How every command finds its configuration and store.
+#[derive(Debug, Args)]
+pub(crate) struct StoreArgs {
+    /// A TOML file of settings (keys as in `meridian serve --help`, with underscores).
+    #[arg(long, global = true, env = "MERIDIAN_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Directory of the embedded store and local key files [default: ./meridian-data].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Runs services: the ones named, or all of them in one process.
+    Serve(ServeArgs),
+    /// Applies database migrations and exits.
+    Migrate,
+    /// Workspaces and API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Prints the version.
+    Version,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum)]
+pub(crate) enum ServiceName {
+    Ingest,
+    Identity,
+    Consent,
+    Audience,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Services to run; none means all.
+    #[arg(value_enum)]
+    pub(crate) services: Vec<ServiceName>,
+    /// gRPC listen address (port 0 picks a free port) [default: 127.0.0.1:50051].
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) grpc_addr: Option<String>,
+    /// HTTP listen address for the Segment-compatible API, webhooks and probes [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) http_addr: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Creates a workspace with its home region and default time zone.
+    CreateWorkspace(WorkspaceArgs),
+    /// Creates an API key and prints it alone on stdout (creating the workspace on first use).
+    CreateApiKey {
+        #[command(flatten)]
+        workspace: WorkspaceArgs,
+        /// Comma-separated scopes: ingest, consent, dsr, audience, admin.
+        #[arg(long, value_name = "SCOPES")]
+        scopes: String,
+    },
+    /// Revokes an API key by its key id (the part after `mk_`, before the second `_`).
+    RevokeApiKey {
+        #[arg(long, value_name = "KEY_ID")]
+        key_id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkspaceArgs {
+    #[arg(long, value_name = "ID")]
+    pub(crate) workspace: String,
+    /// Home region of the workspace's data [default: MERIDIAN_REGION, else `local`].
+    #[arg(long, value_name = "REGION")]
+    pub(crate) region: Option<String>,
+    /// Default IANA time zone [default: MERIDIAN_TIME_ZONE, else UTC].
+    #[arg(long, value_name = "ZONE")]
+    pub(crate) time_zone: Option<String>,
+}
+
+impl Cli {
+    /// The settings given on the command line, to layer over file and environment.
+    pub(crate) fn flag_settings(&self) -> Settings {
+        let mut settings = Settings {
+            data_dir: self.store.data_dir.clone(),
+            ..Settings::default()
+        };
+        match &self.command {
+            Command::Serve(serve) => {
+                settings.grpc_addr = serve.grpc_addr.clone();
+                settings.http_addr = serve.http_addr.clone();
+            }
+            Command::Keys(
+                KeysCommand::CreateWorkspace(workspace)
+                | KeysCommand::CreateApiKey { workspace, .. },
+            ) => {
+                settings.region = workspace.region.clone();
+                settings.time_zone = workspace.time_zone.clone();
+            }
+            _ => {}
+        }
+        settings
+    }
+}

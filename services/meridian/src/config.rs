@@ -1,0 +1,275 @@
+//! The typed configuration of a Meridian process: defaults, then the file
+//! named by `--config`, then `MERIDIAN_*` / `DATABASE_URL` / `NATS_URL`, then
+//! flags. Every value is validated at start, and a bad one is reported with
+//! the setting's name and where it came from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use meridian_domain::{Region, TimeZone};
+use meridian_store::StoreLocation;
+use serde::Deserialize;
+
+/// The settings as given, each optional; later layers override earlier ones.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Settings {
+    pub(crate) grpc_addr: Option<String>,
+    pub(crate) http_addr: Option<String>,
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) database_url: Option<String>,
+    pub(crate) database_max_connections: Option<u32>,
+    pub(crate) nats_url: Option<String>,
+    pub(crate) region: Option<String>,
+    pub(crate) time_zone: Option<String>,
+    pub(crate) log: Option<String>,
+    pub(crate) otlp_endpoint: Option<String>,
+    pub(crate) api_key_pepper: Option<String>,
+    pub(crate) shutdown_grace_seconds: Option<u64>,
+}
+
+impl Settings {
+    /// Reads a TOML file whose keys are the settings' names (`grpc_addr = "0.0.0.0:50051"`).
+    pub(crate) fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::File {
+            path: path.to_owned(),
+            reason: err.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|err| ConfigError::File {
+            path: path.to_owned(),
+            reason: err.to_string(),
+        })
+    }
+
+    /// Reads the process environment.
+    pub(crate) fn from_env() -> Settings {
+        let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        Settings {
+            grpc_addr: var("MERIDIAN_GRPC_ADDR"),
+            http_addr: var("MERIDIAN_HTTP_ADDR"),
+            data_dir: var("MERIDIAN_DATA_DIR").map(PathBuf::from),
+            database_url: var("DATABASE_URL"),
+            database_max_connections: None,
+            nats_url: var("NATS_URL"),
+            region: var("MERIDIAN_REGION"),
+            time_zone: var("MERIDIAN_TIME_ZONE"),
+            log: var("MERIDIAN_LOG"),
+            otlp_endpoint: var("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            api_key_pepper: var("MERIDIAN_API_KEY_PEPPER"),
+            shutdown_grace_seconds: None,
+        }
+    }
+
+    /// Layers `over` on top of `self`: any value set in `over` wins.
+    pub(crate) fn merge(self, over: Settings) -> Settings {
+        Settings {
+            grpc_addr: over.grpc_addr.or(self.grpc_addr),
+            http_addr: over.http_addr.or(self.http_addr),
+            data_dir: over.data_dir.or(self.data_dir),
+            database_url: over.database_url.or(self.database_url),
+            database_max_connections: over
+                .database_max_connections
+                .or(self.database_max_connections),
+            nats_url: over.nats_url.or(self.nats_url),
+            region: over.region.or(self.region),
+            time_zone: over.time_zone.or(self.time_zone),
+            log: over.log.or(self.log),
+            otlp_endpoint: over.otlp_endpoint.or(self.otlp_endpoint),
+            api_key_pepper: over.api_key_pepper.or(self.api_key_pepper),
+            shutdown_grace_seconds: over.shutdown_grace_seconds.or(self.shutdown_grace_seconds),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    #[error("config file {}: {reason}", path.display())]
+    File { path: PathBuf, reason: String },
+    #[error("{setting}: {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) grpc_addr: SocketAddr,
+    pub(crate) http_addr: SocketAddr,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) store: StoreLocation,
+    pub(crate) nats_url: Option<String>,
+    pub(crate) region: Region,
+    pub(crate) time_zone: TimeZone,
+    pub(crate) log_filter: String,
+    pub(crate) otlp_endpoint: Option<String>,
+    pub(crate) api_key_pepper: Option<String>,
+    pub(crate) shutdown_grace: std::time::Duration,
+}
+
+pub(crate) const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+pub(crate) const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+pub(crate) const DEFAULT_DATA_DIR: &str = "./meridian-data";
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+fn socket_addr(setting: &'static str, value: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let value = value.unwrap_or_else(|| default.to_owned());
+    value.parse().map_err(|_| {
+        invalid(
+            setting,
+            format!("'{value}' is not an IP address and port (e.g. 127.0.0.1:50051, 0.0.0.0:0)"),
+        )
+    })
+}
+
+impl Config {
+    pub(crate) fn resolve(settings: Settings) -> Result<Config, ConfigError> {
+        let grpc_addr = socket_addr(
+            "grpc_addr (--grpc-addr, MERIDIAN_GRPC_ADDR)",
+            settings.grpc_addr,
+            DEFAULT_GRPC_ADDR,
+        )?;
+        let http_addr = socket_addr(
+            "http_addr (--http-addr, MERIDIAN_HTTP_ADDR)",
+            settings.http_addr,
+            DEFAULT_HTTP_ADDR,
+        )?;
+        let data_dir = settings
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir (--data-dir, MERIDIAN_DATA_DIR)", "must not be empty"));
+        }
+        let max_connections = settings.database_max_connections.unwrap_or(16);
+        if max_connections == 0 {
+            return Err(invalid("database_max_connections", "must be at least 1"));
+        }
+        let store = match settings.database_url {
+            None => StoreLocation::Embedded {
+                data_dir: data_dir.clone(),
+            },
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                StoreLocation::Postgres {
+                    url,
+                    max_connections,
+                }
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "database_url (DATABASE_URL)",
+                    "must be a postgres:// or postgresql:// URL; leave it unset for the embedded store",
+                ));
+            }
+        };
+        let nats_url = match settings.nats_url {
+            Some(url) if !(url.starts_with("nats://") || url.starts_with("tls://")) => {
+                return Err(invalid(
+                    "nats_url (NATS_URL)",
+                    "must be a nats:// or tls:// URL; leave it unset for the in-process bus",
+                ));
+            }
+            other => other,
+        };
+        let region = settings
+            .region
+            .as_deref()
+            .unwrap_or("local")
+            .parse()
+            .map_err(|err: meridian_domain::InvalidValue| {
+                invalid("region (--region, MERIDIAN_REGION)", err.reason)
+            })?;
+        let time_zone = settings
+            .time_zone
+            .as_deref()
+            .unwrap_or("UTC")
+            .parse()
+            .map_err(|err: meridian_domain::InvalidValue| {
+                invalid("time_zone (--time-zone, MERIDIAN_TIME_ZONE)", err.reason)
+            })?;
+        let otlp_endpoint = match settings.otlp_endpoint {
+            Some(endpoint) if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) => {
+                return Err(invalid(
+                    "otlp_endpoint (OTEL_EXPORTER_OTLP_ENDPOINT)",
+                    format!("'{endpoint}' must be an http:// or https:// URL of an OTLP/gRPC collector"),
+                ));
+            }
+            other => other,
+        };
+        Ok(Config {
+            grpc_addr,
+            http_addr,
+            data_dir,
+            store,
+            nats_url,
+            region,
+            time_zone,
+            log_filter: settings.log.unwrap_or_else(|| "info".to_owned()),
+            otlp_endpoint,
+            api_key_pepper: settings.api_key_pepper,
+            shutdown_grace: std::time::Duration::from_secs(
+                settings.shutdown_grace_seconds.unwrap_or(25),
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_embedded_store_on_loopback() {
+        let config = Config::resolve(Settings::default()).unwrap();
+        assert_eq!(config.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
+        assert_eq!(config.http_addr.to_string(), DEFAULT_HTTP_ADDR);
+        assert!(matches!(config.store, StoreLocation::Embedded { .. }));
+        assert_eq!(config.time_zone.to_string(), "UTC");
+    }
+
+    #[test]
+    fn later_layers_win() {
+        let file = Settings {
+            grpc_addr: Some("127.0.0.1:1".into()),
+            region: Some("eu".into()),
+            ..Settings::default()
+        };
+        let flags = Settings {
+            grpc_addr: Some("127.0.0.1:0".into()),
+            ..Settings::default()
+        };
+        let config = Config::resolve(file.merge(flags)).unwrap();
+        assert_eq!(config.grpc_addr.port(), 0);
+        assert_eq!(config.region.as_str(), "eu");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cases: [(Settings, &str); 5] = [
+            (Settings { grpc_addr: Some("localhost".into()), ..Default::default() }, "grpc_addr"),
+            (Settings { database_url: Some("mysql://x".into()), ..Default::default() }, "DATABASE_URL"),
+            (Settings { nats_url: Some("http://x".into()), ..Default::default() }, "NATS_URL"),
+            (Settings { time_zone: Some("Europe/Atlantis".into()), ..Default::default() }, "time_zone"),
+            (Settings { region: Some("EU West".into()), ..Default::default() }, "region"),
+        ];
+        for (settings, name) in cases {
+            let err = Config::resolve(settings).unwrap_err().to_string();
+            assert!(err.contains(name), "{err} should name {name}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meridian.toml");
+        std::fs::write(&path, "grpc_adr = \"127.0.0.1:0\"\n").unwrap();
+        let err = Settings::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("grpc_adr"), "{err}");
+    }
+}

@@ -1,0 +1,36 @@
+//! The HTTP listener: liveness and readiness probes now; the Segment-compatible
+//! API and webhooks are mounted here by their rooms.
+
+use std::future::Future;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use meridian_store::Store;
+use tokio::net::TcpListener;
+
+pub(crate) async fn serve(
+    listener: TcpListener,
+    store: Store,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(store);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Ready when the store answers.
+async fn ready(State(store): State<Store>) -> (StatusCode, &'static str) {
+    match store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n"),
+        Err(err) => {
+            tracing::warn!(error = %err, "not ready: the store does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! `meridian serve`: the gRPC server (every chosen service behind the edge
+//! layer, with health and reflection) and the HTTP listener, both draining
+//! in-flight requests on SIGTERM/SIGINT.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use meridian_access::{ApiKeyPepper, Authenticator, access_store};
+use meridian_edge::EdgeLayer;
+use meridian_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::RoutesBuilder;
+use tonic_health::ServingStatus;
+
+use crate::cli::ServiceName;
+use crate::config::Config;
+use crate::http;
+
+/// The gRPC service names each room serves.
+fn grpc_names(service: ServiceName) -> &'static [&'static str] {
+    match service {
+        ServiceName::Ingest => &["meridian.v1.IngestService"],
+        ServiceName::Identity => &["meridian.v1.IdentityService"],
+        ServiceName::Consent => &["meridian.v1.ConsentService", "meridian.v1.DsrService"],
+        ServiceName::Audience => &["meridian.v1.AudienceService"],
+    }
+}
+
+pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::Result<()> {
+    let services: BTreeSet<ServiceName> = if services.is_empty() {
+        [
+            ServiceName::Ingest,
+            ServiceName::Identity,
+            ServiceName::Consent,
+            ServiceName::Audience,
+        ]
+        .into()
+    } else {
+        services.into_iter().collect()
+    };
+
+    if config.nats_url.is_some() {
+        tracing::warn!("NATS_URL is set, but this build has no event bus yet; it is not used");
+    }
+    let store = Store::connect(&config.store)
+        .await
+        .context("opening the store")?;
+    store.migrate().await.context("checking the database schema")?;
+    let pepper = ApiKeyPepper::load(config.api_key_pepper.as_deref(), &config.data_dir)
+        .context("loading the API-key pepper")?;
+    let authenticator = Arc::new(Authenticator::new(access_store(&store), pepper));
+
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
+    let http_listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP address {}", config.http_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let mut reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health");
+    let mut reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health");
+
+    let mut routes = RoutesBuilder::default();
+    for service in &services {
+        match service {
+            ServiceName::Ingest => {
+                routes.add_service(meridian_ingest::IngestApi.into_server());
+            }
+            ServiceName::Identity => {
+                routes.add_service(meridian_identity::IdentityApi.into_server());
+            }
+            ServiceName::Consent => {
+                routes.add_service(meridian_consent::ConsentApi.into_server());
+                routes.add_service(meridian_consent::DsrApi.into_server());
+            }
+            ServiceName::Audience => {
+                routes.add_service(meridian_audience::AudienceApi.into_server());
+            }
+        }
+        for name in grpc_names(*service) {
+            health_reporter
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+            reflection = reflection.with_service_name(*name);
+            reflection_alpha = reflection_alpha.with_service_name(*name);
+        }
+    }
+    routes.add_service(health_service);
+    routes.add_service(reflection.build_v1().context("building gRPC reflection")?);
+    routes.add_service(
+        reflection_alpha
+            .build_v1alpha()
+            .context("building gRPC reflection")?,
+    );
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let grpc_shutdown = wait_for(shutdown_rx.clone());
+    let grpc_server = tonic::transport::Server::builder()
+        .layer(EdgeLayer::new(authenticator))
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_shutdown);
+    let http_server = http::serve(http_listener, store.clone(), wait_for(shutdown_rx.clone()));
+
+    // Scripts read these two lines to find the ports.
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "grpc listening on {grpc_addr}")?;
+        writeln!(stdout, "http listening on {http_addr}")?;
+        stdout.flush()?;
+    }
+    let names: Vec<&str> = services.iter().flat_map(|s| grpc_names(*s)).copied().collect();
+    tracing::info!(
+        %grpc_addr,
+        %http_addr,
+        backend = store.backend().as_str(),
+        region = %config.region,
+        services = ?names,
+        "meridian started"
+    );
+
+    let grpc_task = tokio::spawn(grpc_server);
+    let http_task = tokio::spawn(http_server);
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    health_reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    for name in names {
+        health_reporter
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    let _ = shutdown_tx.send(true);
+
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        let grpc = grpc_task.await;
+        let http = http_task.await;
+        (grpc, http)
+    })
+    .await;
+    match drained {
+        Ok((grpc, http)) => {
+            grpc.context("gRPC server task")?.context("gRPC server")?;
+            http.context("HTTP server task")?.context("HTTP server")?;
+            tracing::info!("stopped cleanly");
+        }
+        Err(_) => tracing::warn!(
+            grace_seconds = config.shutdown_grace.as_secs(),
+            "requests still running after the grace period; stopping anyway"
+        ),
+    }
+    store.close().await;
+    Ok(())
+}
+
+async fn wait_for(mut shutdown: watch::Receiver<bool>) {
+    // An error means the sender is gone, which is a shutdown too.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

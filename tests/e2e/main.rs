@@ -1,0 +1,6 @@
+//! End-to-end tests: the real `meridian` binary over real sockets, against
+//! the embedded store and a fresh PostgreSQL database per test.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod foundation;
+mod harness;

@@ -1,1 +1,0 @@
-//! End-to-end tests: the real binary over real sockets.
