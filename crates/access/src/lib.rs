@@ -74,9 +74,21 @@ impl Principal {
     /// Checks that this caller may act with `scope` in `requested` (empty means
     /// the key's own workspace) and returns the workspace to act in.
     pub fn authorize(&self, scope: Scope, requested: &str) -> Result<&WorkspaceId, AccessDenied> {
-        if !self.scopes.allows(scope) {
-            return Err(AccessDenied::MissingScope(scope));
+        self.authorize_scope(scope)?;
+        self.authorize_workspace(requested)
+    }
+
+    pub fn authorize_scope(&self, scope: Scope) -> Result<(), AccessDenied> {
+        if self.scopes.allows(scope) {
+            Ok(())
+        } else {
+            Err(AccessDenied::MissingScope(scope))
         }
+    }
+
+    /// The workspace to act in: `requested`, which must be the key's own, or
+    /// the key's own when `requested` is empty.
+    pub fn authorize_workspace(&self, requested: &str) -> Result<&WorkspaceId, AccessDenied> {
         if !requested.is_empty() && requested != self.workspace_id.as_str() {
             return Err(AccessDenied::OtherWorkspace);
         }
