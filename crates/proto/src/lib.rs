@@ -23,3 +23,44 @@ pub const SERVICE_NAMES: [&str; 5] = [
     "meridian.v1.DsrService",
     "meridian.v1.AudienceService",
 ];
+
+/// A request that names the workspace it acts in (field 1 of every request).
+pub trait WorkspaceScoped {
+    /// The requested workspace; empty means the caller's own.
+    fn workspace_id(&self) -> &str;
+}
+
+macro_rules! workspace_scoped {
+    ($($request:ident),* $(,)?) => {
+        $(impl WorkspaceScoped for v1::$request {
+            fn workspace_id(&self) -> &str {
+                &self.workspace_id
+            }
+        })*
+    };
+}
+
+workspace_scoped!(
+    IngestRequest,
+    GetProfileRequest,
+    LookupProfileRequest,
+    ExplainProfileRequest,
+    ListProfileEventsRequest,
+    RecordConsentRequest,
+    GetConsentRequest,
+    GetConsentAsOfRequest,
+    ListConsentHistoryRequest,
+    VerifyLedgerRequest,
+    GetReceiptRequest,
+    SubmitRequestRequest,
+    GetRequestRequest,
+    ListRequestsRequest,
+    CreateSegmentRequest,
+    UpdateSegmentRequest,
+    PreviewSegmentRequest,
+    ListMembersRequest,
+    CreateDestinationRequest,
+    ListDestinationsRequest,
+    SyncNowRequest,
+    GetSyncStatusRequest,
+);
