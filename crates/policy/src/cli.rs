@@ -131,14 +131,22 @@ pub fn parse_consent(s: &str) -> Result<ConsentState, ArgError> {
 
 /// Parses `--age`.
 pub fn parse_age(s: &str) -> Result<u8, ArgError> {
-    s.trim().parse::<u8>().ok().filter(|a| *a <= 150).ok_or_else(|| ArgError::Age(s.to_owned()))
+    s.trim()
+        .parse::<u8>()
+        .ok()
+        .filter(|a| *a <= 150)
+        .ok_or_else(|| ArgError::Age(s.to_owned()))
 }
 
 /// `meridian policy explain --json`: the decision as JSON, with keys
 /// `allowed`, `rule`, `reason`, `policy_version`, plus `rules`,
 /// `obligations`, `regime` and the question as understood.
 pub fn explain(engine: &PolicyEngine, args: &ExplainArgs) -> serde_json::Value {
-    let mechanisms: Vec<&str> = args.transfer_mechanisms.iter().map(String::as_str).collect();
+    let mechanisms: Vec<&str> = args
+        .transfer_mechanisms
+        .iter()
+        .map(String::as_str)
+        .collect();
     let Some(action) = args.action else {
         return serde_json::json!({
             "allowed": false,

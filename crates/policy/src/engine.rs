@@ -77,7 +77,11 @@ impl FromStr for Action {
             "collect" => Ok(Self::Collect),
             "process" => Ok(Self::Process),
             "export" => Ok(Self::Export),
-            _ => Err(ParseWordError { what: "action", got: s.to_owned(), expected: "collect, process, export" }),
+            _ => Err(ParseWordError {
+                what: "action",
+                got: s.to_owned(),
+                expected: "collect, process, export",
+            }),
         }
     }
 }
@@ -132,7 +136,11 @@ impl FromStr for ConsentState {
             "given" => Ok(Self::Given),
             "guardian" => Ok(Self::Guardian),
             "refused" => Ok(Self::Refused),
-            _ => Err(ParseWordError { what: "consent state", got: s.to_owned(), expected: "given, guardian, refused, none" }),
+            _ => Err(ParseWordError {
+                what: "consent state",
+                got: s.to_owned(),
+                expected: "given, guardian, refused, none",
+            }),
         }
     }
 }
@@ -312,7 +320,12 @@ struct Memo {
 
 impl Memo {
     fn new() -> Self {
-        Self { shards: (0..SHARDS).map(|_| RwLock::new(FastMap::default())).collect(), len: AtomicUsize::new(0) }
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| RwLock::new(FastMap::default()))
+                .collect(),
+            len: AtomicUsize::new(0),
+        }
     }
 
     #[inline]
@@ -326,14 +339,21 @@ impl Memo {
 
     #[inline]
     fn get(&self, key: u128) -> Option<Arc<Decision>> {
-        self.shard(key).read().unwrap_or_else(PoisonError::into_inner).get(&key).cloned()
+        self.shard(key)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned()
     }
 
     fn insert(&self, key: u128, d: Arc<Decision>) -> Arc<Decision> {
         if self.len.load(Ordering::Relaxed) >= MEMO_CAPACITY {
             return d;
         }
-        let mut shard = self.shard(key).write().unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self
+            .shard(key)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let entry = shard.entry(key).or_insert_with(|| {
             self.len.fetch_add(1, Ordering::Relaxed);
             d
@@ -378,7 +398,9 @@ impl Resolved {
         k |= u128::from(self.gpc) << 40;
         k |= u128::from(self.separate_consent) << 41;
         k |= u128::from(self.age.map_or(0, |a| u16::from(a) + 1)) << 42;
-        let dest = self.destination.map_or(0u128, |[a, b]| u128::from(a - b'A') * 26 + u128::from(b - b'A') + 1);
+        let dest = self.destination.map_or(0u128, |[a, b]| {
+            u128::from(a - b'A') * 26 + u128::from(b - b'A') + 1
+        });
         k |= dest << 51;
         k |= u128::from(self.mechanisms) << 61;
         k
@@ -410,7 +432,12 @@ impl Resolved {
             gpc: bits(40, 1) == 1,
             separate_consent: bits(41, 1) == 1,
             age: (age > 0).then(|| (age - 1) as u8),
-            destination: (dest > 0).then(|| [b'A' + ((dest - 1) / 26) as u8, b'A' + ((dest - 1) % 26) as u8]),
+            destination: (dest > 0).then(|| {
+                [
+                    b'A' + ((dest - 1) / 26) as u8,
+                    b'A' + ((dest - 1) % 26) as u8,
+                ]
+            }),
             mechanisms: bits(61, 32),
         }
     }
@@ -426,6 +453,8 @@ pub struct PolicyEngine {
     jurisdictions: Vec<JurisdictionInfo>,
     jurisdiction_index: FastMap<String, u16>,
     destinations: BTreeMap<String, DestinationInfo>,
+    /// destination key → (region, mechanism mask), resolved at load
+    destination_index: FastMap<String, ([u8; 2], u32)>,
     mechanisms: Vec<String>,
     mechanism_index: FastMap<String, u8>,
     obligations: Vec<ObligationRule>,
@@ -503,7 +532,9 @@ impl PolicyEngine {
             age_cap = age_cap.max(j.guardian_age.value);
         }
         for r in regimes.values() {
-            age_cap = age_cap.max(r.children.guardian_age.value).max(r.children.opt_in_age.value);
+            age_cap = age_cap
+                .max(r.children.guardian_age.value)
+                .max(r.children.opt_in_age.value);
         }
         let jurisdiction_index = jurisdictions
             .iter()
@@ -515,12 +546,35 @@ impl PolicyEngine {
             .enumerate()
             .map(|(i, m)| (m.clone(), u8::try_from(i).unwrap_or(u8::MAX)))
             .collect();
+        let mut destination_index = FastMap::default();
+        for (key, d) in &destinations {
+            let mut mask = 0u32;
+            for m in &d.mechanisms {
+                if let Some(i) = mechanisms.iter().position(|x| x == m) {
+                    mask |= 1 << i;
+                }
+            }
+            if let [a, b] = d.region.as_bytes() {
+                destination_index.insert(key.clone(), ([*a, *b], mask));
+            }
+        }
         Ok(Self {
             version,
-            jurisdiction_uids: jurisdictions.iter().map(|j| uid(&jur_ty, &j.code)).collect(),
+            destination_index,
+            jurisdiction_uids: jurisdictions
+                .iter()
+                .map(|j| uid(&jur_ty, &j.code))
+                .collect(),
             purpose_uids: taxonomy.purposes().map(|p| uid(&purpose_ty, p)).collect(),
-            category_uids: taxonomy.categories().map(|c| uid(&category_ty, c)).collect(),
-            action_uids: [uid(&action_ty, "collect"), uid(&action_ty, "process"), uid(&action_ty, "export")],
+            category_uids: taxonomy
+                .categories()
+                .map(|c| uid(&category_ty, c))
+                .collect(),
+            action_uids: [
+                uid(&action_ty, "collect"),
+                uid(&action_ty, "process"),
+                uid(&action_ty, "export"),
+            ],
             country_ty: type_name("Country"),
             taxonomy,
             fields,
@@ -599,12 +653,14 @@ impl PolicyEngine {
 
     /// A jurisdiction by code; `DE` finds `EU-DE`. Case-insensitive.
     pub fn jurisdiction(&self, code: &str) -> Option<&JurisdictionInfo> {
-        self.jurisdiction_id(code).and_then(|i| self.jurisdictions.get(usize::from(i)))
+        self.jurisdiction_id(code)
+            .and_then(|i| self.jurisdictions.get(usize::from(i)))
     }
 
     /// The regime a jurisdiction falls under.
     pub fn regime_for(&self, jurisdiction: &str) -> Option<&Regime> {
-        self.jurisdiction(jurisdiction).and_then(|j| self.regimes.get(&j.regime))
+        self.jurisdiction(jurisdiction)
+            .and_then(|j| self.regimes.get(&j.regime))
     }
 
     /// Destination platforms by key.
@@ -615,12 +671,19 @@ impl PolicyEngine {
     /// How long data of `category` may be kept for a subject in `jurisdiction`:
     /// the entry for the category or its nearest listed ancestor, else the
     /// regime's default.
-    pub fn retention(&self, jurisdiction: &str, category: &str) -> Result<&Cited<Period>, QuestionError> {
+    pub fn retention(
+        &self,
+        jurisdiction: &str,
+        category: &str,
+    ) -> Result<&Cited<Period>, QuestionError> {
         let regime = self
             .regime_for(jurisdiction)
             .ok_or_else(|| QuestionError::UnknownJurisdiction(jurisdiction.to_owned()))?;
         let cats = &self.taxonomy.categories;
-        let mut cur = Some(cats.id(category).ok_or_else(|| QuestionError::UnknownCategory(category.to_owned()))?);
+        let mut cur = Some(
+            cats.id(category)
+                .ok_or_else(|| QuestionError::UnknownCategory(category.to_owned()))?,
+        );
         while let Some(c) = cur {
             if let Some(r) = regime.retention.get(cats.key(c)) {
                 return Ok(r);
@@ -668,23 +731,33 @@ impl PolicyEngine {
             .ok_or_else(|| QuestionError::UnknownPurpose(q.purpose.to_owned()))?;
         let category = match q.category {
             None => None,
-            Some(c) => Some(self.taxonomy.categories.id(c).ok_or_else(|| QuestionError::UnknownCategory(c.to_owned()))?),
+            Some(c) => Some(
+                self.taxonomy
+                    .categories
+                    .id(c)
+                    .ok_or_else(|| QuestionError::UnknownCategory(c.to_owned()))?,
+            ),
         };
         let (destination, mechanisms) = if q.action == Action::Export {
             let platform = match q.destination {
                 None => None,
-                Some(d) => Some(self.destinations.get(d).ok_or_else(|| QuestionError::UnknownDestination(d.to_owned()))?),
+                Some(d) => Some(
+                    *self
+                        .destination_index
+                        .get(d)
+                        .ok_or_else(|| QuestionError::UnknownDestination(d.to_owned()))?,
+                ),
             };
-            let region = q
-                .destination_region
-                .or(platform.map(|p| p.region.as_str()))
-                .ok_or(QuestionError::MissingDestination)?;
-            let code: [u8; 2] = match region.as_bytes() {
-                [a, b] if a.is_ascii_uppercase() && b.is_ascii_uppercase() => [*a, *b],
-                _ => return Err(QuestionError::InvalidRegion(region.to_owned())),
+            let code: [u8; 2] = match (q.destination_region, platform) {
+                (Some(region), _) => match region.as_bytes() {
+                    [a, b] if a.is_ascii_uppercase() && b.is_ascii_uppercase() => [*a, *b],
+                    _ => return Err(QuestionError::InvalidRegion(region.to_owned())),
+                },
+                (None, Some((code, _))) => code,
+                (None, None) => return Err(QuestionError::MissingDestination),
             };
             let mask = if q.transfer_mechanisms.is_empty() {
-                platform.map_or(Ok(0), |p| self.mechanism_mask(&p.mechanisms))?
+                platform.map_or(0, |(_, mask)| mask)
             } else {
                 self.mechanism_mask(q.transfer_mechanisms)?
             };
@@ -754,14 +827,24 @@ impl PolicyEngine {
     }
 
     fn evaluate_cedar(&self, r: &Resolved) -> Result<Decision, String> {
-        let idx = |v: &[EntityUid], i: u16| v.get(usize::from(i)).cloned().ok_or_else(|| "internal: id out of range".to_owned());
+        let idx = |v: &[EntityUid], i: u16| {
+            v.get(usize::from(i))
+                .cloned()
+                .ok_or_else(|| "internal: id out of range".to_owned())
+        };
         let principal = idx(&self.jurisdiction_uids, r.jurisdiction)?;
         let resource = idx(&self.purpose_uids, r.purpose)?;
         let action = self.action_uids[r.action.index() as usize].clone();
         let mut pairs: Vec<(String, RestrictedExpression)> = vec![
-            ("consent".to_owned(), RestrictedExpression::new_string(r.consent.as_str().to_owned())),
+            (
+                "consent".to_owned(),
+                RestrictedExpression::new_string(r.consent.as_str().to_owned()),
+            ),
             ("gpc".to_owned(), RestrictedExpression::new_bool(r.gpc)),
-            ("separate_consent".to_owned(), RestrictedExpression::new_bool(r.separate_consent)),
+            (
+                "separate_consent".to_owned(),
+                RestrictedExpression::new_bool(r.separate_consent),
+            ),
             (
                 "mechanisms".to_owned(),
                 RestrictedExpression::new_set(
@@ -774,30 +857,52 @@ impl PolicyEngine {
             ),
         ];
         if let Some(c) = r.category {
-            pairs.push(("category".to_owned(), RestrictedExpression::new_entity_uid(idx(&self.category_uids, c)?)));
+            pairs.push((
+                "category".to_owned(),
+                RestrictedExpression::new_entity_uid(idx(&self.category_uids, c)?),
+            ));
         }
         if let Some(a) = r.age {
-            pairs.push(("age".to_owned(), RestrictedExpression::new_long(i64::from(a))));
+            pairs.push((
+                "age".to_owned(),
+                RestrictedExpression::new_long(i64::from(a)),
+            ));
         }
         if let Some(d) = r.destination {
             let code = String::from_utf8_lossy(&d).into_owned();
-            pairs.push(("destination".to_owned(), RestrictedExpression::new_entity_uid(uid(&self.country_ty, &code))));
+            pairs.push((
+                "destination".to_owned(),
+                RestrictedExpression::new_entity_uid(uid(&self.country_ty, &code)),
+            ));
         }
         let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
-        let request = Request::new(principal, action, resource, context, None).map_err(|e| e.to_string())?;
-        let response = self.authorizer.is_authorized(&request, &self.policies, &self.entities);
+        let request =
+            Request::new(principal, action, resource, context, None).map_err(|e| e.to_string())?;
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.policies, &self.entities);
         let diagnostics = response.diagnostics();
         if let Some(e) = diagnostics.errors().next() {
             // A failing forbid must never turn into an allow.
             return Err(format!("policy evaluation failed, denying: {e}"));
         }
-        let mut determining: Vec<&RuleMeta> = diagnostics.reason().filter_map(|id| self.rules.get(id)).collect();
+        let mut determining: Vec<&RuleMeta> = diagnostics
+            .reason()
+            .filter_map(|id| self.rules.get(id))
+            .collect();
         determining.sort_by_key(|m| m.order);
         let allowed = response.decision() == cedar_policy::Decision::Allow;
         let Some(primary) = determining.first() else {
-            return Ok(self.denial(DEFAULT_DENY, "no rule permits this purpose for this jurisdiction (deny by default)".to_owned()));
+            return Ok(self.denial(
+                DEFAULT_DENY,
+                "no rule permits this purpose for this jurisdiction (deny by default)".to_owned(),
+            ));
         };
-        let obligations = if allowed { self.obligations_for(r) } else { Vec::new() };
+        let obligations = if allowed {
+            self.obligations_for(r)
+        } else {
+            Vec::new()
+        };
         Ok(Decision {
             allowed,
             rule_id: primary.id.clone(),
@@ -812,10 +917,16 @@ impl PolicyEngine {
         let cats = &self.taxonomy.categories;
         // a question without a category is about personal data in general
         let category = r.category.or_else(|| cats.id("user"));
-        let cross_border = match (r.destination, self.jurisdictions.get(usize::from(r.jurisdiction))) {
+        let cross_border = match (
+            r.destination,
+            self.jurisdictions.get(usize::from(r.jurisdiction)),
+        ) {
             (Some(d), Some(j)) => {
                 let dest = String::from_utf8_lossy(&d);
-                let home = self.regimes.get(&j.regime).map(|reg| &reg.transfers.home.value);
+                let home = self
+                    .regimes
+                    .get(&j.regime)
+                    .map(|reg| &reg.transfers.home.value);
                 dest != j.country && !home.is_some_and(|h| h.iter().any(|c| *c == dest))
             }
             _ => false,
@@ -825,7 +936,11 @@ impl PolicyEngine {
             .filter(|o| o.actions & r.action.bit() != 0)
             .filter(|o| category.is_some_and(|c| o.categories.iter().any(|a| cats.is_under(c, *a))))
             .filter(|o| !o.cross_border_only || cross_border)
-            .map(|o| Obligation { kind: o.kind, rule_id: o.id.clone(), article: o.article.clone() })
+            .map(|o| Obligation {
+                kind: o.kind,
+                rule_id: o.id.clone(),
+                article: o.article.clone(),
+            })
             .collect()
     }
 
@@ -833,7 +948,10 @@ impl PolicyEngine {
     pub fn rules(&self) -> Vec<(String, String, usize)> {
         let mut metas: Vec<&RuleMeta> = self.rules.values().collect();
         metas.sort_by_key(|m| m.order);
-        metas.into_iter().map(|m| (m.id.clone(), m.file.clone(), m.line)).collect()
+        metas
+            .into_iter()
+            .map(|m| (m.id.clone(), m.file.clone(), m.line))
+            .collect()
     }
 }
 

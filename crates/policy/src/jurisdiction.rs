@@ -24,12 +24,18 @@ impl Jurisdiction {
         let mut parts = code.split('-');
         let first = parts.next().ok_or_else(err)?;
         let second = parts.next();
-        if parts.next().is_some() || first.len() != 2 || !first.bytes().all(|b| b.is_ascii_uppercase()) {
+        if parts.next().is_some()
+            || first.len() != 2
+            || !first.bytes().all(|b| b.is_ascii_uppercase())
+        {
             return Err(err());
         }
         if let Some(sub) = second {
             let ok = (1..=3).contains(&sub.len()) && sub.bytes().all(|b| b.is_ascii_alphanumeric());
-            if !ok || (first == "EU" && !(sub.len() == 2 && sub.bytes().all(|b| b.is_ascii_uppercase()))) {
+            if !ok
+                || (first == "EU"
+                    && !(sub.len() == 2 && sub.bytes().all(|b| b.is_ascii_uppercase())))
+            {
                 return Err(err());
             }
         } else if first == "EU" {
@@ -88,8 +94,22 @@ mod tests {
 
     #[test]
     fn rejects_malformed_codes() {
-        for bad in ["", "E", "EU", "GBR", "EU-D", "EU-12", "US-CA-X", "U1", "US-TOOLONG", "US-"] {
-            assert!(Jurisdiction::parse(bad).is_err(), "{bad:?} should be rejected");
+        for bad in [
+            "",
+            "E",
+            "EU",
+            "GBR",
+            "EU-D",
+            "EU-12",
+            "US-CA-X",
+            "U1",
+            "US-TOOLONG",
+            "US-",
+        ] {
+            assert!(
+                Jurisdiction::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 }

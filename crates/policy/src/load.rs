@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet, RestrictedExpression,
-    Schema, ValidationMode, Validator,
+    Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet,
+    RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 
@@ -91,7 +91,10 @@ fn find<'a>(files: &'a [SourceFile], path: &str) -> Result<&'a SourceFile, Polic
     files
         .iter()
         .find(|f| f.path == path)
-        .ok_or_else(|| PolicyLoadError::Missing { file: path.to_owned(), line: 1 })
+        .ok_or_else(|| PolicyLoadError::Missing {
+            file: path.to_owned(),
+            line: 1,
+        })
 }
 
 pub(crate) fn type_name(name: &str) -> EntityTypeName {
@@ -116,9 +119,15 @@ pub(crate) fn load(files: &[SourceFile]) -> Result<Loaded, PolicyLoadError> {
 
     let mut regimes = BTreeMap::new();
     let mut mechanisms = BTreeSet::new();
-    let regime_files: Vec<&SourceFile> = files.iter().filter(|f| f.path.starts_with("regimes/")).collect();
+    let regime_files: Vec<&SourceFile> = files
+        .iter()
+        .filter(|f| f.path.starts_with("regimes/"))
+        .collect();
     if regime_files.is_empty() {
-        return Err(PolicyLoadError::Missing { file: "regimes/*.toml".to_owned(), line: 1 });
+        return Err(PolicyLoadError::Missing {
+            file: "regimes/*.toml".to_owned(),
+            line: 1,
+        });
     }
     for file in regime_files {
         let regime = load_regime(file, &taxonomy, &mut mechanisms)?;
@@ -180,24 +189,41 @@ fn load_regime(
 ) -> Result<Regime, PolicyLoadError> {
     let raw: RawRegime = parse_toml(file)?;
     let id_ok = !raw.id.get_ref().is_empty()
-        && raw.id.get_ref().bytes().all(|b| b.is_ascii_uppercase() || b == b'_');
+        && raw
+            .id
+            .get_ref()
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b == b'_');
     if !id_ok {
-        return Err(invalid_at(file, &raw.id, "regime id must be upper-case letters and '_'"));
+        return Err(invalid_at(
+            file,
+            &raw.id,
+            "regime id must be upper-case letters and '_'",
+        ));
     }
-    let purposes = |v: toml::Spanned<Vec<toml::Spanned<String>>>| taxonomy.resolve_all(file, v.get_ref(), true);
-    let categories = |v: toml::Spanned<Vec<toml::Spanned<String>>>| taxonomy.resolve_all(file, v.get_ref(), false);
-    let countries = |v: toml::Spanned<Vec<toml::Spanned<String>>>| -> Result<Vec<String>, PolicyLoadError> {
-        v.into_inner()
-            .into_iter()
-            .map(|c| {
-                if is_country_code(c.get_ref()) {
-                    Ok(c.into_inner())
-                } else {
-                    Err(invalid_at(file, &c, format!("{:?} is not an ISO 3166-1 alpha-2 code", c.get_ref())))
-                }
-            })
-            .collect()
+    let purposes = |v: toml::Spanned<Vec<toml::Spanned<String>>>| {
+        taxonomy.resolve_all(file, v.get_ref(), true)
     };
+    let categories = |v: toml::Spanned<Vec<toml::Spanned<String>>>| {
+        taxonomy.resolve_all(file, v.get_ref(), false)
+    };
+    let countries =
+        |v: toml::Spanned<Vec<toml::Spanned<String>>>| -> Result<Vec<String>, PolicyLoadError> {
+            v.into_inner()
+                .into_iter()
+                .map(|c| {
+                    if is_country_code(c.get_ref()) {
+                        Ok(c.into_inner())
+                    } else {
+                        Err(invalid_at(
+                            file,
+                            &c,
+                            format!("{:?} is not an ISO 3166-1 alpha-2 code", c.get_ref()),
+                        ))
+                    }
+                })
+                .collect()
+        };
     let periodf = |v| period(file, v);
     let age = |v: toml::Spanned<u8>| Ok(v.into_inner());
 
@@ -211,24 +237,33 @@ fn load_regime(
             let mut cs = Vec::new();
             for c in f.value {
                 if !is_country_code(c.get_ref()) {
-                    return Err(invalid_at(file, &c, format!("{:?} is not an ISO 3166-1 alpha-2 code", c.get_ref())));
+                    return Err(invalid_at(
+                        file,
+                        &c,
+                        format!("{:?} is not an ISO 3166-1 alpha-2 code", c.get_ref()),
+                    ));
                 }
                 cs.push(c.into_inner());
             }
             mechanisms.insert(f.mechanism.get_ref().clone());
-            Some(Framework { countries: cs, mechanism: f.mechanism.into_inner(), article: f.article.into_inner() })
+            Some(Framework {
+                countries: cs,
+                mechanism: f.mechanism.into_inner(),
+                article: f.article.into_inner(),
+            })
         }
     };
-    let mut mechs = |v: toml::Spanned<Vec<toml::Spanned<String>>>| -> Result<Vec<String>, PolicyLoadError> {
-        v.into_inner()
-            .into_iter()
-            .map(|m| {
-                check_mechanism(file, &m)?;
-                mechanisms.insert(m.get_ref().clone());
-                Ok(m.into_inner())
-            })
-            .collect()
-    };
+    let mut mechs =
+        |v: toml::Spanned<Vec<toml::Spanned<String>>>| -> Result<Vec<String>, PolicyLoadError> {
+            v.into_inner()
+                .into_iter()
+                .map(|m| {
+                    check_mechanism(file, &m)?;
+                    mechanisms.insert(m.get_ref().clone());
+                    Ok(m.into_inner())
+                })
+                .collect()
+        };
     let mut thresholds = BTreeMap::new();
     for (k, v) in raw.transfers.thresholds {
         thresholds.insert(k, cited(file, v, |v| Ok(v.into_inner()))?);
@@ -236,7 +271,11 @@ fn load_regime(
     let mut retention = BTreeMap::new();
     for (k, v) in raw.retention {
         if k != "default" && !taxonomy.is_category(&k) {
-            return Err(invalid_at(file, &v.value, format!("retention key {k:?} is neither \"default\" nor a data category")));
+            return Err(invalid_at(
+                file,
+                &v.value,
+                format!("retention key {k:?} is neither \"default\" nor a data category"),
+            ));
         }
         retention.insert(k, cited(file, v, periodf)?);
     }
@@ -252,8 +291,16 @@ fn load_regime(
         name: raw.name,
         dsr: DsrParams {
             deadline: cited(file, raw.dsr.deadline, periodf)?,
-            extension: raw.dsr.extension.map(|e| cited(file, e, periodf)).transpose()?,
-            receipt_confirmation: raw.dsr.receipt_confirmation.map(|e| cited(file, e, periodf)).transpose()?,
+            extension: raw
+                .dsr
+                .extension
+                .map(|e| cited(file, e, periodf))
+                .transpose()?,
+            receipt_confirmation: raw
+                .dsr
+                .receipt_confirmation
+                .map(|e| cited(file, e, periodf))
+                .transpose()?,
         },
         children: ChildParams {
             guardian_age: cited(file, raw.children.guardian_age, age)?,
@@ -280,11 +327,20 @@ fn load_regime(
 
 fn check_mechanism(file: &SourceFile, m: &toml::Spanned<String>) -> Result<(), PolicyLoadError> {
     let ok = !m.get_ref().is_empty()
-        && m.get_ref().bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        && m.get_ref()
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         Ok(())
     } else {
-        Err(invalid_at(file, m, format!("transfer mechanism {:?} must be lower_snake_case", m.get_ref())))
+        Err(invalid_at(
+            file,
+            m,
+            format!(
+                "transfer mechanism {:?} must be lower_snake_case",
+                m.get_ref()
+            ),
+        ))
     }
 }
 
@@ -295,20 +351,45 @@ fn load_jurisdictions(
     let raw: RawJurisdictionsFile = parse_toml(file)?;
     let mut out = Vec::new();
     for (code, j) in raw.jurisdictions {
-        let parsed = crate::Jurisdiction::parse(code.get_ref()).map_err(|e| invalid_at(file, &code, e.to_string()))?;
+        let parsed = crate::Jurisdiction::parse(code.get_ref())
+            .map_err(|e| invalid_at(file, &code, e.to_string()))?;
         if parsed.as_str() != code.get_ref() {
-            return Err(invalid_at(file, &code, format!("write the code in upper case: {parsed}")));
+            return Err(invalid_at(
+                file,
+                &code,
+                format!("write the code in upper case: {parsed}"),
+            ));
         }
         let Some(regime) = regimes.get(j.regime.get_ref()) else {
-            return Err(invalid_at(file, &j.regime, format!("unknown regime {:?}", j.regime.get_ref())));
+            return Err(invalid_at(
+                file,
+                &j.regime,
+                format!("unknown regime {:?}", j.regime.get_ref()),
+            ));
         };
         if !is_country_code(j.country.get_ref()) || j.country.get_ref() != parsed.country() {
-            return Err(invalid_at(file, &j.country, format!("country must be {:?} for {code}", parsed.country(), code = code.get_ref())));
+            return Err(invalid_at(
+                file,
+                &j.country,
+                format!(
+                    "country must be {:?} for {code}",
+                    parsed.country(),
+                    code = code.get_ref()
+                ),
+            ));
         }
         let tz = j.time_zone.get_ref();
-        let tz_ok = tz == "UTC" || (tz.contains('/') && tz.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-+".contains(&b)));
+        let tz_ok = tz == "UTC"
+            || (tz.contains('/')
+                && tz
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/_-+".contains(&b)));
         if !tz_ok {
-            return Err(invalid_at(file, &j.time_zone, format!("{tz:?} is not an IANA time zone name")));
+            return Err(invalid_at(
+                file,
+                &j.time_zone,
+                format!("{tz:?} is not an IANA time zone name"),
+            ));
         }
         let guardian_age = match j.guardian_age {
             Some(raw) => cited(file, raw, |v| Ok(v.into_inner()))?,
@@ -323,7 +404,11 @@ fn load_jurisdictions(
         });
     }
     if out.len() >= 4000 {
-        return Err(PolicyLoadError::Invalid { file: file.path.clone(), line: 1, reason: "too many jurisdictions (at most 4000)".to_owned() });
+        return Err(PolicyLoadError::Invalid {
+            file: file.path.clone(),
+            line: 1,
+            reason: "too many jurisdictions (at most 4000)".to_owned(),
+        });
     }
     Ok(out)
 }
@@ -336,40 +421,70 @@ fn load_destinations(
     let mut out = BTreeMap::new();
     for (key, d) in raw.destinations {
         if !is_country_code(d.region.get_ref()) {
-            return Err(invalid_at(file, &d.region, format!("{:?} is not an ISO 3166-1 alpha-2 code", d.region.get_ref())));
+            return Err(invalid_at(
+                file,
+                &d.region,
+                format!("{:?} is not an ISO 3166-1 alpha-2 code", d.region.get_ref()),
+            ));
         }
         let mut ms = Vec::new();
         for m in d.mechanisms {
             check_mechanism(file, &m)?;
             if !mechanisms.contains(m.get_ref()) {
-                return Err(invalid_at(file, &m, format!("transfer mechanism {:?} is not used by any regime", m.get_ref())));
+                return Err(invalid_at(
+                    file,
+                    &m,
+                    format!(
+                        "transfer mechanism {:?} is not used by any regime",
+                        m.get_ref()
+                    ),
+                ));
             }
             ms.push(m.into_inner());
         }
         out.insert(
             key.get_ref().clone(),
-            DestinationInfo { key: key.into_inner(), name: d.name, region: d.region.into_inner(), mechanisms: ms },
+            DestinationInfo {
+                key: key.into_inner(),
+                name: d.name,
+                region: d.region.into_inner(),
+                mechanisms: ms,
+            },
         );
     }
     Ok(out)
 }
 
-fn load_obligations(file: &SourceFile, taxonomy: &Taxonomy) -> Result<Vec<ObligationRule>, PolicyLoadError> {
+fn load_obligations(
+    file: &SourceFile,
+    taxonomy: &Taxonomy,
+) -> Result<Vec<ObligationRule>, PolicyLoadError> {
     let raw: RawObligationsFile = parse_toml(file)?;
     let mut out = Vec::new();
     for o in raw.obligation {
-        let kind = o
-            .kind
-            .get_ref()
-            .parse::<ObligationKind>()
-            .map_err(|()| invalid_at(file, &o.kind, format!("unknown obligation kind {:?} (seal, hash, strip_field, record_transfer)", o.kind.get_ref())))?;
+        let kind = o.kind.get_ref().parse::<ObligationKind>().map_err(|()| {
+            invalid_at(
+                file,
+                &o.kind,
+                format!(
+                    "unknown obligation kind {:?} (seal, hash, strip_field, record_transfer)",
+                    o.kind.get_ref()
+                ),
+            )
+        })?;
         let mut actions = 0u8;
         for a in &o.actions {
             actions |= match a.get_ref().as_str() {
                 "collect" => 1,
                 "process" => 2,
                 "export" => 4,
-                other => return Err(invalid_at(file, a, format!("unknown action {other:?} (collect, process, export)"))),
+                other => {
+                    return Err(invalid_at(
+                        file,
+                        a,
+                        format!("unknown action {other:?} (collect, process, export)"),
+                    ));
+                }
             };
         }
         let mut categories = Vec::new();
@@ -393,10 +508,8 @@ fn load_obligations(file: &SourceFile, taxonomy: &Taxonomy) -> Result<Vec<Obliga
 
 /// The first source offset a Cedar diagnostic points at.
 fn first_offset(d: &dyn Diagnostic) -> Option<usize> {
-    if let Some(mut labels) = d.labels() {
-        if let Some(l) = labels.next() {
-            return Some(l.offset());
-        }
+    if let Some(l) = d.labels().and_then(|mut labels| labels.next()) {
+        return Some(l.offset());
     }
     if let Some(related) = d.related() {
         for r in related {
@@ -437,9 +550,15 @@ fn load_rules(
     let mut set = PolicySet::new();
     let mut rules: HashMap<PolicyId, RuleMeta> = HashMap::new();
     let mut texts: HashMap<PolicyId, (&SourceFile, usize)> = HashMap::new();
-    let rule_files: Vec<&SourceFile> = files.iter().filter(|f| f.path.starts_with("rules/")).collect();
+    let rule_files: Vec<&SourceFile> = files
+        .iter()
+        .filter(|f| f.path.starts_with("rules/"))
+        .collect();
     if rule_files.is_empty() {
-        return Err(PolicyLoadError::Missing { file: "rules/*.cedar".to_owned(), line: 1 });
+        return Err(PolicyLoadError::Missing {
+            file: "rules/*.cedar".to_owned(),
+            line: 1,
+        });
     }
     let regime_ty = type_name("Regime");
     let purpose_ty = type_name("Purpose");
@@ -451,27 +570,46 @@ fn load_rules(
             reason: diagnostic_text(&e),
         })?;
         if parsed.templates().next().is_some() {
-            return Err(PolicyLoadError::Cedar { file: file.path.clone(), line: 1, reason: "templates are not supported".to_owned() });
+            return Err(PolicyLoadError::Cedar {
+                file: file.path.clone(),
+                line: 1,
+                reason: "templates are not supported".to_owned(),
+            });
         }
         let mut policies: Vec<_> = parsed.policies().cloned().collect();
         // from_str names policies policy0, policy1, ... in source order
-        policies.sort_by_key(|p| p.id().to_string().trim_start_matches("policy").parse::<usize>().unwrap_or(usize::MAX));
+        policies.sort_by_key(|p| {
+            p.id()
+                .to_string()
+                .trim_start_matches("policy")
+                .parse::<usize>()
+                .unwrap_or(usize::MAX)
+        });
         let mut search_from = 0;
         for policy in policies {
-            let offset = policy
-                .to_cedar()
-                .and_then(|t| file.text.get(search_from..).and_then(|rest| rest.find(&t)).map(|o| (o + search_from, t.len())));
+            let offset = policy.to_cedar().and_then(|t| {
+                file.text
+                    .get(search_from..)
+                    .and_then(|rest| rest.find(&t))
+                    .map(|o| (o + search_from, t.len()))
+            });
             let start = offset.map_or(search_from, |(o, _)| o);
             let line = file.line_of(start);
             if let Some((o, len)) = offset {
                 search_from = o + len;
             }
-            let err = |reason: String| PolicyLoadError::Cedar { file: file.path.clone(), line, reason };
+            let err = |reason: String| PolicyLoadError::Cedar {
+                file: file.path.clone(),
+                line,
+                reason,
+            };
             let Some(id) = policy.annotation("id").map(str::to_owned) else {
                 return Err(err("rule has no @id(\"...\") annotation".to_owned()));
             };
             let Some(reason) = policy.annotation("reason").map(str::to_owned) else {
-                return Err(err(format!("rule {id:?} has no @reason(\"...\") annotation")));
+                return Err(err(format!(
+                    "rule {id:?} has no @reason(\"...\") annotation"
+                )));
             };
             if id.trim().is_empty() || reason.trim().is_empty() {
                 return Err(err("@id and @reason must not be empty".to_owned()));
@@ -490,7 +628,11 @@ fn load_rules(
                 };
                 if !known {
                     let needle = format!("::\"{key}\"");
-                    let at = file.text.get(start..).and_then(|t| t.find(&needle)).map_or(line, |o| file.line_of(start + o));
+                    let at = file
+                        .text
+                        .get(start..)
+                        .and_then(|t| t.find(&needle))
+                        .map_or(line, |o| file.line_of(start + o));
                     return Err(PolicyLoadError::Cedar {
                         file: file.path.clone(),
                         line: at,
@@ -500,22 +642,42 @@ fn load_rules(
             }
             let pid = PolicyId::new(&id);
             if let Some(prev) = rules.get(&pid) {
-                return Err(err(format!("duplicate rule id {id:?} (first at {}:{})", prev.file, prev.line)));
+                return Err(err(format!(
+                    "duplicate rule id {id:?} (first at {}:{})",
+                    prev.file, prev.line
+                )));
             }
             let order = rules.len();
-            set.add(policy.new_id(pid.clone())).map_err(|e| err(e.to_string()))?;
+            set.add(policy.new_id(pid.clone()))
+                .map_err(|e| err(e.to_string()))?;
             texts.insert(pid.clone(), (file, line));
-            rules.insert(pid, RuleMeta { id, reason, order, file: file.path.clone(), line });
+            rules.insert(
+                pid,
+                RuleMeta {
+                    id,
+                    reason,
+                    order,
+                    file: file.path.clone(),
+                    line,
+                },
+            );
         }
     }
 
     let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
     if let Some(e) = result.validation_errors().next() {
         let (file, line) = match texts.get(e.policy_id()) {
-            Some((file, line)) => (file.path.clone(), first_offset(e).map_or(*line, |o| file.line_of(o))),
+            Some((file, line)) => (
+                file.path.clone(),
+                first_offset(e).map_or(*line, |o| file.line_of(o)),
+            ),
             None => (source::SCHEMA.to_owned(), 1),
         };
-        return Err(PolicyLoadError::Validation { file, line, reason: diagnostic_text(e) });
+        return Err(PolicyLoadError::Validation {
+            file,
+            line,
+            reason: diagnostic_text(e),
+        });
     }
     Ok((set, rules))
 }
@@ -533,12 +695,23 @@ fn build_entities(
     let category_ty = type_name("DataCategory");
     let jur_ty = type_name("Jurisdiction");
     let mut entities = Vec::new();
-    let internal = |file: &str, reason: String| PolicyLoadError::Invalid { file: file.to_owned(), line: 1, reason };
+    let internal = |file: &str, reason: String| PolicyLoadError::Invalid {
+        file: file.to_owned(),
+        line: 1,
+        reason,
+    };
 
-    for (h, ty) in [(&taxonomy.purposes, &purpose_ty), (&taxonomy.categories, &category_ty)] {
+    for (h, ty) in [
+        (&taxonomy.purposes, &purpose_ty),
+        (&taxonomy.categories, &category_ty),
+    ] {
         for id in 0..h.len() {
             let id = u16::try_from(id).unwrap_or(u16::MAX);
-            let parents: HashSet<EntityUid> = h.parent(id).map(|p| uid(ty, h.key(p))).into_iter().collect();
+            let parents: HashSet<EntityUid> = h
+                .parent(id)
+                .map(|p| uid(ty, h.key(p)))
+                .into_iter()
+                .collect();
             entities.push(Entity::new_no_attrs(uid(ty, h.key(id)), parents));
         }
     }
@@ -558,7 +731,10 @@ fn build_entities(
             let zuid = uid(&zone_ty, &format!("{}.{zone}", r.id));
             entities.push(Entity::new_no_attrs(zuid.clone(), HashSet::new()));
             for c in countries {
-                country_zones.entry(c.clone()).or_default().insert(zuid.clone());
+                country_zones
+                    .entry(c.clone())
+                    .or_default()
+                    .insert(zuid.clone());
             }
         }
     }
@@ -567,17 +743,33 @@ fn build_entities(
     }
 
     let set_of = |ty: &EntityTypeName, keys: &[String]| {
-        RestrictedExpression::new_set(keys.iter().map(|k| RestrictedExpression::new_entity_uid(uid(ty, k))))
+        RestrictedExpression::new_set(
+            keys.iter()
+                .map(|k| RestrictedExpression::new_entity_uid(uid(ty, k))),
+        )
     };
     for j in jurisdictions {
         let Some(r) = regimes.get(&j.regime) else {
-            return Err(internal(source::JURISDICTIONS, format!("unknown regime {:?}", j.regime)));
+            return Err(internal(
+                source::JURISDICTIONS,
+                format!("unknown regime {:?}", j.regime),
+            ));
         };
-        let zone = |z: &str| RestrictedExpression::new_entity_uid(uid(&zone_ty, &format!("{}.{z}", r.id)));
+        let zone =
+            |z: &str| RestrictedExpression::new_entity_uid(uid(&zone_ty, &format!("{}.{z}", r.id)));
         let attrs: HashMap<String, RestrictedExpression> = [
-            ("country", RestrictedExpression::new_entity_uid(uid(&country_ty, &j.country))),
-            ("guardian_age", RestrictedExpression::new_long(i64::from(j.guardian_age.value))),
-            ("opt_in_age", RestrictedExpression::new_long(i64::from(r.children.opt_in_age.value))),
+            (
+                "country",
+                RestrictedExpression::new_entity_uid(uid(&country_ty, &j.country)),
+            ),
+            (
+                "guardian_age",
+                RestrictedExpression::new_long(i64::from(j.guardian_age.value)),
+            ),
+            (
+                "opt_in_age",
+                RestrictedExpression::new_long(i64::from(r.children.opt_in_age.value)),
+            ),
             ("opt_in", set_of(&purpose_ty, &r.opt_in.value)),
             ("opt_out", set_of(&purpose_ty, &r.opt_out.value)),
             ("sale_share", set_of(&purpose_ty, &r.sale_share.value)),
@@ -587,11 +779,22 @@ fn build_entities(
             ("framework_zone", zone("framework")),
             (
                 "framework_mechanism",
-                RestrictedExpression::new_string(r.transfers.framework.as_ref().map_or(String::new(), |f| f.mechanism.clone())),
+                RestrictedExpression::new_string(
+                    r.transfers
+                        .framework
+                        .as_ref()
+                        .map_or(String::new(), |f| f.mechanism.clone()),
+                ),
             ),
             (
                 "transfer_mechanisms",
-                RestrictedExpression::new_set(r.transfers.mechanisms.value.iter().map(|m| RestrictedExpression::new_string(m.clone()))),
+                RestrictedExpression::new_set(
+                    r.transfers
+                        .mechanisms
+                        .value
+                        .iter()
+                        .map(|m| RestrictedExpression::new_string(m.clone())),
+                ),
             ),
         ]
         .into_iter()
@@ -602,6 +805,13 @@ fn build_entities(
             .map_err(|e| internal(source::JURISDICTIONS, format!("{}: {e}", j.code)))?;
         entities.push(e);
     }
-    Entities::from_entities(entities, Some(schema))
-        .map_err(|e| internal(source::SCHEMA, format!("generated entities do not match the schema: {}", diagnostic_text(&e))))
+    Entities::from_entities(entities, Some(schema)).map_err(|e| {
+        internal(
+            source::SCHEMA,
+            format!(
+                "generated entities do not match the schema: {}",
+                diagnostic_text(&e)
+            ),
+        )
+    })
 }

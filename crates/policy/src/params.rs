@@ -35,7 +35,9 @@ pub enum Period {
 
 /// A period string that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid period {0:?}: expected \"N days\", \"N business days\", \"N months\" or \"N years\"")]
+#[error(
+    "invalid period {0:?}: expected \"N days\", \"N business days\", \"N months\" or \"N years\""
+)]
 pub struct PeriodError(pub String);
 
 impl FromStr for Period {

@@ -21,7 +21,11 @@ impl SourceFile {
 /// 1-based line of a byte offset into `text` (clamped to the end).
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 /// The single-file parameter files, relative to the policy directory.
@@ -99,7 +103,11 @@ pub(crate) fn is_policy_file(path: &str) -> bool {
 pub(crate) fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyLoadError> {
     let mut files = Vec::new();
     for sub in ["", "taxonomy", "regimes", "rules"] {
-        let folder = if sub.is_empty() { dir.to_path_buf() } else { dir.join(sub) };
+        let folder = if sub.is_empty() {
+            dir.to_path_buf()
+        } else {
+            dir.join(sub)
+        };
         let entries = match std::fs::read_dir(&folder) {
             Ok(entries) => entries,
             Err(e) if sub.is_empty() => {
@@ -118,7 +126,11 @@ pub(crate) fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyLoadError> {
                 reason: e.to_string(),
             })?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let rel = if sub.is_empty() { name } else { format!("{sub}/{name}") };
+            let rel = if sub.is_empty() {
+                name
+            } else {
+                format!("{sub}/{name}")
+            };
             if !is_policy_file(&rel) {
                 continue;
             }

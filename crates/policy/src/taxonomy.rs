@@ -42,22 +42,36 @@ impl Hierarchy {
             let valid = !k.is_empty()
                 && k.split('.').all(|seg| {
                     !seg.is_empty()
-                        && seg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                        && seg
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
                 });
             if !valid {
-                return Err(invalid_at(file, &key, format!("invalid {what} key {k:?}: dotted lower-case segments expected")));
+                return Err(invalid_at(
+                    file,
+                    &key,
+                    format!("invalid {what} key {k:?}: dotted lower-case segments expected"),
+                ));
             }
             let parent = match k.rsplit_once('.') {
                 None => None,
                 Some((p, _)) => match h.index.get(p) {
                     Some(id) => Some(*id),
-                    None => return Err(invalid_at(file, &key, format!("{what} {k:?} has no parent {p:?} in this file"))),
+                    None => {
+                        return Err(invalid_at(
+                            file,
+                            &key,
+                            format!("{what} {k:?} has no parent {p:?} in this file"),
+                        ));
+                    }
                 },
             };
             let id = u16::try_from(h.keys.len())
                 .ok()
                 .filter(|id| *id < 4000)
-                .ok_or_else(|| invalid_at(file, &key, format!("too many {what} keys (at most 4000)")))?;
+                .ok_or_else(|| {
+                    invalid_at(file, &key, format!("too many {what} keys (at most 4000)"))
+                })?;
             h.index.insert(k.clone(), id);
             h.keys.push(key.into_inner());
             h.names.push(name);
@@ -103,7 +117,12 @@ impl Hierarchy {
     }
 
     /// Resolves a spanned reference to a key of this hierarchy.
-    pub(crate) fn resolve(&self, file: &SourceFile, key: &Spanned<String>, what: &str) -> Result<u16, PolicyLoadError> {
+    pub(crate) fn resolve(
+        &self,
+        file: &SourceFile,
+        key: &Spanned<String>,
+        what: &str,
+    ) -> Result<u16, PolicyLoadError> {
         self.id(key.get_ref())
             .ok_or_else(|| invalid_at(file, key, format!("unknown {what} {:?}", key.get_ref())))
     }
@@ -267,13 +286,24 @@ impl Taxonomy {
     ) -> Result<BTreeMap<u8, TcfMapping>, PolicyLoadError> {
         let mut out = BTreeMap::new();
         for (id, entry) in raw {
-            let n: u8 = id
-                .get_ref()
-                .parse()
-                .map_err(|_| invalid_at(file, &id, format!("TCF id {:?} is not a number 1-255", id.get_ref())))?;
+            let n: u8 = id.get_ref().parse().map_err(|_| {
+                invalid_at(
+                    file,
+                    &id,
+                    format!("TCF id {:?} is not a number 1-255", id.get_ref()),
+                )
+            })?;
             let purposes = self.resolve_all(file, &entry.purposes, true)?;
             let data_categories = self.resolve_all(file, &entry.data_categories, false)?;
-            out.insert(n, TcfMapping { id: n, name: entry.name, purposes, data_categories });
+            out.insert(
+                n,
+                TcfMapping {
+                    id: n,
+                    name: entry.name,
+                    purposes,
+                    data_categories,
+                },
+            );
         }
         Ok(out)
     }
@@ -287,7 +317,14 @@ impl Taxonomy {
         for (field, entry) in raw {
             let purposes = self.resolve_all(file, &entry.purposes, true)?;
             let data_categories = self.resolve_all(file, &entry.data_categories, false)?;
-            out.insert(field.clone(), GppMapping { field, purposes, data_categories });
+            out.insert(
+                field.clone(),
+                GppMapping {
+                    field,
+                    purposes,
+                    data_categories,
+                },
+            );
         }
         Ok(out)
     }
@@ -363,7 +400,11 @@ impl FieldClassification {
             m.into_iter().map(|(k, v)| Ok((k, check(v)?))).collect()
         };
         Ok(Self {
-            defaults: [check(raw.default.event)?, check(raw.default.trait_)?, check(raw.default.context)?],
+            defaults: [
+                check(raw.default.event)?,
+                check(raw.default.trait_)?,
+                check(raw.default.context)?,
+            ],
             maps: [map(raw.event)?, map(raw.trait_)?, map(raw.context)?],
         })
     }

@@ -18,7 +18,9 @@ fn tcf_purposes_1_to_11_map_to_known_fideslang_purposes() {
     let e = engine();
     let t = e.taxonomy();
     for id in 1..=11u8 {
-        let m = t.tcf_purpose(id).unwrap_or_else(|| panic!("TCF purpose {id} missing"));
+        let m = t
+            .tcf_purpose(id)
+            .unwrap_or_else(|| panic!("TCF purpose {id} missing"));
         assert!(!m.purposes.is_empty(), "TCF purpose {id} maps to nothing");
         for p in &m.purposes {
             assert!(t.is_purpose(p), "{p}");
@@ -26,11 +28,32 @@ fn tcf_purposes_1_to_11_map_to_known_fideslang_purposes() {
     }
     assert!(t.tcf_purpose(12).is_none());
     assert_eq!(t.tcf_purpose(1).unwrap().purposes, ["functional.storage"]);
-    assert_eq!(t.tcf_purpose(3).unwrap().purposes, ["marketing.advertising.profiling"]);
-    assert!(t.tcf_purpose(4).unwrap().purposes.iter().any(|p| p == "marketing.advertising.third_party.targeted"));
-    assert_eq!(t.tcf_purposes_for("marketing.advertising.third_party.targeted"), [4]);
-    assert_eq!(t.tcf_special_feature(1).unwrap().data_categories, ["user.location.precise"]);
-    assert!(t.tcf_special_purpose(1).unwrap().purposes.iter().any(|p| p == "essential.fraud_detection"));
+    assert_eq!(
+        t.tcf_purpose(3).unwrap().purposes,
+        ["marketing.advertising.profiling"]
+    );
+    assert!(
+        t.tcf_purpose(4)
+            .unwrap()
+            .purposes
+            .iter()
+            .any(|p| p == "marketing.advertising.third_party.targeted")
+    );
+    assert_eq!(
+        t.tcf_purposes_for("marketing.advertising.third_party.targeted"),
+        [4]
+    );
+    assert_eq!(
+        t.tcf_special_feature(1).unwrap().data_categories,
+        ["user.location.precise"]
+    );
+    assert!(
+        t.tcf_special_purpose(1)
+            .unwrap()
+            .purposes
+            .iter()
+            .any(|p| p == "essential.fraud_detection")
+    );
 }
 
 #[test]
@@ -41,22 +64,52 @@ fn gpp_opt_outs_map_to_purposes_and_categories() {
         let sale = t.gpp(section, "SaleOptOut").unwrap();
         assert_eq!(sale.purposes, ["third_party_sharing"]);
         let share = t.gpp(section, "SharingOptOut").unwrap();
-        assert!(t.purpose_is_under("marketing.advertising.third_party.targeted", &share.purposes[0]));
+        assert!(t.purpose_is_under(
+            "marketing.advertising.third_party.targeted",
+            &share.purposes[0]
+        ));
         let sensitive = t.gpp(section, "SensitiveDataProcessing").unwrap();
-        assert!(sensitive.data_categories.iter().any(|c| c == "user.health_and_medical"));
+        assert!(
+            sensitive
+                .data_categories
+                .iter()
+                .any(|c| c == "user.health_and_medical")
+        );
     }
-    assert!(t.gpp(GppSection::UsNat, "TargetedAdvertisingOptOut").is_some());
-    assert!(t.gpp(GppSection::UsCa, "TargetedAdvertisingOptOut").is_none(), "usca has no such field");
+    assert!(
+        t.gpp(GppSection::UsNat, "TargetedAdvertisingOptOut")
+            .is_some()
+    );
+    assert!(
+        t.gpp(GppSection::UsCa, "TargetedAdvertisingOptOut")
+            .is_none(),
+        "usca has no such field"
+    );
 }
 
 #[test]
 fn fields_are_classified_with_defaults_for_unlisted_ones() {
     let e = engine();
-    assert_eq!(e.classify_field(FieldKind::Trait, "email"), "user.contact.email");
-    assert_eq!(e.classify_field(FieldKind::Context, "ip"), "user.device.ip_address");
-    assert_eq!(e.classify_field(FieldKind::Event, "anonymousId"), "user.device.cookie_id");
-    assert_eq!(e.classify_field(FieldKind::Context, "location.latitude"), "user.location.precise");
-    assert_eq!(e.classify_field(FieldKind::Trait, "favouriteColour"), "user");
+    assert_eq!(
+        e.classify_field(FieldKind::Trait, "email"),
+        "user.contact.email"
+    );
+    assert_eq!(
+        e.classify_field(FieldKind::Context, "ip"),
+        "user.device.ip_address"
+    );
+    assert_eq!(
+        e.classify_field(FieldKind::Event, "anonymousId"),
+        "user.device.cookie_id"
+    );
+    assert_eq!(
+        e.classify_field(FieldKind::Context, "location.latitude"),
+        "user.location.precise"
+    );
+    assert_eq!(
+        e.classify_field(FieldKind::Trait, "favouriteColour"),
+        "user"
+    );
     assert!(!e.fields().is_listed(FieldKind::Trait, "favouriteColour"));
     // every classification is a category the taxonomy knows
     for kind in [FieldKind::Event, FieldKind::Trait, FieldKind::Context] {
@@ -69,14 +122,23 @@ fn legal_parameters_carry_values_and_articles() {
     let e = engine();
     let gdpr = e.regime("GDPR").unwrap();
     assert_eq!(gdpr.dsr.deadline.value, Period::Months(1));
-    assert_eq!(gdpr.dsr.extension.as_ref().unwrap().value, Period::Months(2));
+    assert_eq!(
+        gdpr.dsr.extension.as_ref().unwrap().value,
+        Period::Months(2)
+    );
     assert!(gdpr.dsr.deadline.article.contains("12(3)"));
     let ccpa = e.regime("CCPA").unwrap();
     assert_eq!(ccpa.dsr.deadline.value, Period::Days(45));
     assert_eq!(ccpa.dsr.extension.as_ref().unwrap().value, Period::Days(45));
-    assert_eq!(ccpa.dsr.receipt_confirmation.as_ref().unwrap().value, Period::BusinessDays(10));
+    assert_eq!(
+        ccpa.dsr.receipt_confirmation.as_ref().unwrap().value,
+        Period::BusinessDays(10)
+    );
     assert_eq!(ccpa.children.opt_in_age.value, 16);
-    assert_eq!(e.regime("LGPD").unwrap().dsr.deadline.value, Period::Days(15));
+    assert_eq!(
+        e.regime("LGPD").unwrap().dsr.deadline.value,
+        Period::Days(15)
+    );
     assert_eq!(e.regime("LGPD").unwrap().children.guardian_age.value, 12);
     assert_eq!(e.regime("UK_GDPR").unwrap().children.guardian_age.value, 13);
     assert_eq!(e.regime("PIPL").unwrap().children.guardian_age.value, 14);
@@ -96,10 +158,24 @@ fn legal_parameters_carry_values_and_articles() {
 #[test]
 fn retention_uses_the_nearest_listed_category() {
     let e = engine();
-    assert_eq!(e.retention("EU-DE", "user.device.cookie_id").unwrap().value, Period::Months(13));
-    assert_eq!(e.retention("EU-DE", "user.financial.bank_account").unwrap().value, Period::Years(10));
-    assert_eq!(e.retention("EU-DE", "user.contact.email").unwrap().value, Period::Months(25));
-    assert_eq!(e.retention("GB", "user.financial").unwrap().value, Period::Years(6));
+    assert_eq!(
+        e.retention("EU-DE", "user.device.cookie_id").unwrap().value,
+        Period::Months(13)
+    );
+    assert_eq!(
+        e.retention("EU-DE", "user.financial.bank_account")
+            .unwrap()
+            .value,
+        Period::Years(10)
+    );
+    assert_eq!(
+        e.retention("EU-DE", "user.contact.email").unwrap().value,
+        Period::Months(25)
+    );
+    assert_eq!(
+        e.retention("GB", "user.financial").unwrap().value,
+        Period::Years(6)
+    );
     assert!(e.retention("JP", "user").is_err());
     assert!(e.retention("EU-DE", "user.nope").is_err());
 }
@@ -126,7 +202,12 @@ fn check_reports_the_builtin_and_a_directory() {
 #[test]
 fn explain_prints_allowed_rule_reason_and_version() {
     let e = engine();
-    let mut args = ExplainArgs::new("export", "EU-DE", "marketing.advertising.third_party.targeted").unwrap();
+    let mut args = ExplainArgs::new(
+        "export",
+        "EU-DE",
+        "marketing.advertising.third_party.targeted",
+    )
+    .unwrap();
     args.consent = cli::parse_consent("none").unwrap();
     args.destination_region = Some("US".to_owned());
     args.transfer_mechanisms = vec!["dpf".to_owned()];
@@ -141,7 +222,13 @@ fn explain_prints_allowed_rule_reason_and_version() {
     let v = cli::explain(&e, &args);
     assert_eq!(v["allowed"], true);
     assert_eq!(v["rule"], "gdpr.art6_1_a.consent");
-    assert!(v["obligations"].as_array().unwrap().iter().any(|o| o["kind"] == "record_transfer"));
+    assert!(
+        v["obligations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["kind"] == "record_transfer")
+    );
 
     args.transfer_mechanisms.clear();
     let v = cli::explain(&e, &args);
@@ -151,7 +238,12 @@ fn explain_prints_allowed_rule_reason_and_version() {
 
 #[test]
 fn explain_argument_helpers_reject_bad_input() {
-    assert!(ExplainArgs::new("share", "EU-DE", "analytics").unwrap_err().to_string().contains("collect, process, export"));
+    assert!(
+        ExplainArgs::new("share", "EU-DE", "analytics")
+            .unwrap_err()
+            .to_string()
+            .contains("collect, process, export")
+    );
     assert!(ExplainArgs::new("collect", "", "analytics").is_err());
     assert!(cli::parse_consent("maybe").is_err());
     assert_eq!(cli::parse_age("15").unwrap(), 15);
@@ -164,7 +256,10 @@ fn explain_argument_helpers_reject_bad_input() {
 fn memo_is_shared_safely_across_threads() {
     let e = Arc::new(engine());
     let questions = meridian_policy::bench::sample_questions();
-    let expected: Vec<bool> = questions.iter().map(|q| e.decide_uncached(q).allowed).collect();
+    let expected: Vec<bool> = questions
+        .iter()
+        .map(|q| e.decide_uncached(q).allowed)
+        .collect();
     e.clear_memo();
     let handles: Vec<_> = (0..4)
         .map(|t| {
@@ -183,14 +278,20 @@ fn memo_is_shared_safely_across_threads() {
     for h in handles {
         h.join().unwrap();
     }
-    let distinct: std::collections::HashSet<_> = questions.iter().map(|q| e.resolve(q).unwrap()).collect();
-    assert_eq!(e.memoized(), distinct.len(), "each tuple evaluated and stored once");
+    let distinct: std::collections::HashSet<_> =
+        questions.iter().map(|q| e.resolve(q).unwrap()).collect();
+    assert_eq!(
+        e.memoized(),
+        distinct.len(),
+        "each tuple evaluated and stored once"
+    );
 }
 
 #[test]
 fn memoized_decision_is_the_same_allocation() {
     let e = engine();
-    let q = Question::new(Action::Collect, "BR", "analytics.reporting").with_consent(ConsentState::Given);
+    let q = Question::new(Action::Collect, "BR", "analytics.reporting")
+        .with_consent(ConsentState::Given);
     let a = e.decide(&q);
     let b = e.decide(&q);
     assert!(Arc::ptr_eq(&a, &b));
@@ -201,13 +302,20 @@ fn bench_runs_and_reports_units() {
     let e = engine();
     let report = meridian_policy::bench::run(
         &e,
-        &meridian_policy::bench::BenchOptions { memoized_duration: std::time::Duration::from_millis(50), uncached_samples: 50 },
+        &meridian_policy::bench::BenchOptions {
+            memoized_duration: std::time::Duration::from_millis(50),
+            uncached_samples: 50,
+        },
     );
     assert!(report.memoized_decisions_per_sec_per_core > 0.0);
     assert!(report.uncached_eval_p50_us > 0.0);
     assert!(report.uncached_eval_p99_us >= report.uncached_eval_p50_us);
     let json = serde_json::to_value(&report).unwrap();
-    for key in ["memoized_decisions_per_sec_per_core", "uncached_eval_p50_us", "uncached_eval_p99_us"] {
+    for key in [
+        "memoized_decisions_per_sec_per_core",
+        "uncached_eval_p50_us",
+        "uncached_eval_p99_us",
+    ] {
         assert!(json.get(key).is_some(), "{key}");
     }
 }
