@@ -7,13 +7,13 @@ use std::collections::BTreeSet;
 use meridian_proto::v1::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 use crate::harness::{Backend, Environment, authorized};
 
@@ -78,7 +78,9 @@ async fn reqwest_free_get(addr: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .unwrap();
     let mut response = String::new();
@@ -101,7 +103,10 @@ async fn list_services(channel: tonic::transport::Channel) -> BTreeSet<String> {
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected reflection answer: {response:?}");
     };
-    list.service.into_iter().map(|service| service.name).collect()
+    list.service
+        .into_iter()
+        .map(|service| service.name)
+        .collect()
 }
 
 async fn reflection_lists_the_five_services_and_health(backend: Backend) {
@@ -109,7 +114,10 @@ async fn reflection_lists_the_five_services_and_health(backend: Backend) {
     let server = env.serve(&[]).await;
     let listed = list_services(server.channel.clone()).await;
     for service in meridian_proto::SERVICE_NAMES {
-        assert!(listed.contains(service), "{service} missing from {listed:?}");
+        assert!(
+            listed.contains(service),
+            "{service} missing from {listed:?}"
+        );
     }
     assert!(listed.contains("grpc.health.v1.Health"), "{listed:?}");
 
@@ -118,7 +126,8 @@ async fn reflection_lists_the_five_services_and_health(backend: Backend) {
     let listed = list_services(ingest_only.channel.clone()).await;
     assert!(listed.contains("meridian.v1.IngestService"), "{listed:?}");
     assert!(!listed.contains("meridian.v1.ConsentService"), "{listed:?}");
-    let mut consent = consent_service_client::ConsentServiceClient::new(ingest_only.channel.clone());
+    let mut consent =
+        consent_service_client::ConsentServiceClient::new(ingest_only.channel.clone());
     let key = env.api_key("acme", "admin").await;
     let status = consent
         .verify_ledger(authorized(VerifyLedgerRequest::default(), Some(&key)))
@@ -191,7 +200,9 @@ async fn api_keys_are_required_scoped_and_bound_to_their_workspace(backend: Back
     // this process never saw it, so at once).
     let fresh = env.api_key("acme", "consent").await;
     let key_id = fresh.split('_').nth(1).unwrap();
-    let (ok, _, stderr) = env.run(&["keys", "revoke-api-key", "--key-id", key_id]).await;
+    let (ok, _, stderr) = env
+        .run(&["keys", "revoke-api-key", "--key-id", key_id])
+        .await;
     assert!(ok, "{stderr}");
     let status = consent
         .verify_ledger(verify("", Some(&fresh)))
@@ -298,17 +309,47 @@ async fn migrate_is_idempotent_and_reports_the_schema(backend: Backend) {
 #[tokio::test]
 async fn configuration_errors_name_the_setting_and_stop_start_up() {
     let env = Environment::new(Backend::Sqlite).await;
-    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+    /// Arguments, environment, and the name the error must mention.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
         (&["serve", "--grpc-addr", "localhost:x"], &[], "grpc_addr"),
-        (&["serve"], &[("MERIDIAN_TIME_ZONE", "Mars/Base")], "time_zone"),
-        (&["serve"], &[("DATABASE_URL", "mysql://db")], "DATABASE_URL"),
-        (&["keys", "create-api-key", "--workspace", "acme", "--scopes", "ingest,root"], &[], "root"),
+        (
+            &["serve"],
+            &[("MERIDIAN_TIME_ZONE", "Mars/Base")],
+            "time_zone",
+        ),
+        (
+            &["serve"],
+            &[("DATABASE_URL", "mysql://db")],
+            "DATABASE_URL",
+        ),
+        (
+            &[
+                "keys",
+                "create-api-key",
+                "--workspace",
+                "acme",
+                "--scopes",
+                "ingest,root",
+            ],
+            &[],
+            "root",
+        ),
     ];
     for (args, vars, named) in cases {
-        let output = env.command().args(args).envs(vars.iter().copied()).output().await.unwrap();
+        let output = env
+            .command()
+            .args(args)
+            .envs(vars.iter().copied())
+            .output()
+            .await
+            .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?} {vars:?} should fail");
-        assert!(stderr.contains(named), "{args:?}: {stderr} should name {named}");
+        assert!(
+            stderr.contains(named),
+            "{args:?}: {stderr} should name {named}"
+        );
     }
     let config = env.data_dir.path().join("meridian.toml");
     std::fs::write(&config, "grpc_adress = \"127.0.0.1:0\"\n").unwrap();

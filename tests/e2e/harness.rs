@@ -62,8 +62,8 @@ impl Drop for PgDatabase {
                 use sqlx::Connection;
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await;
+                        .execute(&mut conn)
+                        .await;
                 }
             });
         })
@@ -132,7 +132,11 @@ impl Environment {
             .await;
         assert!(ok, "create-api-key failed: {stderr}");
         let lines: Vec<&str> = stdout.lines().collect();
-        assert_eq!(lines.len(), 1, "the key must be alone on stdout: {stdout:?}");
+        assert_eq!(
+            lines.len(),
+            1,
+            "the key must be alone on stdout: {stdout:?}"
+        );
         lines[0].to_owned()
     }
 
@@ -165,7 +169,11 @@ impl Environment {
         })
         .await;
         let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
-        assert!(found.is_ok(), "server did not print its addresses: {}", log_text());
+        assert!(
+            found.is_ok(),
+            "server did not print its addresses: {}",
+            log_text()
+        );
         let (Some(grpc), Some(http)) = (grpc, http) else {
             panic!("server exited before listening: {}", log_text());
         };

@@ -48,11 +48,17 @@ impl ApiKey {
         let rest = text.strip_prefix(PREFIX).ok_or(ApiKeyError)?;
         let (key_id, secret_text) = rest.split_once('_').ok_or(ApiKeyError)?;
         if key_id.len() != KEY_ID_BYTES * 2
-            || !key_id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            || !key_id
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         {
             return Err(ApiKeyError);
         }
-        let secret = Zeroizing::new(URL_SAFE_NO_PAD.decode(secret_text).map_err(|_| ApiKeyError)?);
+        let secret = Zeroizing::new(
+            URL_SAFE_NO_PAD
+                .decode(secret_text)
+                .map_err(|_| ApiKeyError)?,
+        );
         if secret.len() != SECRET_BYTES {
             return Err(ApiKeyError);
         }

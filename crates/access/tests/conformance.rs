@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use meridian_access::{
-    AccessError, AccessStore, ApiKeyPepper, Authenticator, AuthenticationError, StoreAccess,
+    AccessError, AccessStore, ApiKeyPepper, AuthenticationError, Authenticator, StoreAccess,
     create_api_key, ensure_workspace,
 };
 use meridian_domain::{Region, Scope, TimeZone, WorkspaceId};
@@ -48,9 +48,14 @@ async fn keys_authenticate_only_with_the_right_secret(store: Arc<dyn AccessStore
     ensure_workspace(&*store, &ws("acme"), &region("eu"), paris())
         .await
         .unwrap();
-    let key = create_api_key(&*store, &pepper(), &ws("acme"), "ingest,consent".parse().unwrap())
-        .await
-        .unwrap();
+    let key = create_api_key(
+        &*store,
+        &pepper(),
+        &ws("acme"),
+        "ingest,consent".parse().unwrap(),
+    )
+    .await
+    .unwrap();
     let auth = Authenticator::new(store.clone(), pepper());
 
     let principal = auth.authenticate(&key.to_string()).await.unwrap();
@@ -58,7 +63,10 @@ async fn keys_authenticate_only_with_the_right_secret(store: Arc<dyn AccessStore
     assert!(principal.scopes.allows(Scope::Consent));
     assert!(!principal.scopes.allows(Scope::Audience));
     let bearer = format!("Bearer {key}");
-    assert_eq!(auth.authenticate_bearer(Some(&bearer)).await.unwrap(), principal);
+    assert_eq!(
+        auth.authenticate_bearer(Some(&bearer)).await.unwrap(),
+        principal
+    );
 
     // The stored row holds no usable secret.
     let record = store.find_api_key(key.key_id()).await.unwrap().unwrap();
@@ -81,7 +89,9 @@ async fn keys_authenticate_only_with_the_right_secret(store: Arc<dyn AccessStore
         AuthenticationError::Missing
     );
     assert_eq!(
-        auth.authenticate_bearer(Some("Basic abc")).await.unwrap_err(),
+        auth.authenticate_bearer(Some("Basic abc"))
+            .await
+            .unwrap_err(),
         AuthenticationError::Malformed
     );
 }

@@ -278,7 +278,15 @@ mod tests {
     #[test]
     fn workspace_ids_are_lowercase_tokens() {
         assert!("acme-eu".parse::<WorkspaceId>().is_ok());
-        for bad in ["", "Acme", "acme eu", "-acme", "acme-", "a/b", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "Acme",
+            "acme eu",
+            "-acme",
+            "acme-",
+            "a/b",
+            &"a".repeat(64),
+        ] {
             assert!(bad.parse::<WorkspaceId>().is_err(), "{bad:?} was accepted");
         }
     }

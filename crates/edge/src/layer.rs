@@ -91,10 +91,7 @@ fn status_code<B>(response: &http::Response<B>) -> &str {
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for EdgeService<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     ReqBody: Send + 'static,
     ResBody: Default + Send + 'static,
@@ -202,6 +199,9 @@ mod tests {
             scope_for_service("grpc.reflection.v1.ServerReflection"),
             None
         );
-        assert_eq!(scope_for_service("meridian.v1.IdentityService"), Some(Scope::Admin));
+        assert_eq!(
+            scope_for_service("meridian.v1.IdentityService"),
+            Some(Scope::Admin)
+        );
     }
 }

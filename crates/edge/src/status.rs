@@ -60,7 +60,9 @@ pub fn internal(error: &(dyn std::error::Error + 'static)) -> Status {
 
 /// UNIMPLEMENTED for an RPC of the contract that this build does not serve yet.
 pub fn unimplemented(rpc: &str) -> Status {
-    Status::unimplemented(format!("{rpc} is part of the contract but not implemented yet"))
+    Status::unimplemented(format!(
+        "{rpc} is part of the contract but not implemented yet"
+    ))
 }
 
 #[cfg(test)]
@@ -95,6 +97,9 @@ mod tests {
         assert!(status.message().contains("events[2].message_id"));
         let details = status.get_error_details();
         let bad_request = details.bad_request().expect("BadRequest details");
-        assert_eq!(bad_request.field_violations[0].field, "events[2].message_id");
+        assert_eq!(
+            bad_request.field_violations[0].field,
+            "events[2].message_id"
+        );
     }
 }

@@ -209,7 +209,9 @@ fn create_private_dir(path: &Path) -> Result<(), StoreError> {
 /// sqlx's URL parse errors can echo the URL, password included: keep the kind only.
 fn redact_url_error(err: &sqlx::Error) -> String {
     match err {
-        sqlx::Error::Configuration(_) => "expected postgres://user[:password]@host[:port]/database".into(),
+        sqlx::Error::Configuration(_) => {
+            "expected postgres://user[:password]@host[:port]/database".into()
+        }
         _ => "unreadable URL".into(),
     }
 }

@@ -119,7 +119,11 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-fn socket_addr(setting: &'static str, value: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+fn socket_addr(
+    setting: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
     let value = value.unwrap_or_else(|| default.to_owned());
     value.parse().map_err(|_| {
         invalid(
@@ -145,7 +149,10 @@ impl Config {
             .data_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         if data_dir.as_os_str().is_empty() {
-            return Err(invalid("data_dir (--data-dir, MERIDIAN_DATA_DIR)", "must not be empty"));
+            return Err(invalid(
+                "data_dir (--data-dir, MERIDIAN_DATA_DIR)",
+                "must not be empty",
+            ));
         }
         let max_connections = settings.database_max_connections.unwrap_or(16);
         if max_connections == 0 {
@@ -194,10 +201,14 @@ impl Config {
                 invalid("time_zone (--time-zone, MERIDIAN_TIME_ZONE)", err.reason)
             })?;
         let otlp_endpoint = match settings.otlp_endpoint {
-            Some(endpoint) if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) => {
+            Some(endpoint)
+                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) =>
+            {
                 return Err(invalid(
                     "otlp_endpoint (OTEL_EXPORTER_OTLP_ENDPOINT)",
-                    format!("'{endpoint}' must be an http:// or https:// URL of an OTLP/gRPC collector"),
+                    format!(
+                        "'{endpoint}' must be an http:// or https:// URL of an OTLP/gRPC collector"
+                    ),
                 ));
             }
             other => other,
@@ -252,11 +263,41 @@ mod tests {
     #[test]
     fn bad_values_name_the_setting() {
         let cases: [(Settings, &str); 5] = [
-            (Settings { grpc_addr: Some("localhost".into()), ..Default::default() }, "grpc_addr"),
-            (Settings { database_url: Some("mysql://x".into()), ..Default::default() }, "DATABASE_URL"),
-            (Settings { nats_url: Some("http://x".into()), ..Default::default() }, "NATS_URL"),
-            (Settings { time_zone: Some("Europe/Atlantis".into()), ..Default::default() }, "time_zone"),
-            (Settings { region: Some("EU West".into()), ..Default::default() }, "region"),
+            (
+                Settings {
+                    grpc_addr: Some("localhost".into()),
+                    ..Default::default()
+                },
+                "grpc_addr",
+            ),
+            (
+                Settings {
+                    database_url: Some("mysql://x".into()),
+                    ..Default::default()
+                },
+                "DATABASE_URL",
+            ),
+            (
+                Settings {
+                    nats_url: Some("http://x".into()),
+                    ..Default::default()
+                },
+                "NATS_URL",
+            ),
+            (
+                Settings {
+                    time_zone: Some("Europe/Atlantis".into()),
+                    ..Default::default()
+                },
+                "time_zone",
+            ),
+            (
+                Settings {
+                    region: Some("EU West".into()),
+                    ..Default::default()
+                },
+                "region",
+            ),
         ];
         for (settings, name) in cases {
             let err = Config::resolve(settings).unwrap_err().to_string();

@@ -11,7 +11,10 @@ async fn open(config: &Config) -> anyhow::Result<Store> {
     let store = Store::connect(&config.store)
         .await
         .context("opening the store")?;
-    store.migrate().await.context("checking the database schema")?;
+    store
+        .migrate()
+        .await
+        .context("checking the database schema")?;
     Ok(store)
 }
 
@@ -39,7 +42,11 @@ pub(crate) async fn create_workspace(config: &Config, workspace: &str) -> anyhow
     Ok(())
 }
 
-pub(crate) async fn create_key(config: &Config, workspace: &str, scopes: &str) -> anyhow::Result<()> {
+pub(crate) async fn create_key(
+    config: &Config,
+    workspace: &str,
+    scopes: &str,
+) -> anyhow::Result<()> {
     let workspace = workspace_id(workspace)?;
     let scopes: Scopes = scopes
         .parse()

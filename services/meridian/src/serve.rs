@@ -49,7 +49,10 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
     let store = Store::connect(&config.store)
         .await
         .context("opening the store")?;
-    store.migrate().await.context("checking the database schema")?;
+    store
+        .migrate()
+        .await
+        .context("checking the database schema")?;
     let pepper = ApiKeyPepper::load(config.api_key_pepper.as_deref(), &config.data_dir)
         .context("loading the API-key pepper")?;
     let authenticator = Arc::new(Authenticator::new(access_store(&store), pepper));
@@ -121,7 +124,11 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
         writeln!(stdout, "http listening on {http_addr}")?;
         stdout.flush()?;
     }
-    let names: Vec<&str> = services.iter().flat_map(|s| grpc_names(*s)).copied().collect();
+    let names: Vec<&str> = services
+        .iter()
+        .flat_map(|s| grpc_names(*s))
+        .copied()
+        .collect();
     tracing::info!(
         %grpc_addr,
         %http_addr,
