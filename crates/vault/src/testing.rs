@@ -132,18 +132,35 @@ pub async fn dump_sqlite(pool: &SqlitePool) -> Result<TableDump, sqlx::Error> {
     Ok(dump)
 }
 
-/// The needles found in `haystack`, case-insensitively, as given or hex-encoded.
+/// The needles found in `haystack`, case-insensitively (ASCII case), as given or
+/// hex-encoded. One Aho-Corasick pass, so thousands of needles over megabytes stay fast.
 pub fn find_plaintext<'n>(
     haystack: &str,
     needles: impl IntoIterator<Item = &'n str>,
 ) -> Vec<&'n str> {
+    let needles: Vec<&'n str> = needles.into_iter().filter(|n| !n.is_empty()).collect();
+    let mut patterns: Vec<String> = Vec::with_capacity(needles.len() * 2);
+    for needle in &needles {
+        patterns.push(needle.to_lowercase());
+        patterns.push(hex::encode(needle.as_bytes()));
+    }
     let hay = haystack.to_lowercase();
+    let Ok(automaton) = aho_corasick::AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(&patterns)
+    else {
+        // Building only fails past internal size limits; report every needle rather than none.
+        return needles;
+    };
+    let mut hit = vec![false; needles.len()];
+    for m in automaton.find_overlapping_iter(&hay) {
+        hit[m.pattern().as_usize() / 2] = true;
+    }
     needles
         .into_iter()
-        .filter(|needle| !needle.is_empty())
-        .filter(|needle| {
-            hay.contains(&needle.to_lowercase()) || hay.contains(&hex::encode(needle.as_bytes()))
-        })
+        .zip(hit)
+        .filter(|(_, h)| *h)
+        .map(|(n, _)| n)
         .collect()
 }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_vault::{
-    IdentifierKind, KeyProvider, KeyRing, KeyStore, MemoryKeyStore, PgKeyStore, SqliteKeyStore, SubjectKeyState, Vault,
-    VaultConfig, VaultError, verify,
+    IdentifierKind, KeyProvider, KeyRing, KeyStore, MemoryKeyStore, PgKeyStore, SqliteKeyStore,
+    SubjectKeyState, Vault, VaultConfig, VaultError, verify,
 };
 
 const WS: &str = "ws-a";
@@ -28,68 +28,144 @@ mod suite {
 
     pub(super) async fn round_trip(store: Arc<dyn KeyStore>) {
         let v = vault(ring(1, 1), &store);
-        let sealed = v.seal(WS, "subj-1", "profile:1", "email", b"ana@example.com").await.unwrap();
+        let sealed = v
+            .seal(WS, "subj-1", "profile:1", "email", b"ana@example.com")
+            .await
+            .unwrap();
         assert!(!sealed.windows(15).any(|w| w == b"ana@example.com"));
-        let opened = v.open(WS, "subj-1", "profile:1", "email", &sealed).await.unwrap();
+        let opened = v
+            .open(WS, "subj-1", "profile:1", "email", &sealed)
+            .await
+            .unwrap();
         assert_eq!(opened.as_slice(), b"ana@example.com");
         // A fresh vault (another replica, empty cache) reads the key from the store.
         let other = vault(ring(1, 1), &store);
-        assert_eq!(other.open(WS, "subj-1", "profile:1", "email", &sealed).await.unwrap().as_slice(), b"ana@example.com");
+        assert_eq!(
+            other
+                .open(WS, "subj-1", "profile:1", "email", &sealed)
+                .await
+                .unwrap()
+                .as_slice(),
+            b"ana@example.com"
+        );
         // Empty plaintext and large plaintext.
         let empty = v.seal(WS, "subj-1", "r", "f", b"").await.unwrap();
-        assert!(v.open(WS, "subj-1", "r", "f", &empty).await.unwrap().is_empty());
+        assert!(
+            v.open(WS, "subj-1", "r", "f", &empty)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let big = vec![7u8; 100_000];
         let sealed_big = v.seal(WS, "subj-1", "r", "f", &big).await.unwrap();
-        assert_eq!(v.open(WS, "subj-1", "r", "f", &sealed_big).await.unwrap().as_slice(), big.as_slice());
+        assert_eq!(
+            v.open(WS, "subj-1", "r", "f", &sealed_big)
+                .await
+                .unwrap()
+                .as_slice(),
+            big.as_slice()
+        );
         // Exactly one key per subject in the store, wrapped (not the raw key).
         match store.subject_key(WS, "subj-1").await.unwrap() {
             SubjectKeyState::Active(key) => {
                 assert_eq!(key.wrapped.kek_version, 1);
                 assert_eq!(key.wrapped.bytes.len(), 12 + 32 + 16);
-                assert_eq!(meridian_vault::seal::sealed_key_id(&sealed).unwrap(), key.key_id);
+                assert_eq!(
+                    meridian_vault::seal::sealed_key_id(&sealed).unwrap(),
+                    key.key_id
+                );
             }
             other => panic!("expected an active key, got {other:?}"),
         }
         // Opening for a subject that never had a key.
-        assert!(matches!(v.open(WS, "nobody", "profile:1", "email", &sealed).await, Err(VaultError::NoSubjectKey)));
+        assert!(matches!(
+            v.open(WS, "nobody", "profile:1", "email", &sealed).await,
+            Err(VaultError::NoSubjectKey)
+        ));
     }
 
     pub(super) async fn wrong_aad_fails(store: Arc<dyn KeyStore>) {
         let v = vault(ring(1, 1), &store);
-        let sealed = v.seal(WS, "subj-1", "profile:1", "email", b"secret").await.unwrap();
-        assert!(matches!(v.open(WS, "subj-1", "profile:2", "email", &sealed).await, Err(VaultError::OpenFailed)));
-        assert!(matches!(v.open(WS, "subj-1", "profile:1", "phone", &sealed).await, Err(VaultError::OpenFailed)));
-        assert!(matches!(v.open(WS, "subj-1", "profile:1", "email ", &sealed).await, Err(VaultError::OpenFailed)));
+        let sealed = v
+            .seal(WS, "subj-1", "profile:1", "email", b"secret")
+            .await
+            .unwrap();
+        assert!(matches!(
+            v.open(WS, "subj-1", "profile:2", "email", &sealed).await,
+            Err(VaultError::OpenFailed)
+        ));
+        assert!(matches!(
+            v.open(WS, "subj-1", "profile:1", "phone", &sealed).await,
+            Err(VaultError::OpenFailed)
+        ));
+        assert!(matches!(
+            v.open(WS, "subj-1", "profile:1", "email ", &sealed).await,
+            Err(VaultError::OpenFailed)
+        ));
         // Same subject id in another workspace has another key.
         v.seal(WS_B, "subj-1", "x", "y", b"z").await.unwrap();
-        assert!(matches!(v.open(WS_B, "subj-1", "profile:1", "email", &sealed).await, Err(VaultError::KeyMismatch)));
-        assert_eq!(v.open(WS, "subj-1", "profile:1", "email", &sealed).await.unwrap().as_slice(), b"secret");
+        assert!(matches!(
+            v.open(WS_B, "subj-1", "profile:1", "email", &sealed).await,
+            Err(VaultError::KeyMismatch)
+        ));
+        assert_eq!(
+            v.open(WS, "subj-1", "profile:1", "email", &sealed)
+                .await
+                .unwrap()
+                .as_slice(),
+            b"secret"
+        );
     }
 
     pub(super) async fn wrong_subject_fails(store: Arc<dyn KeyStore>) {
         let v = vault(ring(1, 1), &store);
         let a = v.seal(WS, "subj-a", "r", "f", b"for a").await.unwrap();
         let b = v.seal(WS, "subj-b", "r", "f", b"for b").await.unwrap();
-        assert!(matches!(v.open(WS, "subj-b", "r", "f", &a).await, Err(VaultError::KeyMismatch)));
-        assert!(matches!(v.open(WS, "subj-a", "r", "f", &b).await, Err(VaultError::KeyMismatch)));
+        assert!(matches!(
+            v.open(WS, "subj-b", "r", "f", &a).await,
+            Err(VaultError::KeyMismatch)
+        ));
+        assert!(matches!(
+            v.open(WS, "subj-a", "r", "f", &b).await,
+            Err(VaultError::KeyMismatch)
+        ));
         // Even with the key id rewritten to b's, a's ciphertext does not open under b's key.
         let mut forged = a.clone();
         forged[1..17].copy_from_slice(&b[1..17]);
-        assert!(matches!(v.open(WS, "subj-b", "r", "f", &forged).await, Err(VaultError::OpenFailed)));
+        assert!(matches!(
+            v.open(WS, "subj-b", "r", "f", &forged).await,
+            Err(VaultError::OpenFailed)
+        ));
     }
 
     pub(super) async fn flipped_bit_fails(store: Arc<dyn KeyStore>) {
         let v = vault(ring(1, 1), &store);
-        let sealed = v.seal(WS, "subj-1", "r", "f", b"hello world").await.unwrap();
+        let sealed = v
+            .seal(WS, "subj-1", "r", "f", b"hello world")
+            .await
+            .unwrap();
         for byte in 0..sealed.len() {
             for bit in 0..8 {
                 let mut tampered = sealed.clone();
                 tampered[byte] ^= 1 << bit;
-                assert!(v.open(WS, "subj-1", "r", "f", &tampered).await.is_err(), "byte {byte} bit {bit}");
+                assert!(
+                    v.open(WS, "subj-1", "r", "f", &tampered).await.is_err(),
+                    "byte {byte} bit {bit}"
+                );
             }
         }
-        assert!(v.open(WS, "subj-1", "r", "f", &sealed[..sealed.len() - 1]).await.is_err());
-        assert_eq!(v.open(WS, "subj-1", "r", "f", &sealed).await.unwrap().as_slice(), b"hello world");
+        assert!(
+            v.open(WS, "subj-1", "r", "f", &sealed[..sealed.len() - 1])
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            v.open(WS, "subj-1", "r", "f", &sealed)
+                .await
+                .unwrap()
+                .as_slice(),
+            b"hello world"
+        );
     }
 
     pub(super) async fn shredded_subject_unreadable(store: Arc<dyn KeyStore>) {
@@ -97,22 +173,47 @@ mod suite {
         let sealed = v.seal(WS, "subj-1", "r", "f", b"gone soon").await.unwrap();
         let kept = v.seal(WS, "subj-2", "r", "f", b"stays").await.unwrap();
         let receipt = v.forget(WS, "subj-1").await.unwrap();
-        assert_eq!((receipt.keys_destroyed, receipt.already_forgotten), (1, false));
+        assert_eq!(
+            (receipt.keys_destroyed, receipt.already_forgotten),
+            (1, false)
+        );
         // This replica's cache dropped the key.
-        assert!(matches!(v.open(WS, "subj-1", "r", "f", &sealed).await, Err(VaultError::SubjectForgotten)));
+        assert!(matches!(
+            v.open(WS, "subj-1", "r", "f", &sealed).await,
+            Err(VaultError::SubjectForgotten)
+        ));
         // A fresh replica cannot read it either, and no new key is issued.
         let fresh = vault(ring(1, 1), &store);
-        assert!(matches!(fresh.open(WS, "subj-1", "r", "f", &sealed).await, Err(VaultError::SubjectForgotten)));
-        assert!(matches!(fresh.seal(WS, "subj-1", "r", "f", b"again").await, Err(VaultError::SubjectForgotten)));
-        assert_eq!(store.subject_key(WS, "subj-1").await.unwrap(), SubjectKeyState::Forgotten);
+        assert!(matches!(
+            fresh.open(WS, "subj-1", "r", "f", &sealed).await,
+            Err(VaultError::SubjectForgotten)
+        ));
+        assert!(matches!(
+            fresh.seal(WS, "subj-1", "r", "f", b"again").await,
+            Err(VaultError::SubjectForgotten)
+        ));
+        assert_eq!(
+            store.subject_key(WS, "subj-1").await.unwrap(),
+            SubjectKeyState::Forgotten
+        );
         // Forget is idempotent, and works for a subject that never had a key.
         let again = v.forget(WS, "subj-1").await.unwrap();
         assert_eq!((again.keys_destroyed, again.already_forgotten), (0, true));
         let never = v.forget(WS, "subj-never").await.unwrap();
         assert_eq!((never.keys_destroyed, never.already_forgotten), (0, false));
-        assert!(matches!(v.seal(WS, "subj-never", "r", "f", b"x").await, Err(VaultError::SubjectForgotten)));
+        assert!(matches!(
+            v.seal(WS, "subj-never", "r", "f", b"x").await,
+            Err(VaultError::SubjectForgotten)
+        ));
         // Other subjects are unaffected; the forgotten key is not counted as in use.
-        assert_eq!(fresh.open(WS, "subj-2", "r", "f", &kept).await.unwrap().as_slice(), b"stays");
+        assert_eq!(
+            fresh
+                .open(WS, "subj-2", "r", "f", &kept)
+                .await
+                .unwrap()
+                .as_slice(),
+            b"stays"
+        );
         assert_eq!(v.kek_versions_in_use().await.unwrap().get(&1), Some(&1));
     }
 
@@ -122,17 +223,32 @@ mod suite {
         let no_cache = Vault::with_config(
             ring(1, 1),
             store.clone(),
-            VaultConfig { dek_cache_ttl: Duration::ZERO, ..VaultConfig::default() },
+            VaultConfig {
+                dek_cache_ttl: Duration::ZERO,
+                ..VaultConfig::default()
+            },
         );
         let sealed = a.seal(WS, "subj-1", "r", "f", b"x").await.unwrap();
         b.open(WS, "subj-1", "r", "f", &sealed).await.unwrap();
-        no_cache.open(WS, "subj-1", "r", "f", &sealed).await.unwrap();
+        no_cache
+            .open(WS, "subj-1", "r", "f", &sealed)
+            .await
+            .unwrap();
         a.forget(WS, "subj-1").await.unwrap();
         // Without a cache the forget is seen at once; with one, after the TTL or on eviction.
-        assert!(matches!(no_cache.open(WS, "subj-1", "r", "f", &sealed).await, Err(VaultError::SubjectForgotten)));
-        assert!(b.open(WS, "subj-1", "r", "f", &sealed).await.is_ok(), "b still serves its cached key within the TTL");
+        assert!(matches!(
+            no_cache.open(WS, "subj-1", "r", "f", &sealed).await,
+            Err(VaultError::SubjectForgotten)
+        ));
+        assert!(
+            b.open(WS, "subj-1", "r", "f", &sealed).await.is_ok(),
+            "b still serves its cached key within the TTL"
+        );
         b.evict_subject(WS, "subj-1");
-        assert!(matches!(b.open(WS, "subj-1", "r", "f", &sealed).await, Err(VaultError::SubjectForgotten)));
+        assert!(matches!(
+            b.open(WS, "subj-1", "r", "f", &sealed).await,
+            Err(VaultError::SubjectForgotten)
+        ));
     }
 
     pub(super) async fn concurrent_first_seal_converges(store: Arc<dyn KeyStore>) {
@@ -140,11 +256,20 @@ mod suite {
         let b = vault(ring(1, 1), &store);
         for i in 0..10 {
             let subject = format!("race-{i}");
-            let (x, y) = tokio::join!(a.seal(WS, &subject, "r", "f", b"from a"), b.seal(WS, &subject, "r", "f", b"from b"));
+            let (x, y) = tokio::join!(
+                a.seal(WS, &subject, "r", "f", b"from a"),
+                b.seal(WS, &subject, "r", "f", b"from b")
+            );
             let (x, y) = (x.unwrap(), y.unwrap());
             // Whoever won, both replicas use the single stored key.
-            assert_eq!(b.open(WS, &subject, "r", "f", &x).await.unwrap().as_slice(), b"from a");
-            assert_eq!(a.open(WS, &subject, "r", "f", &y).await.unwrap().as_slice(), b"from b");
+            assert_eq!(
+                b.open(WS, &subject, "r", "f", &x).await.unwrap().as_slice(),
+                b"from a"
+            );
+            assert_eq!(
+                a.open(WS, &subject, "r", "f", &y).await.unwrap().as_slice(),
+                b"from b"
+            );
         }
     }
 
@@ -153,13 +278,18 @@ mod suite {
         let b = vault(ring(1, 1), &store);
         for i in 0..20 {
             let subject = format!("race-{i}");
-            let (sealed, forgot) = tokio::join!(a.seal(WS, &subject, "r", "f", b"x"), b.forget(WS, &subject));
+            let (sealed, forgot) =
+                tokio::join!(a.seal(WS, &subject, "r", "f", b"x"), b.forget(WS, &subject));
             forgot.unwrap();
             match sealed {
                 Ok(_) | Err(VaultError::SubjectForgotten) => {}
                 Err(other) => panic!("unexpected {other:?}"),
             }
-            assert_eq!(store.subject_key(WS, &subject).await.unwrap(), SubjectKeyState::Forgotten, "{subject}");
+            assert_eq!(
+                store.subject_key(WS, &subject).await.unwrap(),
+                SubjectKeyState::Forgotten,
+                "{subject}"
+            );
         }
     }
 
@@ -169,10 +299,22 @@ mod suite {
         let mut sealed = Vec::new();
         for i in 0..25 {
             let subject = format!("subj-{i:02}");
-            let c = v.seal(WS, &subject, "r", "email", format!("user{i}@example.com").as_bytes()).await.unwrap();
+            let c = v
+                .seal(
+                    WS,
+                    &subject,
+                    "r",
+                    "email",
+                    format!("user{i}@example.com").as_bytes(),
+                )
+                .await
+                .unwrap();
             sealed.push((subject, c));
         }
-        let index = v.blind_index(WS, IdentifierKind::Email, "Ana@Example.com", None).await.unwrap();
+        let index = v
+            .blind_index(WS, IdentifierKind::Email, "Ana@Example.com", None)
+            .await
+            .unwrap();
         let public = v.signing_public_key(WS).await.unwrap();
         let signature = v.sign(WS, b"ledger entry 1").await.unwrap();
         v.forget(WS, "subj-00").await.unwrap();
@@ -184,13 +326,22 @@ mod suite {
         assert_eq!(report.workspace_keys_rewrapped, 2);
         assert_eq!(report.failed, 0);
         assert!(report.is_complete(), "{report:?}");
-        assert_eq!(report.versions_in_use.into_iter().collect::<Vec<_>>(), vec![(2, 26)]);
+        assert_eq!(
+            report.versions_in_use.into_iter().collect::<Vec<_>>(),
+            vec![(2, 26)]
+        );
         // Re-running finds nothing left to do.
         let again = v.rotate_kek().await.unwrap();
-        assert_eq!(again.subject_keys_rewrapped + again.workspace_keys_rewrapped, 0);
+        assert_eq!(
+            again.subject_keys_rewrapped + again.workspace_keys_rewrapped,
+            0
+        );
 
         // The current version cannot be retired; the old one can, and then only v2 exists.
-        assert!(matches!(v.retire_kek(2).await, Err(VaultError::KekInUse { current: true, .. })));
+        assert!(matches!(
+            v.retire_kek(2).await,
+            Err(VaultError::KekInUse { current: true, .. })
+        ));
         v.retire_kek(1).await.unwrap();
         assert_eq!(provider.versions(), vec![2]);
 
@@ -198,15 +349,41 @@ mod suite {
         let fresh = vault(ring(2, 2), &store);
         for (subject, c) in &sealed[1..] {
             let i: usize = subject[5..].parse().unwrap();
-            assert_eq!(fresh.open(WS, subject, "r", "email", c).await.unwrap().as_slice(), format!("user{i}@example.com").as_bytes());
+            assert_eq!(
+                fresh
+                    .open(WS, subject, "r", "email", c)
+                    .await
+                    .unwrap()
+                    .as_slice(),
+                format!("user{i}@example.com").as_bytes()
+            );
         }
-        assert!(matches!(fresh.open(WS, &sealed[0].0, "r", "email", &sealed[0].1).await, Err(VaultError::SubjectForgotten)));
-        assert_eq!(fresh.blind_index(WS, IdentifierKind::Email, "ana@example.com", None).await.unwrap(), index);
+        assert!(matches!(
+            fresh
+                .open(WS, &sealed[0].0, "r", "email", &sealed[0].1)
+                .await,
+            Err(VaultError::SubjectForgotten)
+        ));
+        assert_eq!(
+            fresh
+                .blind_index(WS, IdentifierKind::Email, "ana@example.com", None)
+                .await
+                .unwrap(),
+            index
+        );
         assert_eq!(fresh.signing_public_key(WS).await.unwrap(), public);
-        fresh.verify(WS, b"ledger entry 1", &signature).await.unwrap();
+        fresh
+            .verify(WS, b"ledger entry 1", &signature)
+            .await
+            .unwrap();
         // A replica holding only the retired KEK can no longer unwrap anything.
         let stale = vault(ring(1, 1), &store);
-        assert!(matches!(stale.open(WS, &sealed[1].0, "r", "email", &sealed[1].1).await, Err(VaultError::KeyProvider(_))));
+        assert!(matches!(
+            stale
+                .open(WS, &sealed[1].0, "r", "email", &sealed[1].1)
+                .await,
+            Err(VaultError::KeyProvider(_))
+        ));
     }
 
     pub(super) async fn rotation_reports_unreadable_keys(store: Arc<dyn KeyStore>) {
@@ -219,35 +396,71 @@ mod suite {
         let report = lost.rotate_kek().await.unwrap();
         assert_eq!((report.subject_keys_rewrapped, report.failed), (0, 3));
         assert!(!report.is_complete());
-        assert!(matches!(lost.retire_kek(1).await, Err(VaultError::KekInUse { keys: 3, current: false, .. })));
+        assert!(matches!(
+            lost.retire_kek(1).await,
+            Err(VaultError::KekInUse {
+                keys: 3,
+                current: false,
+                ..
+            })
+        ));
     }
 
     pub(super) async fn rotation_pages_through_many_keys(store: Arc<dyn KeyStore>) {
         let provider = ring(1, 1);
-        let v = Vault::with_config(provider.clone(), store.clone(), VaultConfig { rotation_batch: 7, ..VaultConfig::default() });
+        let v = Vault::with_config(
+            provider.clone(),
+            store.clone(),
+            VaultConfig {
+                rotation_batch: 7,
+                ..VaultConfig::default()
+            },
+        );
         for ws in [WS, WS_B] {
             for i in 0..30 {
-                v.seal(ws, &format!("s{i:03}"), "r", "f", b"x").await.unwrap();
+                v.seal(ws, &format!("s{i:03}"), "r", "f", b"x")
+                    .await
+                    .unwrap();
             }
-            v.blind_index(ws, IdentifierKind::DeviceId, "d", None).await.unwrap();
+            v.blind_index(ws, IdentifierKind::DeviceId, "d", None)
+                .await
+                .unwrap();
         }
         provider.add_current(2, &[2; 32]).unwrap();
         let report = v.rotate_kek().await.unwrap();
-        assert_eq!((report.subject_keys_rewrapped, report.workspace_keys_rewrapped), (60, 2));
+        assert_eq!(
+            (
+                report.subject_keys_rewrapped,
+                report.workspace_keys_rewrapped
+            ),
+            (60, 2)
+        );
         assert!(report.is_complete());
     }
 
-    pub(super) async fn signing_keys_are_per_workspace_and_survive_forget(store: Arc<dyn KeyStore>) {
+    pub(super) async fn signing_keys_are_per_workspace_and_survive_forget(
+        store: Arc<dyn KeyStore>,
+    ) {
         let v = vault(ring(1, 1), &store);
         let pk_a = v.signing_public_key(WS).await.unwrap();
         let pk_b = v.signing_public_key(WS_B).await.unwrap();
         assert_ne!(pk_a.bytes, pk_b.bytes);
         let sig = v.sign(WS, b"entry").await.unwrap();
         verify(&pk_a, b"entry", &sig).unwrap();
-        assert!(matches!(verify(&pk_b, b"entry", &sig), Err(VaultError::BadSignature)));
-        assert!(matches!(verify(&pk_a, b"entry!", &sig), Err(VaultError::BadSignature)));
+        assert!(matches!(
+            verify(&pk_b, b"entry", &sig),
+            Err(VaultError::BadSignature)
+        ));
+        assert!(matches!(
+            verify(&pk_a, b"entry!", &sig),
+            Err(VaultError::BadSignature)
+        ));
         // The public key is stored in clear beside the wrapped private key.
-        let stored = store.workspace_key(WS, meridian_vault::WorkspaceKeyPurpose::LedgerSigning).await.unwrap().unwrap();
+        let stored = store
+            .workspace_key(WS, meridian_vault::WorkspaceKeyPurpose::LedgerSigning)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(stored.public_key.as_deref(), Some(pk_a.bytes.as_slice()));
         v.seal(WS, "subj-1", "r", "f", b"x").await.unwrap();
         v.forget(WS, "subj-1").await.unwrap();
@@ -259,15 +472,36 @@ mod suite {
 
     pub(super) async fn blind_indexes_are_stable_per_workspace(store: Arc<dyn KeyStore>) {
         let v = vault(ring(1, 1), &store);
-        let a = v.blind_index(WS, IdentifierKind::Email, " Ana@Example.COM ", None).await.unwrap();
+        let a = v
+            .blind_index(WS, IdentifierKind::Email, " Ana@Example.COM ", None)
+            .await
+            .unwrap();
         let fresh = vault(ring(1, 1), &store);
-        assert_eq!(fresh.blind_index(WS, IdentifierKind::Email, "ana@example.com", None).await.unwrap(), a);
-        assert_ne!(v.blind_index(WS_B, IdentifierKind::Email, "ana@example.com", None).await.unwrap(), a);
-        let p1 = v.blind_index(WS, IdentifierKind::Phone, "06 12 34 56 78", Some("FR")).await.unwrap();
-        let p2 = fresh.blind_index(WS, IdentifierKind::Phone, "+33612345678", Some("US")).await.unwrap();
+        assert_eq!(
+            fresh
+                .blind_index(WS, IdentifierKind::Email, "ana@example.com", None)
+                .await
+                .unwrap(),
+            a
+        );
+        assert_ne!(
+            v.blind_index(WS_B, IdentifierKind::Email, "ana@example.com", None)
+                .await
+                .unwrap(),
+            a
+        );
+        let p1 = v
+            .blind_index(WS, IdentifierKind::Phone, "06 12 34 56 78", Some("FR"))
+            .await
+            .unwrap();
+        let p2 = fresh
+            .blind_index(WS, IdentifierKind::Phone, "+33612345678", Some("US"))
+            .await
+            .unwrap();
         assert_eq!(p1, p2);
         assert!(matches!(
-            v.blind_index(WS, IdentifierKind::Email, "not-an-email", None).await,
+            v.blind_index(WS, IdentifierKind::Email, "not-an-email", None)
+                .await,
             Err(VaultError::InvalidIdentifier { kind: "email", .. })
         ));
     }
@@ -335,17 +569,37 @@ conformance!(
 #[sqlx::test(migrations = "../../migrations/postgres")]
 async fn postgres_unknown_workspace(pool: sqlx::PgPool) {
     let v = vault(ring(1, 1), &pg(pool).await);
-    assert!(matches!(v.seal("nope", "s", "r", "f", b"x").await, Err(VaultError::UnknownWorkspace)));
-    assert!(matches!(v.blind_index("nope", IdentifierKind::DeviceId, "d", None).await, Err(VaultError::UnknownWorkspace)));
-    assert!(matches!(v.forget("nope", "s").await, Err(VaultError::UnknownWorkspace)));
+    assert!(matches!(
+        v.seal("nope", "s", "r", "f", b"x").await,
+        Err(VaultError::UnknownWorkspace)
+    ));
+    assert!(matches!(
+        v.blind_index("nope", IdentifierKind::DeviceId, "d", None)
+            .await,
+        Err(VaultError::UnknownWorkspace)
+    ));
+    assert!(matches!(
+        v.forget("nope", "s").await,
+        Err(VaultError::UnknownWorkspace)
+    ));
 }
 
 #[sqlx::test(migrations = "../../migrations/sqlite")]
 async fn sqlite_unknown_workspace(pool: sqlx::SqlitePool) {
     let v = vault(ring(1, 1), &lite(pool).await);
-    assert!(matches!(v.seal("nope", "s", "r", "f", b"x").await, Err(VaultError::UnknownWorkspace)));
-    assert!(matches!(v.blind_index("nope", IdentifierKind::DeviceId, "d", None).await, Err(VaultError::UnknownWorkspace)));
-    assert!(matches!(v.forget("nope", "s").await, Err(VaultError::UnknownWorkspace)));
+    assert!(matches!(
+        v.seal("nope", "s", "r", "f", b"x").await,
+        Err(VaultError::UnknownWorkspace)
+    ));
+    assert!(matches!(
+        v.blind_index("nope", IdentifierKind::DeviceId, "d", None)
+            .await,
+        Err(VaultError::UnknownWorkspace)
+    ));
+    assert!(matches!(
+        v.forget("nope", "s").await,
+        Err(VaultError::UnknownWorkspace)
+    ));
 }
 
 // The key provider is a trait object: the vault works with any implementation.
