@@ -141,6 +141,15 @@ impl Environment {
     }
 
     pub async fn serve(&self, services: &[&str]) -> Server {
+        self.start(services, &[]).await
+    }
+
+    /// All services, with extra environment variables.
+    pub async fn serve_with_env(&self, vars: &[(&str, &str)]) -> Server {
+        self.start(&[], vars).await
+    }
+
+    async fn start(&self, services: &[&str], vars: &[(&str, &str)]) -> Server {
         let log_path = self.data_dir.path().join("server.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let mut child = self
@@ -148,6 +157,7 @@ impl Environment {
             .arg("serve")
             .args(services)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .envs(vars.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
