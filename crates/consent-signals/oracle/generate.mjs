@@ -4,14 +4,17 @@
 //   {"encoded": "<string>", "expected": <the reference's decoded fields in our JSON names>}
 //
 // usage: node generate.mjs tcf|gpp SEED COUNT
+//        node generate.mjs tcf|gpp decode < strings   (reference decoding of each line)
+import { readFileSync } from 'node:fs';
 import {
   TCModel, TCString, SegmentEncoder, Segment, PurposeRestriction,
 } from '@iabtcf/core';
 import { GppModel, RangeEntry } from '@iabgpp/cmpapi';
 
 const [kind, seedArg, countArg] = process.argv.slice(2);
+const mode = seedArg === 'decode' ? 'decode' : 'generate';
 if (!['tcf', 'gpp'].includes(kind)) {
-  console.error('usage: node generate.mjs tcf|gpp SEED COUNT');
+  console.error('usage: node generate.mjs tcf|gpp SEED COUNT | node generate.mjs tcf|gpp decode');
   process.exit(2);
 }
 let seed = Number(seedArg ?? 1) >>> 0;
@@ -119,8 +122,16 @@ function tcfModel() {
     .filter(() => bool());
   optional.sort(() => random() - 0.5);
   const encoded = [Segment.CORE, ...optional].map((s) => SegmentEncoder.encode(m, s)).join('.');
+  return { encoded, expected: tcfExpected(encoded) };
+}
 
+// The reference's decoding of a TC string, in our JSON names.
+function tcfExpected(encoded) {
   const d = TCString.decode(encoded);
+  const present = new Set(encoded.split('.').slice(1).map((seg) => {
+    const type = ('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'.indexOf(seg[0]) >> 3);
+    return [null, Segment.VENDORS_DISCLOSED, Segment.VENDORS_ALLOWED, Segment.PUBLISHER_TC][type];
+  }));
   const restrictions = d.publisherRestrictions.getRestrictions()
     .map((pr) => ({
       purposeId: pr.purposeId,
@@ -157,9 +168,9 @@ function tcfModel() {
     publisherCustomLegitimateInterests: ids(d.publisherCustomLegitimateInterests),
     vendorsDisclosed: ids(d.vendorsDisclosed),
     vendorsAllowed: ids(d.vendorsAllowed),
-    segments: canonical.filter((s) => s === 'core' || optional.includes(s)),
+    segments: canonical.filter((s) => s === 'core' || present.has(s)),
   };
-  return { encoded, expected };
+  return expected;
 }
 
 const tri = () => int(0, 2);
@@ -249,8 +260,19 @@ function gppModel() {
   }
 
   const encoded = g.encode();
+  return { encoded, expected: gppExpected(encoded) };
+}
+
+const names = new Map([
+  [2, 'tcfeuv2'], [5, 'tcfcav1'], [6, 'uspv1'], [7, 'usnat'], [8, 'usca'], [9, 'usva'],
+  [10, 'usco'], [11, 'usut'], [12, 'usct'], [13, 'usfl'], [14, 'usmt'], [15, 'usor'],
+  [16, 'ustx'], [17, 'usde'], [18, 'usia'], [19, 'usne'], [20, 'usnh'], [21, 'usnj'],
+  [22, 'ustn'], [23, 'usmn'], [24, 'usmd'], [25, 'usin'], [26, 'usky'], [27, 'usri'],
+]);
+
+// The reference's decoding of a GPP string, in our JSON names.
+function gppExpected(encoded) {
   const d = new GppModel(encoded);
-  const names = new Map([[2, 'tcfeuv2'], [6, 'uspv1'], [7, 'usnat'], [8, 'usca'], [9, 'usva'], [10, 'usco']]);
   const sectionIds = d.getSectionIds();
   const sections = {};
   const undecodedSections = [];
@@ -264,11 +286,26 @@ function gppModel() {
       undecodedSections.push(name);
     }
   }
-  return { encoded, expected: { applicableSections: sectionIds, sections, undecodedSections } };
+  return { applicableSections: sectionIds, sections, undecodedSections };
 }
 
-const lines = [];
-for (let i = 0; i < count; i++) {
-  lines.push(JSON.stringify(kind === 'tcf' ? tcfModel() : gppModel()));
+if (mode === 'decode') {
+  // Differential mode: decode each line of standard input with the reference
+  // and print {"ok": true, "expected": ...} or {"ok": false, "error": ...}.
+  const input = readFileSync(0, 'utf8').split('\n');
+  if (input.length && input[input.length - 1] === '') input.pop();
+  const out = input.map((line) => {
+    try {
+      return JSON.stringify({ ok: true, expected: kind === 'tcf' ? tcfExpected(line) : gppExpected(line) });
+    } catch (err) {
+      return JSON.stringify({ ok: false, error: String(err && err.message) });
+    }
+  });
+  process.stdout.write(out.join('\n') + '\n');
+} else {
+  const lines = [];
+  for (let i = 0; i < count; i++) {
+    lines.push(JSON.stringify(kind === 'tcf' ? tcfModel() : gppModel()));
+  }
+  process.stdout.write(lines.join('\n') + '\n');
 }
-process.stdout.write(lines.join('\n') + '\n');

@@ -385,7 +385,9 @@ impl GppString {
     }
 
     /// `{"applicableSections": [...], "sections": {...}, "undecodedSections": [...]}`
-    /// with `@iabgpp/cmpapi` field names.
+    /// with `@iabgpp/cmpapi` field names. Like cmpapi, `applicableSections`
+    /// lists the assigned section ids in ascending order; ids no section is
+    /// assigned to are listed under `unassignedSectionIds` (only when any).
     pub fn to_json(&self) -> Value {
         let mut sections = Map::new();
         if let Some(tc) = &self.tcfeuv2 {
@@ -397,16 +399,32 @@ impl GppString {
         if let Some(s) = &self.usca {
             sections.insert("usca".into(), s.to_json());
         }
-        let undecoded: Vec<String> = self
+        // As cmpapi: assigned ids only, in its section order (ascending id).
+        let mut applicable: Vec<u16> = self
+            .section_ids
+            .iter()
+            .copied()
+            .filter(|id| section_name(*id).is_some())
+            .collect();
+        applicable.sort_unstable();
+        let mut undecoded: Vec<&UndecodedSection> =
+            self.undecoded.iter().filter(|u| u.name.is_some()).collect();
+        undecoded.sort_by_key(|u| u.id);
+        let mut out = json!({
+            "applicableSections": applicable,
+            "sections": sections,
+            "undecodedSections": undecoded.iter().filter_map(|u| u.name).collect::<Vec<_>>(),
+        });
+        let unassigned: Vec<u16> = self
             .undecoded
             .iter()
-            .map(|u| u.name.map_or_else(|| u.id.to_string(), str::to_owned))
+            .filter(|u| u.name.is_none())
+            .map(|u| u.id)
             .collect();
-        json!({
-            "applicableSections": self.section_ids,
-            "sections": sections,
-            "undecodedSections": undecoded,
-        })
+        if !unassigned.is_empty() {
+            out["unassignedSectionIds"] = json!(unassigned);
+        }
+        out
     }
 }
 
