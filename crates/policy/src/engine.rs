@@ -696,6 +696,52 @@ impl PolicyEngine {
             .ok_or_else(|| QuestionError::UnknownCategory(category.to_owned()))
     }
 
+    /// When a data-subject request received at `received` is due for a subject
+    /// in `jurisdiction`: the regime's deadline (and extension, and receipt
+    /// confirmation where required) counted in the jurisdiction's time zone.
+    pub fn dsr_deadline(
+        &self,
+        jurisdiction: &str,
+        received: chrono::DateTime<chrono::Utc>,
+    ) -> Result<crate::DsrDeadline, QuestionError> {
+        let unknown = || QuestionError::UnknownJurisdiction(jurisdiction.to_owned());
+        let j = self.jurisdiction(jurisdiction).ok_or_else(unknown)?;
+        let regime = self.regimes.get(&j.regime).ok_or_else(unknown)?;
+        // validated at load; a failure here means an unknown zone, so refuse
+        let tz: chrono_tz::Tz = j.time_zone.parse().map_err(|_| unknown())?;
+        let dsr = &regime.dsr;
+        let due = dsr.deadline.value.due(received, tz).ok_or_else(unknown)?;
+        let extended_due = match &dsr.extension {
+            None => None,
+            Some(ext) => {
+                let last_day = dsr
+                    .deadline
+                    .value
+                    .end_date(received.with_timezone(&tz).date_naive())
+                    .and_then(|d| ext.value.end_date(d))
+                    .ok_or_else(unknown)?;
+                Some(crate::deadline::end_of_day(last_day, tz).ok_or_else(unknown)?)
+            }
+        };
+        let confirm_receipt_by = match &dsr.receipt_confirmation {
+            None => None,
+            Some(c) => Some(c.value.due(received, tz).ok_or_else(unknown)?),
+        };
+        let articles = std::iter::once(&dsr.deadline)
+            .chain(dsr.extension.as_ref())
+            .chain(dsr.receipt_confirmation.as_ref())
+            .map(|c| c.article.clone())
+            .collect();
+        Ok(crate::DsrDeadline {
+            regime: regime.id.clone(),
+            time_zone: j.time_zone.clone(),
+            confirm_receipt_by,
+            due,
+            extended_due,
+            articles,
+        })
+    }
+
     fn jurisdiction_id(&self, code: &str) -> Option<u16> {
         if let Some(id) = self.jurisdiction_index.get(code) {
             return Some(*id);

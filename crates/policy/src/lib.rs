@@ -16,6 +16,7 @@
 
 pub mod bench;
 pub mod cli;
+mod deadline;
 mod engine;
 mod error;
 mod fasthash;
@@ -25,6 +26,7 @@ mod params;
 mod source;
 mod taxonomy;
 
+pub use deadline::DsrDeadline;
 pub use engine::{
     Action, ConsentState, DEFAULT_DENY, Decision, DecisionKey, EVALUATION_ERROR, INVALID_QUESTION,
     Obligation, ParseWordError, PolicyEngine, Question, QuestionError,

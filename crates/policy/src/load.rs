@@ -379,11 +379,7 @@ fn load_jurisdictions(
             ));
         }
         let tz = j.time_zone.get_ref();
-        let tz_ok = tz == "UTC"
-            || (tz.contains('/')
-                && tz
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"/_-+".contains(&b)));
+        let tz_ok = tz.parse::<chrono_tz::Tz>().is_ok();
         if !tz_ok {
             return Err(invalid_at(
                 file,

@@ -319,3 +319,61 @@ fn bench_runs_and_reports_units() {
         assert!(json.get(key).is_some(), "{key}");
     }
 }
+
+#[test]
+fn dsr_deadlines_follow_each_regime_in_local_time() {
+    use chrono::{TimeZone, Utc};
+    let e = engine();
+    // received Tuesday 2025-03-25 10:00 UTC
+    let received = Utc.with_ymd_and_hms(2025, 3, 25, 10, 0, 0).unwrap();
+
+    // GDPR Art. 12(3): one month, extendable by two (Berlin, UTC+2 in April)
+    let de = e.dsr_deadline("EU-DE", received).unwrap();
+    assert_eq!(de.regime, "GDPR");
+    assert_eq!(de.due, Utc.with_ymd_and_hms(2025, 4, 25, 22, 0, 0).unwrap());
+    assert_eq!(
+        de.extended_due,
+        Some(Utc.with_ymd_and_hms(2025, 6, 25, 22, 0, 0).unwrap())
+    );
+    assert_eq!(de.confirm_receipt_by, None);
+
+    // CCPA §1798.130: 45 days + 45; 11 CCR §7021(a): confirm within 10 business days (Los Angeles)
+    let ca = e.dsr_deadline("US-CA", received).unwrap();
+    assert_eq!(ca.due, Utc.with_ymd_and_hms(2025, 5, 10, 7, 0, 0).unwrap());
+    assert_eq!(
+        ca.extended_due,
+        Some(Utc.with_ymd_and_hms(2025, 6, 24, 7, 0, 0).unwrap())
+    );
+    assert_eq!(
+        ca.confirm_receipt_by,
+        Some(Utc.with_ymd_and_hms(2025, 4, 9, 7, 0, 0).unwrap())
+    );
+
+    // LGPD Art. 19, II: 15 days, no extension (São Paulo, UTC-3)
+    let br = e.dsr_deadline("BR", received).unwrap();
+    assert_eq!(br.due, Utc.with_ymd_and_hms(2025, 4, 10, 3, 0, 0).unwrap());
+    assert_eq!(br.extended_due, None);
+
+    assert!(e.dsr_deadline("JP", received).is_err());
+}
+
+#[test]
+fn invalid_time_zone_is_rejected_at_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    for sub in ["", "taxonomy", "regimes", "rules"] {
+        std::fs::create_dir_all(tmp.path().join(sub)).unwrap();
+        for entry in std::fs::read_dir(src.join(sub)).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), tmp.path().join(sub).join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    let path = tmp.path().join("jurisdictions.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("Europe/Berlin", "Europe/Bonn")).unwrap();
+    let e = PolicyEngine::load_dir(tmp.path()).unwrap_err();
+    assert_eq!(e.file(), "jurisdictions.toml");
+    assert!(e.to_string().contains("Europe/Bonn"), "{e}");
+}
