@@ -1,0 +1,517 @@
+//! The bus trait, its in-process implementation over the store, and the run loops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use meridian_store::Store;
+use sqlx::Row;
+use tokio::sync::{Notify, watch};
+
+use crate::consume::{Attempt, ConsumeStats, EventHandler, Outcome, Source, Subscription, apply_all};
+use crate::error::BusError;
+use crate::outbox::{
+    EVENT_COLUMNS, StoredEvent, Tx, event_from_pg_row, event_from_sqlite_row, limit_i64,
+    sqlite_time,
+};
+
+/// Which bus carries the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BusKind {
+    /// NATS JetStream (`NATS_URL` set).
+    JetStream,
+    /// The store itself (embedded default).
+    InProcess,
+}
+
+impl BusKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BusKind::JetStream => "jetstream",
+            BusKind::InProcess => "in-process",
+        }
+    }
+}
+
+/// An at-least-once event bus fed by the outbox. Both implementations pass the same
+/// conformance suite (`tests/conformance.rs`).
+#[async_trait]
+pub trait Bus: Send + Sync {
+    fn kind(&self) -> BusKind;
+
+    /// Publishes up to `limit` unsent outbox rows and marks them sent once the bus holds
+    /// them durably. Returns how many were published.
+    async fn relay_batch(&self, limit: usize) -> Result<usize, BusError>;
+
+    /// One round of consumption: takes up to `subscription.batch_size` deliveries (new
+    /// events, retries that are due, requested replays), applies them idempotently in one
+    /// transaction, then acknowledges, schedules retries or dead-letters.
+    async fn consume_batch(
+        &self,
+        subscription: &Subscription,
+        handler: &dyn EventHandler,
+    ) -> Result<ConsumeStats, BusError>;
+
+    /// Waits (at most `max`) for something to consume; returns at once where the bus
+    /// already long-polls in `consume_batch`.
+    async fn wait_for_events(&self, max: Duration);
+}
+
+/// Pauses of the run loops.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopSettings {
+    /// Rows per relay transaction.
+    pub relay_batch: usize,
+    /// Wait when there was nothing to do.
+    pub idle: Duration,
+    /// First wait after an error; doubles up to `max_error_backoff`.
+    pub error_backoff: Duration,
+    pub max_error_backoff: Duration,
+}
+
+impl Default for LoopSettings {
+    fn default() -> Self {
+        Self {
+            relay_batch: 256,
+            idle: Duration::from_millis(50),
+            error_backoff: Duration::from_millis(100),
+            max_error_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Runs the relay until `shutdown` turns true. Several relays may run against one
+/// PostgreSQL database (rows are claimed with `FOR UPDATE SKIP LOCKED`).
+pub async fn run_relay(
+    bus: Arc<dyn Bus>,
+    settings: LoopSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = settings.error_backoff;
+    while !*shutdown.borrow() {
+        let pause = match bus.relay_batch(settings.relay_batch).await {
+            Ok(0) => settings.idle,
+            Ok(count) => {
+                tracing::debug!(count, bus = bus.kind().as_str(), "relayed outbox events");
+                backoff = settings.error_backoff;
+                continue;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "outbox relay failed; retrying");
+                let pause = backoff;
+                backoff = (backoff * 2).min(settings.max_error_backoff);
+                pause
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Runs one consumer until `shutdown` turns true.
+pub async fn run_consumer(
+    bus: Arc<dyn Bus>,
+    subscription: Subscription,
+    handler: Arc<dyn EventHandler>,
+    settings: LoopSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = settings.error_backoff;
+    while !*shutdown.borrow() {
+        match bus.consume_batch(&subscription, &*handler).await {
+            Ok(stats) if stats.is_idle() => {
+                tokio::select! {
+                    _ = bus.wait_for_events(settings.idle) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            Ok(stats) => {
+                tracing::debug!(
+                    consumer = %subscription.consumer,
+                    family = %subscription.family,
+                    applied = stats.applied,
+                    duplicates = stats.duplicates,
+                    retried = stats.retried,
+                    dead_lettered = stats.dead_lettered,
+                    "consumed"
+                );
+                backoff = settings.error_backoff;
+            }
+            Err(err) => {
+                tracing::warn!(consumer = %subscription.consumer, error = %err, "consumer failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => {}
+                }
+                backoff = (backoff * 2).min(settings.max_error_backoff);
+            }
+        }
+    }
+}
+
+/// The in-process bus: the store is the log. The relay gives each outbox row a position
+/// (`stream_seq`) in commit order; each durable consumer keeps its position in
+/// `bus_consumer_offsets` and advances it in the transaction that applies the events, so a
+/// crash replays from the last commit. Failed events wait in `bus_retries`.
+#[derive(Clone)]
+pub struct LocalBus {
+    store: Store,
+    published: Arc<Notify>,
+}
+
+/// `pg_advisory_xact_lock` key serializing in-process relays, so positions are handed out
+/// in commit order ("MERIDIAN" in ASCII).
+const RELAY_LOCK: i64 = 0x4d45_5249_4449_414e;
+
+impl LocalBus {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            published: Arc::new(Notify::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for LocalBus {
+    fn kind(&self) -> BusKind {
+        BusKind::InProcess
+    }
+
+    async fn relay_batch(&self, limit: usize) -> Result<usize, BusError> {
+        let count = match &self.store {
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(RELAY_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                let count = sqlx::query(
+                    "UPDATE outbox_events SET sent_at = now(), stream_seq = nextval('outbox_stream_seq') \
+                     WHERE seq IN (SELECT seq FROM outbox_events WHERE sent_at IS NULL \
+                     ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED)",
+                )
+                .bind(limit_i64(limit))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                count
+            }
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let count = sqlx::query(
+                    "UPDATE outbox_events SET sent_at = ?1, stream_seq = seq \
+                     WHERE seq IN (SELECT seq FROM outbox_events WHERE sent_at IS NULL ORDER BY seq LIMIT ?2)",
+                )
+                .bind(sqlite_time(Utc::now()))
+                .bind(limit_i64(limit))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                count
+            }
+        };
+        if count > 0 {
+            self.published.notify_waiters();
+        }
+        Ok(usize::try_from(count).unwrap_or(usize::MAX))
+    }
+
+    async fn consume_batch(
+        &self,
+        subscription: &Subscription,
+        handler: &dyn EventHandler,
+    ) -> Result<ConsumeStats, BusError> {
+        match &self.store {
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let stats = consume_local(&mut Tx::Postgres(&mut tx), subscription, handler).await?;
+                tx.commit().await?;
+                Ok(stats)
+            }
+            Store::Sqlite(pool) => {
+                // Take the write lock first: a read snapshot could not be upgraded later.
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let stats = consume_local(&mut Tx::Sqlite(&mut tx), subscription, handler).await?;
+                tx.commit().await?;
+                Ok(stats)
+            }
+        }
+    }
+
+    async fn wait_for_events(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, self.published.notified()).await;
+    }
+}
+
+struct Delivery {
+    attempt: Attempt,
+    from_retries: bool,
+}
+
+async fn consume_local(
+    tx: &mut Tx<'_>,
+    subscription: &Subscription,
+    handler: &dyn EventHandler,
+) -> Result<ConsumeStats, BusError> {
+    let consumer = subscription.consumer.as_str();
+    let family = subscription.family.as_str();
+    let limit = limit_i64(subscription.batch_size.max(1));
+    let mut deliveries = Vec::new();
+    let mut new_position = None;
+    match tx {
+        Tx::Postgres(conn) => {
+            sqlx::query(
+                "INSERT INTO bus_consumer_offsets (consumer, family) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(consumer)
+            .bind(family)
+            .execute(&mut **conn)
+            .await?;
+            let position: i64 = sqlx::query_scalar(
+                "SELECT position FROM bus_consumer_offsets WHERE consumer = $1 AND family = $2 FOR UPDATE",
+            )
+            .bind(consumer)
+            .bind(family)
+            .fetch_one(&mut **conn)
+            .await?;
+            let rows = sqlx::query(&format!(
+                "SELECT {EVENT_COLUMNS}, stream_seq FROM outbox_events \
+                 WHERE family = $1 AND stream_seq > $2 ORDER BY stream_seq LIMIT $3"
+            ))
+            .bind(family)
+            .bind(position)
+            .bind(limit)
+            .fetch_all(&mut **conn)
+            .await?;
+            for row in &rows {
+                new_position = Some(row.try_get::<i64, _>("stream_seq")?);
+                deliveries.push(new_delivery(event_from_pg_row(row)?));
+            }
+            let rows = sqlx::query(&format!(
+                "SELECT {}, r.attempts FROM bus_retries r JOIN outbox_events e ON e.event_id = r.event_id \
+                 WHERE r.consumer = $1 AND r.family = $2 AND r.next_attempt_at <= now() \
+                 ORDER BY r.next_attempt_at LIMIT $3",
+                prefixed_columns()
+            ))
+            .bind(consumer)
+            .bind(family)
+            .bind(limit)
+            .fetch_all(&mut **conn)
+            .await?;
+            for row in &rows {
+                let attempts: i32 = row.try_get("attempts")?;
+                deliveries.push(retry_delivery(event_from_pg_row(row)?, attempts));
+            }
+        }
+        Tx::Sqlite(conn) => {
+            sqlx::query(
+                "INSERT INTO bus_consumer_offsets (consumer, family, position, updated_at) \
+                 VALUES (?1, ?2, 0, ?3) ON CONFLICT DO NOTHING",
+            )
+            .bind(consumer)
+            .bind(family)
+            .bind(sqlite_time(Utc::now()))
+            .execute(&mut **conn)
+            .await?;
+            let position: i64 = sqlx::query_scalar(
+                "SELECT position FROM bus_consumer_offsets WHERE consumer = ?1 AND family = ?2",
+            )
+            .bind(consumer)
+            .bind(family)
+            .fetch_one(&mut **conn)
+            .await?;
+            let rows = sqlx::query(&format!(
+                "SELECT {EVENT_COLUMNS}, stream_seq FROM outbox_events \
+                 WHERE family = ?1 AND stream_seq > ?2 ORDER BY stream_seq LIMIT ?3"
+            ))
+            .bind(family)
+            .bind(position)
+            .bind(limit)
+            .fetch_all(&mut **conn)
+            .await?;
+            for row in &rows {
+                new_position = Some(row.try_get::<i64, _>("stream_seq")?);
+                deliveries.push(new_delivery(event_from_sqlite_row(row)?));
+            }
+            let rows = sqlx::query(&format!(
+                "SELECT {}, r.attempts FROM bus_retries r JOIN outbox_events e ON e.event_id = r.event_id \
+                 WHERE r.consumer = ?1 AND r.family = ?2 AND r.next_attempt_at <= ?3 \
+                 ORDER BY r.next_attempt_at LIMIT ?4",
+                prefixed_columns()
+            ))
+            .bind(consumer)
+            .bind(family)
+            .bind(sqlite_time(Utc::now()))
+            .bind(limit)
+            .fetch_all(&mut **conn)
+            .await?;
+            for row in &rows {
+                let attempts: i32 = row.try_get("attempts")?;
+                deliveries.push(retry_delivery(event_from_sqlite_row(row)?, attempts));
+            }
+        }
+    }
+    for attempt in crate::consume::requested_replays(tx, subscription).await? {
+        deliveries.push(Delivery {
+            attempt,
+            from_retries: false,
+        });
+    }
+    if deliveries.is_empty() {
+        return Ok(ConsumeStats::default());
+    }
+    let (attempts, from_retries): (Vec<Attempt>, Vec<bool>) = deliveries
+        .into_iter()
+        .map(|d| (d.attempt, d.from_retries))
+        .unzip();
+    let outcomes = apply_all(tx, subscription, handler, &attempts).await?;
+    let mut stats = ConsumeStats::default();
+    for ((attempt, outcome), from_retries) in attempts.iter().zip(&outcomes).zip(from_retries) {
+        stats.count(outcome);
+        match outcome {
+            Outcome::Retry { delay, error } => {
+                schedule_retry(tx, subscription, attempt, *delay, error).await?;
+            }
+            Outcome::Applied | Outcome::Duplicate | Outcome::DeadLettered if from_retries => {
+                clear_retry(tx, subscription, attempt).await?;
+            }
+            Outcome::Applied | Outcome::Duplicate | Outcome::DeadLettered => {}
+        }
+    }
+    if let Some(position) = new_position {
+        match tx {
+            Tx::Postgres(conn) => {
+                sqlx::query(
+                    "UPDATE bus_consumer_offsets SET position = $3, updated_at = now() \
+                     WHERE consumer = $1 AND family = $2",
+                )
+                .bind(consumer)
+                .bind(family)
+                .bind(position)
+                .execute(&mut **conn)
+                .await?;
+            }
+            Tx::Sqlite(conn) => {
+                sqlx::query(
+                    "UPDATE bus_consumer_offsets SET position = ?3, updated_at = ?4 \
+                     WHERE consumer = ?1 AND family = ?2",
+                )
+                .bind(consumer)
+                .bind(family)
+                .bind(position)
+                .bind(sqlite_time(Utc::now()))
+                .execute(&mut **conn)
+                .await?;
+            }
+        }
+    }
+    Ok(stats)
+}
+
+fn prefixed_columns() -> String {
+    EVENT_COLUMNS
+        .split(", ")
+        .map(|column| format!("e.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn new_delivery(stored: StoredEvent) -> Delivery {
+    Delivery {
+        attempt: Attempt {
+            event: stored.event,
+            attempt: 1,
+            source: Source::Bus,
+        },
+        from_retries: false,
+    }
+}
+
+fn retry_delivery(stored: StoredEvent, failed_attempts: i32) -> Delivery {
+    Delivery {
+        attempt: Attempt {
+            event: stored.event,
+            attempt: u32::try_from(failed_attempts).unwrap_or(0).saturating_add(1),
+            source: Source::Bus,
+        },
+        from_retries: true,
+    }
+}
+
+async fn schedule_retry(
+    tx: &mut Tx<'_>,
+    subscription: &Subscription,
+    attempt: &Attempt,
+    delay: Duration,
+    error: &str,
+) -> Result<(), BusError> {
+    let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+    let attempts = i32::try_from(attempt.attempt).unwrap_or(i32::MAX);
+    let event = &attempt.event;
+    match tx {
+        Tx::Postgres(conn) => {
+            sqlx::query(
+                "INSERT INTO bus_retries (consumer, event_id, workspace_id, family, attempts, next_attempt_at, last_error) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (consumer, event_id) DO UPDATE SET \
+                 attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error",
+            )
+            .bind(subscription.consumer.as_str())
+            .bind(event.event_id)
+            .bind(event.workspace_id.as_str())
+            .bind(event.family.as_str())
+            .bind(attempts)
+            .bind(next)
+            .bind(error)
+            .execute(&mut **conn)
+            .await?;
+        }
+        Tx::Sqlite(conn) => {
+            sqlx::query(
+                "INSERT INTO bus_retries (consumer, event_id, workspace_id, family, attempts, next_attempt_at, last_error) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (consumer, event_id) DO UPDATE SET \
+                 attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error",
+            )
+            .bind(subscription.consumer.as_str())
+            .bind(event.event_id.to_string())
+            .bind(event.workspace_id.as_str())
+            .bind(event.family.as_str())
+            .bind(attempts)
+            .bind(sqlite_time(next))
+            .bind(error)
+            .execute(&mut **conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn clear_retry(
+    tx: &mut Tx<'_>,
+    subscription: &Subscription,
+    attempt: &Attempt,
+) -> Result<(), BusError> {
+    match tx {
+        Tx::Postgres(conn) => {
+            sqlx::query("DELETE FROM bus_retries WHERE consumer = $1 AND event_id = $2")
+                .bind(subscription.consumer.as_str())
+                .bind(attempt.event.event_id)
+                .execute(&mut **conn)
+                .await?;
+        }
+        Tx::Sqlite(conn) => {
+            sqlx::query("DELETE FROM bus_retries WHERE consumer = ?1 AND event_id = ?2")
+                .bind(subscription.consumer.as_str())
+                .bind(attempt.event.event_id.to_string())
+                .execute(&mut **conn)
+                .await?;
+        }
+    }
+    Ok(())
+}

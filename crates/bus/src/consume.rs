@@ -1,0 +1,407 @@
+//! Idempotent consumption, shared by both buses: each event is applied in a savepoint
+//! together with its `bus_processed` row, so an event already applied by this consumer
+//! is skipped, and a failed handler leaves no trace but a retry or a dead letter.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::{Connection, PgConnection, SqliteConnection};
+use uuid::Uuid;
+
+use crate::error::{BusError, HandlerError};
+use crate::event::{ConsumerName, EventFamily, OutboxEvent};
+use crate::outbox::{Tx, sqlite_time};
+
+/// A consumer's effect. Runs inside the transaction that records the event as processed:
+/// write the effect through `tx` (and enqueue follow-up events there), and it commits
+/// exactly once per event and consumer. An error rolls the effect back and schedules a
+/// retry.
+#[async_trait]
+pub trait EventHandler: Send + Sync {
+    async fn handle(&self, tx: &mut Tx<'_>, event: &OutboxEvent) -> Result<(), HandlerError>;
+}
+
+/// Retries with exponential backoff; after `max_attempts` deliveries the event goes to the
+/// dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `failed_attempt + 1`: initial × 2^(failed_attempt − 1), capped.
+    pub fn backoff(&self, failed_attempt: u32) -> Duration {
+        let exponent = failed_attempt.saturating_sub(1).min(30);
+        self.initial_backoff
+            .saturating_mul(1u32 << exponent)
+            .min(self.max_backoff)
+    }
+}
+
+/// A durable consumer of one event family.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub consumer: ConsumerName,
+    pub family: EventFamily,
+    pub retry: RetryPolicy,
+    /// Events applied per transaction.
+    pub batch_size: usize,
+}
+
+impl Subscription {
+    pub fn new(consumer: ConsumerName, family: EventFamily) -> Self {
+        Self {
+            consumer,
+            family,
+            retry: RetryPolicy::default(),
+            batch_size: 256,
+        }
+    }
+}
+
+/// What one round of consumption did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsumeStats {
+    /// Events whose effect was committed in this round.
+    pub applied: usize,
+    /// Redeliveries of events this consumer had already applied.
+    pub duplicates: usize,
+    /// Failures that will be retried.
+    pub retried: usize,
+    /// Events moved to (or kept in) the dead letters.
+    pub dead_lettered: usize,
+}
+
+impl ConsumeStats {
+    /// Whether the round saw anything at all.
+    pub fn is_idle(&self) -> bool {
+        self.applied + self.duplicates + self.retried + self.dead_lettered == 0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    Bus,
+    Replay,
+}
+
+pub(crate) struct Attempt {
+    pub(crate) event: OutboxEvent,
+    /// 1 for the first delivery.
+    pub(crate) attempt: u32,
+    pub(crate) source: Source,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Applied,
+    Duplicate,
+    Retry { delay: Duration, error: String },
+    DeadLettered,
+}
+
+impl ConsumeStats {
+    pub(crate) fn count(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Applied => self.applied += 1,
+            Outcome::Duplicate => self.duplicates += 1,
+            Outcome::Retry { .. } => self.retried += 1,
+            Outcome::DeadLettered => self.dead_lettered += 1,
+        }
+    }
+}
+
+/// Longest error text kept with a retry or dead letter.
+const MAX_ERROR_TEXT: usize = 500;
+
+pub(crate) fn error_text(err: &HandlerError) -> String {
+    let mut text = err.to_string();
+    if text.len() > MAX_ERROR_TEXT {
+        let mut end = MAX_ERROR_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// Applies each attempt in its own savepoint of `tx`; the caller commits, then acks.
+pub(crate) async fn apply_all(
+    tx: &mut Tx<'_>,
+    subscription: &Subscription,
+    handler: &dyn EventHandler,
+    attempts: &[Attempt],
+) -> Result<Vec<Outcome>, BusError> {
+    let mut outcomes = Vec::with_capacity(attempts.len());
+    for attempt in attempts {
+        let outcome = match tx {
+            Tx::Postgres(conn) => apply_pg(conn, subscription, handler, attempt).await?,
+            Tx::Sqlite(conn) => apply_sqlite(conn, subscription, handler, attempt).await?,
+        };
+        match &outcome {
+            Outcome::Applied | Outcome::Duplicate if attempt.source == Source::Replay => {
+                resolve_dead_letter(tx, &subscription.consumer, attempt.event.event_id).await?;
+            }
+            Outcome::Retry { .. } | Outcome::Applied | Outcome::Duplicate => {}
+            Outcome::DeadLettered => {
+                tracing::warn!(
+                    consumer = %subscription.consumer,
+                    family = %subscription.family,
+                    event_id = %attempt.event.event_id,
+                    attempts = attempt.attempt,
+                    "event dead-lettered"
+                );
+            }
+        }
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+async fn apply_pg(
+    conn: &mut PgConnection,
+    subscription: &Subscription,
+    handler: &dyn EventHandler,
+    attempt: &Attempt,
+) -> Result<Outcome, BusError> {
+    let event = &attempt.event;
+    let mut savepoint = conn.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO bus_processed (consumer, event_id, workspace_id) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(subscription.consumer.as_str())
+    .bind(event.event_id)
+    .bind(event.workspace_id.as_str())
+    .execute(&mut *savepoint)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        savepoint.commit().await?;
+        return Ok(Outcome::Duplicate);
+    }
+    let result = handler.handle(&mut Tx::Postgres(&mut savepoint), event).await;
+    match result {
+        Ok(()) => {
+            savepoint.commit().await?;
+            Ok(Outcome::Applied)
+        }
+        Err(err) => {
+            savepoint.rollback().await?;
+            failed(&mut Tx::Postgres(conn), subscription, attempt, &err).await
+        }
+    }
+}
+
+async fn apply_sqlite(
+    conn: &mut SqliteConnection,
+    subscription: &Subscription,
+    handler: &dyn EventHandler,
+    attempt: &Attempt,
+) -> Result<Outcome, BusError> {
+    let event = &attempt.event;
+    let mut savepoint = conn.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO bus_processed (consumer, event_id, workspace_id, processed_at) \
+         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+    )
+    .bind(subscription.consumer.as_str())
+    .bind(event.event_id.to_string())
+    .bind(event.workspace_id.as_str())
+    .bind(sqlite_time(Utc::now()))
+    .execute(&mut *savepoint)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        savepoint.commit().await?;
+        return Ok(Outcome::Duplicate);
+    }
+    let result = handler.handle(&mut Tx::Sqlite(&mut savepoint), event).await;
+    match result {
+        Ok(()) => {
+            savepoint.commit().await?;
+            Ok(Outcome::Applied)
+        }
+        Err(err) => {
+            savepoint.rollback().await?;
+            failed(&mut Tx::Sqlite(conn), subscription, attempt, &err).await
+        }
+    }
+}
+
+/// A failed attempt: retry later, or dead-letter once the attempts are spent (a replay
+/// gets one attempt and goes back to the dead letters).
+async fn failed(
+    tx: &mut Tx<'_>,
+    subscription: &Subscription,
+    attempt: &Attempt,
+    err: &HandlerError,
+) -> Result<Outcome, BusError> {
+    let error = error_text(err);
+    tracing::debug!(
+        consumer = %subscription.consumer,
+        event_id = %attempt.event.event_id,
+        attempt = attempt.attempt,
+        "handler failed"
+    );
+    if attempt.source == Source::Replay || attempt.attempt >= subscription.retry.max_attempts {
+        insert_dead_letter(tx, &subscription.consumer, &attempt.event, attempt, &error).await?;
+        return Ok(Outcome::DeadLettered);
+    }
+    Ok(Outcome::Retry {
+        delay: subscription.retry.backoff(attempt.attempt),
+        error,
+    })
+}
+
+async fn insert_dead_letter(
+    tx: &mut Tx<'_>,
+    consumer: &ConsumerName,
+    event: &OutboxEvent,
+    attempt: &Attempt,
+    error: &str,
+) -> Result<(), BusError> {
+    let attempts = i32::try_from(attempt.attempt).unwrap_or(i32::MAX);
+    match tx {
+        Tx::Postgres(conn) => {
+            sqlx::query(
+                "INSERT INTO bus_dead_letters (dead_letter_id, consumer, event_id, workspace_id, family, \
+                 event_key, payload, occurred_at, attempts, last_error, dead_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now()) \
+                 ON CONFLICT (consumer, event_id) DO UPDATE SET \
+                 attempts = bus_dead_letters.attempts + 1, last_error = excluded.last_error, \
+                 dead_at = excluded.dead_at, replay_requested_at = NULL, resolved_at = NULL",
+            )
+            .bind(Uuid::now_v7())
+            .bind(consumer.as_str())
+            .bind(event.event_id)
+            .bind(event.workspace_id.as_str())
+            .bind(event.family.as_str())
+            .bind(&event.key)
+            .bind(&event.payload)
+            .bind(event.occurred_at)
+            .bind(attempts)
+            .bind(error)
+            .execute(&mut **conn)
+            .await?;
+        }
+        Tx::Sqlite(conn) => {
+            sqlx::query(
+                "INSERT INTO bus_dead_letters (dead_letter_id, consumer, event_id, workspace_id, family, \
+                 event_key, payload, occurred_at, attempts, last_error, dead_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                 ON CONFLICT (consumer, event_id) DO UPDATE SET \
+                 attempts = bus_dead_letters.attempts + 1, last_error = excluded.last_error, \
+                 dead_at = excluded.dead_at, replay_requested_at = NULL, resolved_at = NULL",
+            )
+            .bind(Uuid::now_v7().to_string())
+            .bind(consumer.as_str())
+            .bind(event.event_id.to_string())
+            .bind(event.workspace_id.as_str())
+            .bind(event.family.as_str())
+            .bind(&event.key)
+            .bind(&event.payload)
+            .bind(sqlite_time(event.occurred_at))
+            .bind(attempts)
+            .bind(error)
+            .bind(sqlite_time(Utc::now()))
+            .execute(&mut **conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn resolve_dead_letter(
+    tx: &mut Tx<'_>,
+    consumer: &ConsumerName,
+    event_id: Uuid,
+) -> Result<(), BusError> {
+    match tx {
+        Tx::Postgres(conn) => {
+            sqlx::query(
+                "UPDATE bus_dead_letters SET resolved_at = now(), replay_requested_at = NULL \
+                 WHERE consumer = $1 AND event_id = $2",
+            )
+            .bind(consumer.as_str())
+            .bind(event_id)
+            .execute(&mut **conn)
+            .await?;
+        }
+        Tx::Sqlite(conn) => {
+            sqlx::query(
+                "UPDATE bus_dead_letters SET resolved_at = ?1, replay_requested_at = NULL \
+                 WHERE consumer = ?2 AND event_id = ?3",
+            )
+            .bind(sqlite_time(Utc::now()))
+            .bind(consumer.as_str())
+            .bind(event_id.to_string())
+            .execute(&mut **conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Dead letters of this consumer and family whose replay was requested, as attempts.
+pub(crate) async fn requested_replays(
+    tx: &mut Tx<'_>,
+    subscription: &Subscription,
+) -> Result<Vec<Attempt>, BusError> {
+    let limit = crate::outbox::limit_i64(subscription.batch_size);
+    let mut attempts = Vec::new();
+    match tx {
+        Tx::Postgres(conn) => {
+            let rows = sqlx::query(
+                "SELECT 0::BIGINT AS seq, event_id, workspace_id, family, event_key, payload, occurred_at \
+                 FROM bus_dead_letters WHERE consumer = $1 AND family = $2 \
+                 AND replay_requested_at IS NOT NULL AND resolved_at IS NULL LIMIT $3",
+            )
+            .bind(subscription.consumer.as_str())
+            .bind(subscription.family.as_str())
+            .bind(limit)
+            .fetch_all(&mut **conn)
+            .await?;
+            for row in &rows {
+                attempts.push(crate::outbox::event_from_pg_row(row)?.event);
+            }
+        }
+        Tx::Sqlite(conn) => {
+            let rows = sqlx::query(
+                "SELECT 0 AS seq, event_id, workspace_id, family, event_key, payload, occurred_at \
+                 FROM bus_dead_letters WHERE consumer = ?1 AND family = ?2 \
+                 AND replay_requested_at IS NOT NULL AND resolved_at IS NULL LIMIT ?3",
+            )
+            .bind(subscription.consumer.as_str())
+            .bind(subscription.family.as_str())
+            .bind(limit)
+            .fetch_all(&mut **conn)
+            .await?;
+            for row in &rows {
+                attempts.push(crate::outbox::event_from_sqlite_row(row)?.event);
+            }
+        }
+    }
+    Ok(attempts
+        .into_iter()
+        .map(|event| Attempt {
+            event,
+            attempt: 1,
+            source: Source::Replay,
+        })
+        .collect())
+}

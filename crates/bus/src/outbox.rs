@@ -1,0 +1,299 @@
+//! Writing events into the outbox, inside the caller's transaction, and the relay's
+//! queries over it.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::future::BoxFuture;
+use meridian_store::Store;
+use sqlx::{PgConnection, Postgres, Row, Sqlite, SqliteConnection, Transaction};
+use uuid::Uuid;
+
+use crate::error::BusError;
+use crate::event::OutboxEvent;
+
+/// A connection inside a transaction, on either backend: what a consumer's handler gets
+/// to apply its effect in the transaction that records the event as processed.
+pub enum Tx<'c> {
+    Postgres(&'c mut PgConnection),
+    Sqlite(&'c mut SqliteConnection),
+}
+
+/// Something the outbox can be written through: a room's own sqlx transaction (or its
+/// connection) on either backend, or the [`Tx`] a handler is given. Write the state change
+/// and [`enqueue`] the event through the same transaction, then commit.
+pub trait OutboxConnection: Send {
+    fn enqueue_events<'a>(
+        &'a mut self,
+        events: &'a [OutboxEvent],
+    ) -> BoxFuture<'a, Result<(), BusError>>;
+}
+
+/// Writes `event` to the outbox through `conn`, in the caller's transaction: it is
+/// published only if that transaction commits.
+///
+/// ```ignore
+/// let mut tx = pool.begin().await?;          // sqlx::Transaction<'_, Postgres or Sqlite>
+/// sqlx::query("UPDATE …").execute(&mut *tx).await?;
+/// meridian_bus::enqueue(&mut tx, &event).await?;
+/// tx.commit().await?;
+/// ```
+pub async fn enqueue<C: OutboxConnection + ?Sized>(
+    conn: &mut C,
+    event: &OutboxEvent,
+) -> Result<(), BusError> {
+    conn.enqueue_events(std::slice::from_ref(event)).await
+}
+
+/// Writes many events in one statement (PostgreSQL: `UNNEST` arrays; SQLite: multi-row
+/// `VALUES`), in the caller's transaction.
+pub async fn enqueue_all<C: OutboxConnection + ?Sized>(
+    conn: &mut C,
+    events: &[OutboxEvent],
+) -> Result<(), BusError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    conn.enqueue_events(events).await
+}
+
+impl OutboxConnection for PgConnection {
+    fn enqueue_events<'a>(
+        &'a mut self,
+        events: &'a [OutboxEvent],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(insert_pg(self, events))
+    }
+}
+
+impl OutboxConnection for SqliteConnection {
+    fn enqueue_events<'a>(
+        &'a mut self,
+        events: &'a [OutboxEvent],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(insert_sqlite(self, events))
+    }
+}
+
+impl OutboxConnection for Transaction<'_, Postgres> {
+    fn enqueue_events<'a>(
+        &'a mut self,
+        events: &'a [OutboxEvent],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(insert_pg(self, events))
+    }
+}
+
+impl OutboxConnection for Transaction<'_, Sqlite> {
+    fn enqueue_events<'a>(
+        &'a mut self,
+        events: &'a [OutboxEvent],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(insert_sqlite(self, events))
+    }
+}
+
+impl OutboxConnection for Tx<'_> {
+    fn enqueue_events<'a>(
+        &'a mut self,
+        events: &'a [OutboxEvent],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        match self {
+            Tx::Postgres(conn) => Box::pin(insert_pg(conn, events)),
+            Tx::Sqlite(conn) => Box::pin(insert_sqlite(conn, events)),
+        }
+    }
+}
+
+async fn insert_pg(conn: &mut PgConnection, events: &[OutboxEvent]) -> Result<(), BusError> {
+    if let [event] = events {
+        sqlx::query(
+            "INSERT INTO outbox_events (event_id, workspace_id, family, event_key, payload, occurred_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(event.event_id)
+        .bind(event.workspace_id.as_str())
+        .bind(event.family.as_str())
+        .bind(&event.key)
+        .bind(&event.payload)
+        .bind(event.occurred_at)
+        .execute(conn)
+        .await?;
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let workspaces: Vec<&str> = events.iter().map(|e| e.workspace_id.as_str()).collect();
+    let families: Vec<&str> = events.iter().map(|e| e.family.as_str()).collect();
+    let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
+    let occurred: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
+    sqlx::query(
+        "INSERT INTO outbox_events (event_id, workspace_id, family, event_key, payload, occurred_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::timestamptz[])",
+    )
+    .bind(ids)
+    .bind(workspaces)
+    .bind(families)
+    .bind(keys)
+    .bind(payloads)
+    .bind(occurred)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// SQLite allows 32766 bound parameters; 6 per row.
+const SQLITE_ROWS_PER_INSERT: usize = 500;
+
+async fn insert_sqlite(
+    conn: &mut SqliteConnection,
+    events: &[OutboxEvent],
+) -> Result<(), BusError> {
+    let enqueued_at = sqlite_time(Utc::now());
+    for chunk in events.chunks(SQLITE_ROWS_PER_INSERT) {
+        let mut builder = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO outbox_events (event_id, workspace_id, family, event_key, payload, occurred_at, enqueued_at) ",
+        );
+        builder.push_values(chunk, |mut row, event| {
+            row.push_bind(event.event_id.to_string())
+                .push_bind(event.workspace_id.as_str())
+                .push_bind(event.family.as_str())
+                .push_bind(event.key.as_str())
+                .push_bind(event.payload.as_slice())
+                .push_bind(sqlite_time(event.occurred_at))
+                .push_bind(enqueued_at.as_str());
+        });
+        builder.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// An outbox row as the relay and the in-process bus read it.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredEvent {
+    pub(crate) seq: i64,
+    pub(crate) event: OutboxEvent,
+}
+
+pub(crate) const EVENT_COLUMNS: &str =
+    "seq, event_id, workspace_id, family, event_key, payload, occurred_at";
+
+pub(crate) fn event_from_pg_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, BusError> {
+    let seq: i64 = row.try_get("seq")?;
+    let malformed = |reason: String| BusError::MalformedRow { seq, reason };
+    let workspace: String = row.try_get("workspace_id")?;
+    let family: String = row.try_get("family")?;
+    Ok(StoredEvent {
+        seq,
+        event: OutboxEvent {
+            event_id: row.try_get("event_id")?,
+            workspace_id: workspace
+                .parse()
+                .map_err(|e: meridian_domain::InvalidValue| malformed(e.reason))?,
+            family: family
+                .parse()
+                .map_err(|e: meridian_domain::InvalidValue| malformed(e.reason))?,
+            key: row.try_get("event_key")?,
+            payload: row.try_get("payload")?,
+            occurred_at: row.try_get("occurred_at")?,
+        },
+    })
+}
+
+pub(crate) fn event_from_sqlite_row(
+    row: &sqlx::sqlite::SqliteRow,
+) -> Result<StoredEvent, BusError> {
+    let seq: i64 = row.try_get("seq")?;
+    let malformed = |reason: String| BusError::MalformedRow { seq, reason };
+    let event_id: String = row.try_get("event_id")?;
+    let workspace: String = row.try_get("workspace_id")?;
+    let family: String = row.try_get("family")?;
+    let occurred: String = row.try_get("occurred_at")?;
+    Ok(StoredEvent {
+        seq,
+        event: OutboxEvent {
+            event_id: Uuid::parse_str(&event_id).map_err(|e| malformed(e.to_string()))?,
+            workspace_id: workspace
+                .parse()
+                .map_err(|e: meridian_domain::InvalidValue| malformed(e.reason))?,
+            family: family
+                .parse()
+                .map_err(|e: meridian_domain::InvalidValue| malformed(e.reason))?,
+            key: row.try_get("event_key")?,
+            payload: row.try_get("payload")?,
+            occurred_at: parse_sqlite_time(&occurred).map_err(malformed)?,
+        },
+    })
+}
+
+/// Instants in SQLite: RFC 3339 UTC with microseconds, fixed width so text order is time order.
+pub(crate) fn sqlite_time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+pub(crate) fn parse_sqlite_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|e| format!("bad instant: {e}"))
+}
+
+/// Unsent rows, oldest first, locked for this transaction; other relays skip them.
+pub(crate) async fn claim_unsent_pg(
+    conn: &mut PgConnection,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, BusError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM outbox_events WHERE sent_at IS NULL \
+         ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(limit_i64(limit))
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(event_from_pg_row).collect()
+}
+
+/// Unsent rows, oldest first (SQLite has one writer; see the JetStream relay for why no lock
+/// is held while publishing).
+pub(crate) async fn unsent_sqlite(
+    conn: &mut SqliteConnection,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, BusError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM outbox_events WHERE sent_at IS NULL ORDER BY seq LIMIT ?1"
+    ))
+    .bind(limit_i64(limit))
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(event_from_sqlite_row).collect()
+}
+
+pub(crate) fn limit_i64(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// Outbox figures, for the CLI and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxStats {
+    /// Rows not yet published.
+    pub unsent: u64,
+    /// Rows published.
+    pub sent: u64,
+}
+
+/// How many outbox rows are waiting for the relay, and how many were published.
+pub async fn outbox_stats(store: &Store) -> Result<OutboxStats, BusError> {
+    const SQL: &str = "SELECT COALESCE(SUM(CASE WHEN sent_at IS NULL THEN 1 ELSE 0 END), 0) AS unsent, \
+                       COALESCE(SUM(CASE WHEN sent_at IS NULL THEN 0 ELSE 1 END), 0) AS sent FROM outbox_events";
+    let (unsent, sent): (i64, i64) = match store {
+        Store::Postgres(pool) => {
+            let row = sqlx::query(SQL).fetch_one(pool).await?;
+            (row.try_get("unsent")?, row.try_get("sent")?)
+        }
+        Store::Sqlite(pool) => {
+            let row = sqlx::query(SQL).fetch_one(pool).await?;
+            (row.try_get("unsent")?, row.try_get("sent")?)
+        }
+    };
+    Ok(OutboxStats {
+        unsent: u64::try_from(unsent).unwrap_or(0),
+        sent: u64::try_from(sent).unwrap_or(0),
+    })
+}

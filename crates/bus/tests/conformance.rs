@@ -1,0 +1,323 @@
+//! The bus conformance suite: the same checks for the in-process bus and JetStream, over
+//! SQLite and PostgreSQL (a fresh database per test).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Harness, Kind, Recorder, effects, eventually, scalar};
+use meridian_bus::{
+    BusError, ConsumerName, DeadLetterFilter, EventHandler, LoopSettings, RetryPolicy,
+    Subscription, enqueue, enqueue_all, list_dead_letters, outbox_stats, replay_dead_letter,
+    run_consumer, run_relay,
+};
+use meridian_store::Store;
+use meridian_store::sqlx::{PgPool, SqlitePool};
+use uuid::Uuid;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn subscription(h: &Harness, consumer: &str) -> Subscription {
+    Subscription {
+        retry: RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(80),
+        },
+        batch_size: 64,
+        ..Subscription::new(consumer.parse::<ConsumerName>().unwrap(), h.family.clone())
+    }
+}
+
+/// One relay round and one consume round.
+async fn pump(h: &Harness, sub: &Subscription, handler: &dyn EventHandler) {
+    h.bus.relay_batch(256).await.unwrap();
+    h.bus.consume_batch(sub, handler).await.unwrap();
+}
+
+async fn commit_state_and_events(h: &Harness, events: &[meridian_bus::OutboxEvent]) {
+    match &h.store {
+        Store::Postgres(pool) => {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("INSERT INTO test_state (workspace_id, name) VALUES ('acme', 'x')")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            enqueue(&mut tx, &events[0]).await.unwrap();
+            enqueue_all(&mut *tx, &events[1..]).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        Store::Sqlite(pool) => {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("INSERT INTO test_state (workspace_id, name) VALUES ('acme', 'x')")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            enqueue(&mut tx, &events[0]).await.unwrap();
+            enqueue_all(&mut *tx, &events[1..]).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+}
+
+async fn rolled_back_event(h: &Harness) -> Uuid {
+    let event = h.event("acme", "never");
+    match &h.store {
+        Store::Postgres(pool) => {
+            let mut tx = pool.begin().await.unwrap();
+            enqueue(&mut tx, &event).await.unwrap();
+            tx.rollback().await.unwrap();
+        }
+        Store::Sqlite(pool) => {
+            let mut tx = pool.begin().await.unwrap();
+            enqueue(&mut tx, &event).await.unwrap();
+            tx.rollback().await.unwrap();
+        }
+    }
+    event.event_id
+}
+
+async fn committed_events_are_applied_once_and_rolled_back_ones_never_sent(h: Harness) {
+    let events: Vec<_> = (0..3)
+        .map(|i| h.event(if i == 2 { "globex" } else { "acme" }, &format!("e{i}")))
+        .collect();
+    commit_state_and_events(&h, &events).await;
+    let ghost = rolled_back_event(&h).await;
+    let stats = outbox_stats(&h.store).await.unwrap();
+    assert_eq!((stats.unsent, stats.sent), (3, 0));
+
+    let identity = Recorder::new("identity");
+    let audit = Recorder::new("audit");
+    let sub_identity = subscription(&h, "identity");
+    let sub_audit = subscription(&h, "audit");
+    eventually(LIMIT, "both consumers to apply 3 events", || async {
+        pump(&h, &sub_identity, &*identity).await;
+        h.bus.consume_batch(&sub_audit, &*audit).await.unwrap();
+        effects(&h.store, "identity").await.len() == 3 && effects(&h.store, "audit").await.len() == 3
+    })
+    .await;
+    let stats = outbox_stats(&h.store).await.unwrap();
+    assert_eq!((stats.unsent, stats.sent), (0, 3));
+    for consumer in ["identity", "audit"] {
+        let applied = effects(&h.store, consumer).await;
+        assert!(applied.values().all(|&n| n == 1), "{consumer}: {applied:?}");
+        assert!(!applied.contains_key(&ghost));
+        for event in &events {
+            assert!(applied.contains_key(&event.event_id));
+        }
+    }
+
+    // A relay that crashed after publishing but before marking sent publishes again:
+    // every event is delivered a second time (or dropped by JetStream's duplicate window),
+    // and applied no second time.
+    match &h.store {
+        Store::Postgres(pool) => sqlx::query("UPDATE outbox_events SET sent_at = NULL, stream_seq = NULL")
+            .execute(pool)
+            .await
+            .map(drop)
+            .unwrap(),
+        Store::Sqlite(pool) => sqlx::query("UPDATE outbox_events SET sent_at = NULL, stream_seq = NULL")
+            .execute(pool)
+            .await
+            .map(drop)
+            .unwrap(),
+    }
+    assert_eq!(h.bus.relay_batch(256).await.unwrap(), 3);
+    for _ in 0..3 {
+        h.bus.consume_batch(&sub_identity, &*identity).await.unwrap();
+    }
+    let applied = effects(&h.store, "identity").await;
+    assert_eq!(applied.len(), 3);
+    assert!(applied.values().all(|&n| n == 1), "{applied:?}");
+    assert_eq!(
+        scalar(&h.store, "SELECT COUNT(*) FROM bus_processed WHERE consumer = 'identity'").await,
+        3
+    );
+    h.cleanup().await;
+}
+
+async fn failures_retry_with_backoff_then_dead_letter_and_replay(h: Harness) {
+    let doomed = h.event("acme", "doomed");
+    let flaky = h.event("acme", "flaky");
+    let fine = h.event("acme", "fine");
+    commit_state_and_events(&h, &[doomed.clone(), flaky.clone(), fine.clone()]).await;
+    let handler = Recorder::new("identity");
+    handler.always_fail.lock().unwrap().insert(doomed.event_id);
+    handler.fail_times.lock().unwrap().insert(flaky.event_id, 2);
+    let sub = subscription(&h, "identity");
+
+    eventually(LIMIT, "a dead letter and two applied events", || async {
+        pump(&h, &sub, &*handler).await;
+        let dead = list_dead_letters(&h.store, &DeadLetterFilter::default()).await.unwrap();
+        dead.len() == 1 && effects(&h.store, "identity").await.len() == 2
+    })
+    .await;
+    let applied = effects(&h.store, "identity").await;
+    assert_eq!(applied.get(&flaky.event_id), Some(&1));
+    assert_eq!(applied.get(&fine.event_id), Some(&1));
+    assert!(!applied.contains_key(&doomed.event_id), "a failed attempt left its effect");
+    let calls = handler.calls.lock().unwrap().clone();
+    assert_eq!(calls.get(&flaky.event_id), Some(&3));
+    assert_eq!(calls.get(&doomed.event_id), Some(&3), "max_attempts is 3");
+
+    let dead = list_dead_letters(&h.store, &DeadLetterFilter::default()).await.unwrap();
+    let letter = &dead[0];
+    assert_eq!(letter.event_id, doomed.event_id);
+    assert_eq!(letter.consumer, "identity");
+    assert_eq!(letter.workspace_id, "acme");
+    assert_eq!(letter.family, h.family.as_str());
+    assert_eq!(letter.attempts, 3);
+    assert_eq!(letter.payload_len, 6);
+    assert_eq!(letter.last_error, "always failing");
+    assert!(letter.resolved_at.is_none() && letter.replay_requested_at.is_none());
+    let other_workspace = DeadLetterFilter {
+        workspace_id: Some("globex".into()),
+        ..Default::default()
+    };
+    assert!(list_dead_letters(&h.store, &other_workspace).await.unwrap().is_empty());
+
+    // Nothing more happens until a replay is asked for.
+    for _ in 0..3 {
+        pump(&h, &sub, &*handler).await;
+    }
+    assert!(!effects(&h.store, "identity").await.contains_key(&doomed.event_id));
+
+    // A replay that fails again leaves the letter dead, one attempt more.
+    replay_dead_letter(&h.store, letter.dead_letter_id).await.unwrap();
+    eventually(LIMIT, "the failed replay", || async {
+        pump(&h, &sub, &*handler).await;
+        let dead = list_dead_letters(&h.store, &DeadLetterFilter::default()).await.unwrap();
+        dead[0].attempts == 4 && dead[0].replay_requested_at.is_none()
+    })
+    .await;
+
+    // Fixed handler: the replay applies it once and resolves the letter.
+    handler.always_fail.lock().unwrap().clear();
+    let requested = replay_dead_letter(&h.store, letter.dead_letter_id).await.unwrap();
+    assert!(requested.replay_requested_at.is_some());
+    eventually(LIMIT, "the replayed event to be applied", || async {
+        pump(&h, &sub, &*handler).await;
+        effects(&h.store, "identity").await.contains_key(&doomed.event_id)
+    })
+    .await;
+    assert!(list_dead_letters(&h.store, &DeadLetterFilter::default()).await.unwrap().is_empty());
+    let all = DeadLetterFilter {
+        include_resolved: true,
+        ..Default::default()
+    };
+    let resolved = list_dead_letters(&h.store, &all).await.unwrap();
+    assert!(resolved[0].resolved_at.is_some());
+    for _ in 0..3 {
+        pump(&h, &sub, &*handler).await;
+    }
+    assert!(effects(&h.store, "identity").await.values().all(|&n| n == 1));
+
+    let missing = Uuid::now_v7();
+    assert!(matches!(
+        replay_dead_letter(&h.store, missing).await,
+        Err(BusError::UnknownDeadLetter(id)) if id == missing
+    ));
+    h.cleanup().await;
+}
+
+async fn concurrent_writers_relays_and_consumers_apply_every_event_once(h: Harness) {
+    const WRITERS: usize = 4;
+    const PER_WRITER: usize = 50;
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let settings = LoopSettings {
+        relay_batch: 16,
+        idle: Duration::from_millis(5),
+        ..Default::default()
+    };
+    let handler = Recorder::new("identity");
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        tasks.push(tokio::spawn(run_relay(h.bus.clone(), settings, shutdown.clone())));
+        tasks.push(tokio::spawn(run_consumer(
+            h.bus.clone(),
+            Subscription {
+                batch_size: 8,
+                ..subscription(&h, "identity")
+            },
+            handler.clone() as Arc<dyn EventHandler>,
+            settings,
+            shutdown.clone(),
+        )));
+    }
+    let h = Arc::new(h);
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let h = h.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..PER_WRITER {
+                let event = h.event("acme", &format!("w{w}-{i}"));
+                commit_state_and_events(&h, &[event]).await;
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    eventually(LIMIT, "every event applied", || async {
+        effects(&h.store, "identity").await.len() == WRITERS * PER_WRITER
+    })
+    .await;
+    stop.send(true).unwrap();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let applied = effects(&h.store, "identity").await;
+    assert!(applied.values().all(|&n| n == 1), "an event was applied twice");
+    assert_eq!(outbox_stats(&h.store).await.unwrap().unsent, 0);
+    h.cleanup().await;
+}
+
+/// Instantiates each check for every bus × backend.
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite_local {
+            use super::*;
+            $(
+                #[sqlx::test(migrations = "../../migrations/sqlite")]
+                async fn $check(pool: SqlitePool) {
+                    super::$check(Harness::new(Store::Sqlite(pool), Kind::Local).await).await;
+                }
+            )*
+        }
+        mod postgres_local {
+            use super::*;
+            $(
+                #[sqlx::test(migrations = "../../migrations/postgres")]
+                async fn $check(pool: PgPool) {
+                    super::$check(Harness::new(Store::Postgres(pool), Kind::Local).await).await;
+                }
+            )*
+        }
+        mod postgres_jetstream {
+            use super::*;
+            $(
+                #[sqlx::test(migrations = "../../migrations/postgres")]
+                async fn $check(pool: PgPool) {
+                    super::$check(Harness::new(Store::Postgres(pool), Kind::JetStream).await).await;
+                }
+            )*
+        }
+        mod sqlite_jetstream {
+            use super::*;
+            $(
+                #[sqlx::test(migrations = "../../migrations/sqlite")]
+                async fn $check(pool: SqlitePool) {
+                    super::$check(Harness::new(Store::Sqlite(pool), Kind::JetStream).await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    committed_events_are_applied_once_and_rolled_back_ones_never_sent,
+    failures_retry_with_backoff_then_dead_letter_and_replay,
+    concurrent_writers_relays_and_consumers_apply_every_event_once,
+);
