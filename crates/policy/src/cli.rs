@@ -140,7 +140,8 @@ pub fn parse_age(s: &str) -> Result<u8, ArgError> {
 
 /// `meridian policy explain --json`: the decision as JSON, with keys
 /// `allowed`, `rule`, `reason`, `policy_version`, plus `rules`,
-/// `obligations`, `regime` and the question as understood.
+/// `obligations`, `regime`, `retention` (when a category is given) and the
+/// question as understood.
 pub fn explain(engine: &PolicyEngine, args: &ExplainArgs) -> serde_json::Value {
     let mechanisms: Vec<&str> = args
         .transfer_mechanisms
@@ -170,6 +171,11 @@ pub fn explain(engine: &PolicyEngine, args: &ExplainArgs) -> serde_json::Value {
     };
     let d = engine.decide(&q);
     let regime = engine.regime_for(&args.jurisdiction).map(|r| r.id.clone());
+    let retention = args
+        .category
+        .as_deref()
+        .and_then(|c| engine.retention(&args.jurisdiction, c).ok())
+        .map(|r| serde_json::json!({ "period": r.value, "article": r.article }));
     serde_json::json!({
         "allowed": d.allowed,
         "rule": d.rule_id,
@@ -178,6 +184,7 @@ pub fn explain(engine: &PolicyEngine, args: &ExplainArgs) -> serde_json::Value {
         "rules": d.rules,
         "obligations": d.obligations,
         "regime": regime,
+        "retention": retention,
         "question": {
             "action": action,
             "jurisdiction": args.jurisdiction,

@@ -8,8 +8,9 @@
 //!   policy set; errors name `file:line: reason`.
 //! - [`PolicyEngine::decide`] answers a [`Question`] with a [`Decision`]
 //!   (allowed, rule, reason, obligations, policy version), memoized per tuple.
-//! - [`PolicyEngine::retention`], [`PolicyEngine::regime`] expose the legal
-//!   parameters; [`Taxonomy`] maps TCF v2.2 and GPP to fideslang purposes;
+//! - [`PolicyEngine::retention`], [`PolicyEngine::dsr_deadline`] and
+//!   [`PolicyEngine::regime`] expose the legal parameters (deadlines counted in
+//!   the jurisdiction's time zone); [`Taxonomy`] maps TCF v2.2 and GPP to fideslang purposes;
 //!   [`FieldClassification`] maps fields to data categories.
 //! - [`cli`] and [`bench`] back `meridian policy check|explain` and
 //!   `meridian bench policy`.

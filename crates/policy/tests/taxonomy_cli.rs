@@ -217,6 +217,7 @@ fn explain_prints_allowed_rule_reason_and_version() {
     assert!(v["reason"].as_str().unwrap().contains("Art. 6(1)(a)"));
     assert_eq!(v["policy_version"], e.policy_version());
     assert_eq!(v["regime"], "GDPR");
+    assert!(v["retention"].is_null(), "no category, no retention");
 
     args.consent = cli::parse_consent("given").unwrap();
     let v = cli::explain(&e, &args);
@@ -229,6 +230,10 @@ fn explain_prints_allowed_rule_reason_and_version() {
             .iter()
             .any(|o| o["kind"] == "record_transfer")
     );
+
+    args.category = Some("user.device.cookie_id".to_owned());
+    let v = cli::explain(&e, &args);
+    assert_eq!(v["retention"]["period"], "13 months");
 
     args.transfer_mechanisms.clear();
     let v = cli::explain(&e, &args);
