@@ -2,6 +2,7 @@
 //! the embedded store and a fresh PostgreSQL database per test.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod cli;
 mod foundation;
 mod harness;
 mod telemetry;

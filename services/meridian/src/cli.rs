@@ -42,8 +42,98 @@ pub(crate) enum Command {
     /// Workspaces and API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Policies: validate them, or explain one decision.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Consent signals.
+    #[command(subcommand)]
+    Consent(ConsentCommand),
+    /// Benchmarks: each starts what it needs (PostgreSQL/NATS when DATABASE_URL/NATS_URL are set).
+    Bench(BenchArgs),
     /// Prints the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConsentCommand {
+    /// Decodes an IAB TCF v2.2 TC string or an IAB GPP string (detected) with the IAB reference names.
+    Decode {
+        /// Print one JSON object (the default prints it indented).
+        #[arg(long)]
+        json: bool,
+        /// The TC or GPP string.
+        signal: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Loads and validates a policy set; exits non-zero with file:line on any error.
+    Check {
+        /// A policies directory [default: the policies built into this binary].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Decides one question and says which rule decided it.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExplainArgs {
+    /// Print the decision as one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// A policies directory [default: the policies built into this binary].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: Option<PathBuf>,
+    /// collect, process or export.
+    #[arg(long)]
+    pub(crate) action: String,
+    /// EU-DE, DE, GB, US-CA, CN, BR, …
+    #[arg(long)]
+    pub(crate) jurisdiction: String,
+    /// A fideslang purpose key (marketing.advertising.third_party.targeted, …).
+    #[arg(long)]
+    pub(crate) purpose: String,
+    /// A fideslang data category (user.contact.email, …).
+    #[arg(long)]
+    pub(crate) category: Option<String>,
+    /// given, guardian, refused or none.
+    #[arg(long, default_value = "none")]
+    pub(crate) consent: String,
+    /// The subject sent Global Privacy Control.
+    #[arg(long)]
+    pub(crate) gpc: bool,
+    /// The subject's age in years.
+    #[arg(long)]
+    pub(crate) age: Option<String>,
+    /// PIPL: the subject gave separate consent for this processing.
+    #[arg(long)]
+    pub(crate) separate_consent: bool,
+    /// Destination platform (meta, google, tiktok, shopify).
+    #[arg(long)]
+    pub(crate) destination: Option<String>,
+    /// Region where the destination processes the data (US, …).
+    #[arg(long)]
+    pub(crate) destination_region: Option<String>,
+    /// Transfer mechanism in place (dpf, scc, idta, …); repeatable.
+    #[arg(long = "transfer-mechanism")]
+    pub(crate) transfer_mechanisms: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BenchTarget {
+    /// Memoized policy decisions per second per core, and uncached Cedar latency.
+    Policy,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    #[arg(value_enum)]
+    pub(crate) what: BenchTarget,
+    /// Print one JSON object whose keys name their units.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum)]

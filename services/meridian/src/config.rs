@@ -26,6 +26,7 @@ pub(crate) struct Settings {
     pub(crate) otlp_endpoint: Option<String>,
     pub(crate) api_key_pepper: Option<String>,
     pub(crate) shutdown_grace_seconds: Option<u64>,
+    pub(crate) policy_dir: Option<PathBuf>,
 }
 
 impl Settings {
@@ -57,6 +58,7 @@ impl Settings {
             otlp_endpoint: var("OTEL_EXPORTER_OTLP_ENDPOINT"),
             api_key_pepper: var("MERIDIAN_API_KEY_PEPPER"),
             shutdown_grace_seconds: None,
+            policy_dir: var("MERIDIAN_POLICY_DIR").map(PathBuf::from),
         }
     }
 
@@ -77,6 +79,7 @@ impl Settings {
             otlp_endpoint: over.otlp_endpoint.or(self.otlp_endpoint),
             api_key_pepper: over.api_key_pepper.or(self.api_key_pepper),
             shutdown_grace_seconds: over.shutdown_grace_seconds.or(self.shutdown_grace_seconds),
+            policy_dir: over.policy_dir.or(self.policy_dir),
         }
     }
 }
@@ -106,6 +109,8 @@ pub(crate) struct Config {
     pub(crate) otlp_endpoint: Option<String>,
     pub(crate) api_key_pepper: Option<String>,
     pub(crate) shutdown_grace: std::time::Duration,
+    /// Policies to run with instead of the built-in set.
+    pub(crate) policy_dir: Option<PathBuf>,
 }
 
 pub(crate) const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
@@ -227,6 +232,7 @@ impl Config {
             shutdown_grace: std::time::Duration::from_secs(
                 settings.shutdown_grace_seconds.unwrap_or(25),
             ),
+            policy_dir: settings.policy_dir,
         })
     }
 }

@@ -1,17 +1,19 @@
 //! `meridian`: one binary that runs any service (`meridian serve ingest`) or
 //! all of them (`meridian serve`), and carries the operator commands.
 
+mod bench;
 mod cli;
 mod config;
 mod http;
 mod keys;
+mod policy;
 mod serve;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, KeysCommand};
+use crate::cli::{Cli, Command, ConsentCommand, KeysCommand};
 use crate::config::{Config, Settings};
 
 fn main() -> ExitCode {
@@ -26,9 +28,24 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Version = cli.command {
-        println!("meridian {}", env!("CARGO_PKG_VERSION"));
-        return Ok(());
+    match cli.command {
+        Command::Version => {
+            println!("meridian {}", env!("CARGO_PKG_VERSION"));
+            return Ok(());
+        }
+        // Policy commands read files only: no store, no runtime.
+        Command::Policy(command) => return policy::run(command),
+        Command::Consent(ConsentCommand::Decode { json, signal }) => {
+            let decoded = meridian_consent_signals::decode(&signal)?;
+            let value = decoded.to_json();
+            if json {
+                println!("{value}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            }
+            return Ok(());
+        }
+        _ => {}
     }
     let file = match &cli.store.config {
         Some(path) => Settings::from_file(path)?,
@@ -64,7 +81,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Keys(KeysCommand::RevokeApiKey { key_id }) => {
                 keys::revoke_key(&config, &key_id).await
             }
-            Command::Version => Ok(()),
+            Command::Bench(args) => bench::run(&config, args).await,
+            Command::Version | Command::Policy(_) | Command::Consent(_) => Ok(()),
         }
     })
 }

@@ -46,6 +46,7 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
     if config.nats_url.is_some() {
         tracing::warn!("NATS_URL is set, but this build has no event bus yet; it is not used");
     }
+    let policies = crate::policy::load(config.policy_dir.as_deref())?;
     let store = Store::connect(&config.store)
         .await
         .context("opening the store")?;
@@ -134,6 +135,7 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
         %http_addr,
         backend = store.backend().as_str(),
         region = %config.region,
+        policy_version = policies.policy_version(),
         services = ?names,
         "meridian started"
     );
