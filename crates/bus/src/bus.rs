@@ -9,7 +9,9 @@ use meridian_store::Store;
 use sqlx::Row;
 use tokio::sync::{Notify, watch};
 
-use crate::consume::{Attempt, ConsumeStats, EventHandler, Outcome, Source, Subscription, apply_all};
+use crate::consume::{
+    Attempt, ConsumeStats, EventHandler, Outcome, Source, Subscription, apply_all,
+};
 use crate::error::BusError;
 use crate::outbox::{
     EVENT_COLUMNS, StoredEvent, Tx, event_from_pg_row, event_from_sqlite_row, limit_i64,
@@ -231,7 +233,8 @@ impl Bus for LocalBus {
         match &self.store {
             Store::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                let stats = consume_local(&mut Tx::Postgres(&mut tx), subscription, handler).await?;
+                let stats =
+                    consume_local(&mut Tx::Postgres(&mut tx), subscription, handler).await?;
                 tx.commit().await?;
                 Ok(stats)
             }
@@ -438,7 +441,9 @@ fn retry_delivery(stored: StoredEvent, failed_attempts: i32) -> Delivery {
     Delivery {
         attempt: Attempt {
             event: stored.event,
-            attempt: u32::try_from(failed_attempts).unwrap_or(0).saturating_add(1),
+            attempt: u32::try_from(failed_attempts)
+                .unwrap_or(0)
+                .saturating_add(1),
             source: Source::Bus,
         },
         from_retries: true,

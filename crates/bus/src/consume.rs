@@ -194,7 +194,9 @@ async fn apply_pg(
         savepoint.commit().await?;
         return Ok(Outcome::Duplicate);
     }
-    let result = handler.handle(&mut Tx::Postgres(&mut savepoint), event).await;
+    let result = handler
+        .handle(&mut Tx::Postgres(&mut savepoint), event)
+        .await;
     match result {
         Ok(()) => {
             savepoint.commit().await?;

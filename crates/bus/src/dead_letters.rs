@@ -58,7 +58,11 @@ async fn select(
     filter: &DeadLetterFilter,
     id: Option<Uuid>,
 ) -> Result<Vec<DeadLetter>, BusError> {
-    let limit = crate::outbox::limit_i64(if filter.limit == 0 { 1000 } else { filter.limit });
+    let limit = crate::outbox::limit_i64(if filter.limit == 0 {
+        1000
+    } else {
+        filter.limit
+    });
     match store {
         Store::Postgres(pool) => {
             let rows = sqlx::query(&format!(

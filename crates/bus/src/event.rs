@@ -137,7 +137,17 @@ mod tests {
     fn names_are_tokens() {
         assert!("consent".parse::<EventFamily>().is_ok());
         assert!("ingest-event".parse::<EventFamily>().is_ok());
-        for bad in ["", "a.b", "a*", ">", "Upper", "-x", "x-", "a b", &"x".repeat(41)] {
+        for bad in [
+            "",
+            "a.b",
+            "a*",
+            ">",
+            "Upper",
+            "-x",
+            "x-",
+            "a b",
+            &"x".repeat(41),
+        ] {
             assert!(bad.parse::<EventFamily>().is_err(), "{bad:?}");
         }
         assert!("audience-sync".parse::<ConsumerName>().is_ok());

@@ -161,7 +161,10 @@ impl JetStreamBus {
         Ok(())
     }
 
-    async fn ensure_stream(&self, family: &EventFamily) -> Result<jetstream::stream::Stream, BusError> {
+    async fn ensure_stream(
+        &self,
+        family: &EventFamily,
+    ) -> Result<jetstream::stream::Stream, BusError> {
         let name = self.settings.stream_name(family);
         if !self.settings.create_streams {
             return self
@@ -240,7 +243,11 @@ impl JetStreamBus {
             let event = &stored.event;
             let ack = self
                 .context
-                .publish_with_headers(event.subject(), headers(event), event.payload.clone().into())
+                .publish_with_headers(
+                    event.subject(),
+                    headers(event),
+                    event.payload.clone().into(),
+                )
                 .await
                 .map_err(|err| BusError::jetstream("publish", err))?;
             pending.push(ack);
@@ -338,9 +345,8 @@ impl Bus for JetStreamBus {
                     return Ok(0);
                 }
                 self.publish_all(&events).await?;
-                let mut builder = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                    "UPDATE outbox_events SET sent_at = ",
-                );
+                let mut builder =
+                    sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE outbox_events SET sent_at = ");
                 builder.push_bind(sqlite_time(Utc::now()));
                 builder.push(" WHERE sent_at IS NULL AND seq IN (");
                 let mut list = builder.separated(", ");

@@ -95,7 +95,8 @@ async fn committed_events_are_applied_once_and_rolled_back_ones_never_sent(h: Ha
     eventually(LIMIT, "both consumers to apply 3 events", || async {
         pump(&h, &sub_identity, &*identity).await;
         h.bus.consume_batch(&sub_audit, &*audit).await.unwrap();
-        effects(&h.store, "identity").await.len() == 3 && effects(&h.store, "audit").await.len() == 3
+        effects(&h.store, "identity").await.len() == 3
+            && effects(&h.store, "audit").await.len() == 3
     })
     .await;
     let stats = outbox_stats(&h.store).await.unwrap();
@@ -113,26 +114,37 @@ async fn committed_events_are_applied_once_and_rolled_back_ones_never_sent(h: Ha
     // every event is delivered a second time (or dropped by JetStream's duplicate window),
     // and applied no second time.
     match &h.store {
-        Store::Postgres(pool) => sqlx::query("UPDATE outbox_events SET sent_at = NULL, stream_seq = NULL")
-            .execute(pool)
-            .await
-            .map(drop)
-            .unwrap(),
-        Store::Sqlite(pool) => sqlx::query("UPDATE outbox_events SET sent_at = NULL, stream_seq = NULL")
-            .execute(pool)
-            .await
-            .map(drop)
-            .unwrap(),
+        Store::Postgres(pool) => {
+            sqlx::query("UPDATE outbox_events SET sent_at = NULL, stream_seq = NULL")
+                .execute(pool)
+                .await
+                .map(drop)
+                .unwrap()
+        }
+        Store::Sqlite(pool) => {
+            sqlx::query("UPDATE outbox_events SET sent_at = NULL, stream_seq = NULL")
+                .execute(pool)
+                .await
+                .map(drop)
+                .unwrap()
+        }
     }
     assert_eq!(h.bus.relay_batch(256).await.unwrap(), 3);
     for _ in 0..3 {
-        h.bus.consume_batch(&sub_identity, &*identity).await.unwrap();
+        h.bus
+            .consume_batch(&sub_identity, &*identity)
+            .await
+            .unwrap();
     }
     let applied = effects(&h.store, "identity").await;
     assert_eq!(applied.len(), 3);
     assert!(applied.values().all(|&n| n == 1), "{applied:?}");
     assert_eq!(
-        scalar(&h.store, "SELECT COUNT(*) FROM bus_processed WHERE consumer = 'identity'").await,
+        scalar(
+            &h.store,
+            "SELECT COUNT(*) FROM bus_processed WHERE consumer = 'identity'"
+        )
+        .await,
         3
     );
     h.cleanup().await;
@@ -150,19 +162,26 @@ async fn failures_retry_with_backoff_then_dead_letter_and_replay(h: Harness) {
 
     eventually(LIMIT, "a dead letter and two applied events", || async {
         pump(&h, &sub, &*handler).await;
-        let dead = list_dead_letters(&h.store, &DeadLetterFilter::default()).await.unwrap();
+        let dead = list_dead_letters(&h.store, &DeadLetterFilter::default())
+            .await
+            .unwrap();
         dead.len() == 1 && effects(&h.store, "identity").await.len() == 2
     })
     .await;
     let applied = effects(&h.store, "identity").await;
     assert_eq!(applied.get(&flaky.event_id), Some(&1));
     assert_eq!(applied.get(&fine.event_id), Some(&1));
-    assert!(!applied.contains_key(&doomed.event_id), "a failed attempt left its effect");
+    assert!(
+        !applied.contains_key(&doomed.event_id),
+        "a failed attempt left its effect"
+    );
     let calls = handler.calls.lock().unwrap().clone();
     assert_eq!(calls.get(&flaky.event_id), Some(&3));
     assert_eq!(calls.get(&doomed.event_id), Some(&3), "max_attempts is 3");
 
-    let dead = list_dead_letters(&h.store, &DeadLetterFilter::default()).await.unwrap();
+    let dead = list_dead_letters(&h.store, &DeadLetterFilter::default())
+        .await
+        .unwrap();
     let letter = &dead[0];
     assert_eq!(letter.event_id, doomed.event_id);
     assert_eq!(letter.consumer, "identity");
@@ -176,33 +195,55 @@ async fn failures_retry_with_backoff_then_dead_letter_and_replay(h: Harness) {
         workspace_id: Some("globex".into()),
         ..Default::default()
     };
-    assert!(list_dead_letters(&h.store, &other_workspace).await.unwrap().is_empty());
+    assert!(
+        list_dead_letters(&h.store, &other_workspace)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Nothing more happens until a replay is asked for.
     for _ in 0..3 {
         pump(&h, &sub, &*handler).await;
     }
-    assert!(!effects(&h.store, "identity").await.contains_key(&doomed.event_id));
+    assert!(
+        !effects(&h.store, "identity")
+            .await
+            .contains_key(&doomed.event_id)
+    );
 
     // A replay that fails again leaves the letter dead, one attempt more.
-    replay_dead_letter(&h.store, letter.dead_letter_id).await.unwrap();
+    replay_dead_letter(&h.store, letter.dead_letter_id)
+        .await
+        .unwrap();
     eventually(LIMIT, "the failed replay", || async {
         pump(&h, &sub, &*handler).await;
-        let dead = list_dead_letters(&h.store, &DeadLetterFilter::default()).await.unwrap();
+        let dead = list_dead_letters(&h.store, &DeadLetterFilter::default())
+            .await
+            .unwrap();
         dead[0].attempts == 4 && dead[0].replay_requested_at.is_none()
     })
     .await;
 
     // Fixed handler: the replay applies it once and resolves the letter.
     handler.always_fail.lock().unwrap().clear();
-    let requested = replay_dead_letter(&h.store, letter.dead_letter_id).await.unwrap();
+    let requested = replay_dead_letter(&h.store, letter.dead_letter_id)
+        .await
+        .unwrap();
     assert!(requested.replay_requested_at.is_some());
     eventually(LIMIT, "the replayed event to be applied", || async {
         pump(&h, &sub, &*handler).await;
-        effects(&h.store, "identity").await.contains_key(&doomed.event_id)
+        effects(&h.store, "identity")
+            .await
+            .contains_key(&doomed.event_id)
     })
     .await;
-    assert!(list_dead_letters(&h.store, &DeadLetterFilter::default()).await.unwrap().is_empty());
+    assert!(
+        list_dead_letters(&h.store, &DeadLetterFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let all = DeadLetterFilter {
         include_resolved: true,
         ..Default::default()
@@ -212,7 +253,12 @@ async fn failures_retry_with_backoff_then_dead_letter_and_replay(h: Harness) {
     for _ in 0..3 {
         pump(&h, &sub, &*handler).await;
     }
-    assert!(effects(&h.store, "identity").await.values().all(|&n| n == 1));
+    assert!(
+        effects(&h.store, "identity")
+            .await
+            .values()
+            .all(|&n| n == 1)
+    );
 
     let missing = Uuid::now_v7();
     assert!(matches!(
@@ -234,7 +280,11 @@ async fn concurrent_writers_relays_and_consumers_apply_every_event_once(h: Harne
     let handler = Recorder::new("identity");
     let mut tasks = Vec::new();
     for _ in 0..2 {
-        tasks.push(tokio::spawn(run_relay(h.bus.clone(), settings, shutdown.clone())));
+        tasks.push(tokio::spawn(run_relay(
+            h.bus.clone(),
+            settings,
+            shutdown.clone(),
+        )));
         tasks.push(tokio::spawn(run_consumer(
             h.bus.clone(),
             Subscription {
@@ -269,7 +319,10 @@ async fn concurrent_writers_relays_and_consumers_apply_every_event_once(h: Harne
         task.await.unwrap();
     }
     let applied = effects(&h.store, "identity").await;
-    assert!(applied.values().all(|&n| n == 1), "an event was applied twice");
+    assert!(
+        applied.values().all(|&n| n == 1),
+        "an event was applied twice"
+    );
     assert_eq!(outbox_stats(&h.store).await.unwrap().unsent, 0);
     h.cleanup().await;
 }

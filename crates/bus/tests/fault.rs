@@ -69,15 +69,29 @@ async fn run_fault_test(store: Store, env: Vec<(&str, String)>) {
         .unwrap();
     assert!(status.success(), "{status}");
 
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM fault_orders").await, EVENTS);
     assert_eq!(
-        count(&store, "SELECT COUNT(*) FROM outbox_events WHERE sent_at IS NULL").await,
+        count(&store, "SELECT COUNT(*) FROM fault_orders").await,
+        EVENTS
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM outbox_events WHERE sent_at IS NULL"
+        )
+        .await,
         0
     );
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM outbox_events").await, EVENTS);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM outbox_events").await,
+        EVENTS
+    );
     // Delivered at least once and recorded as processed...
     assert_eq!(
-        count(&store, "SELECT COUNT(*) FROM bus_processed WHERE consumer = 'fault-consumer'").await,
+        count(
+            &store,
+            "SELECT COUNT(*) FROM bus_processed WHERE consumer = 'fault-consumer'"
+        )
+        .await,
         EVENTS
     );
     // ...and applied exactly once: one effect per committed order, none for anything else.
@@ -90,7 +104,10 @@ async fn run_fault_test(store: Store, env: Vec<(&str, String)>) {
         .await,
         0
     );
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM fault_effects").await, EVENTS);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM fault_effects").await,
+        EVENTS
+    );
 }
 
 fn database_url(pool: &PgPool) -> String {

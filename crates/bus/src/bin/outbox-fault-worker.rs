@@ -25,7 +25,8 @@ struct ApplyOrder;
 impl EventHandler for ApplyOrder {
     async fn handle(&self, tx: &mut Tx<'_>, event: &OutboxEvent) -> Result<(), HandlerError> {
         let order_no = String::from_utf8_lossy(&event.payload).into_owned();
-        let sql = "INSERT INTO fault_effects (workspace_id, event_id, order_no) VALUES ($1, $2, $3)";
+        let sql =
+            "INSERT INTO fault_effects (workspace_id, event_id, order_no) VALUES ($1, $2, $3)";
         match tx {
             Tx::Postgres(conn) => {
                 sqlx::query(sql)

@@ -116,7 +116,11 @@ pub async fn scalar(store: &Store, sql: &str) -> i64 {
 pub async fn effects(store: &Store, consumer: &str) -> HashMap<Uuid, i64> {
     let sql = "SELECT event_id, COUNT(*) FROM test_effects WHERE consumer = $1 GROUP BY event_id";
     let rows: Vec<(String, i64)> = match store {
-        Store::Postgres(pool) => sqlx::query_as(sql).bind(consumer).fetch_all(pool).await.unwrap(),
+        Store::Postgres(pool) => sqlx::query_as(sql)
+            .bind(consumer)
+            .fetch_all(pool)
+            .await
+            .unwrap(),
         Store::Sqlite(pool) => sqlx::query_as(&sql.replace("$1", "?1"))
             .bind(consumer)
             .fetch_all(pool)
@@ -150,7 +154,12 @@ impl Recorder {
 #[async_trait]
 impl EventHandler for Recorder {
     async fn handle(&self, tx: &mut Tx<'_>, event: &OutboxEvent) -> Result<(), HandlerError> {
-        *self.calls.lock().unwrap().entry(event.event_id).or_default() += 1;
+        *self
+            .calls
+            .lock()
+            .unwrap()
+            .entry(event.event_id)
+            .or_default() += 1;
         insert_effect(tx, &self.consumer, event).await?;
         // Fail after writing: the effect must be rolled back with the attempt.
         if self.always_fail.lock().unwrap().contains(&event.event_id) {
@@ -161,7 +170,10 @@ impl EventHandler for Recorder {
             && *left > 0
         {
             *left -= 1;
-            return Err(HandlerError::Failed(format!("failing {} more times", *left)));
+            return Err(HandlerError::Failed(format!(
+                "failing {} more times",
+                *left
+            )));
         }
         Ok(())
     }
