@@ -92,8 +92,8 @@ pub fn sealed_key_id(sealed: &[u8]) -> Result<Uuid> {
 
 /// A subject's data key bound to its workspace: seals and opens synchronously, for batch work
 /// (get it once with [`crate::Vault::subject_key`], then seal every field of a record).
-/// Keep it short-lived: a handle outlives neither `forget` semantics nor the cache TTL by design
-/// only if it is dropped after the batch.
+/// Keep it short-lived: a handle keeps its unwrapped key usable even after a `forget`, so drop
+/// it when the batch is done.
 #[derive(Clone)]
 pub struct SubjectKey {
     pub(crate) workspace: Arc<str>,

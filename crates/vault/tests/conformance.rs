@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_vault::{
-    IdentifierKind, KeyProvider, KeyRing, KeyStore, MemoryKeyStore, PgKeyStore, SqliteKeyStore,
-    SubjectKeyState, Vault, VaultConfig, VaultError, verify,
+    IdentifierKind, KeyProvider, KeyRing, KeyStore, LocalKeyFileProvider, MemoryKeyStore,
+    PgKeyStore, SqliteKeyStore, SubjectKeyState, Vault, VaultConfig, VaultError, verify,
 };
 
 const WS: &str = "ws-a";
@@ -438,6 +438,119 @@ mod suite {
         assert!(report.is_complete());
     }
 
+    pub(super) async fn local_key_file_rotation_flow(store: Arc<dyn KeyStore>) {
+        // What `meridian keys rotate-kek` does in embedded mode.
+        let dir = tempfile::tempdir().unwrap();
+        let provider = Arc::new(LocalKeyFileProvider::open_or_create(dir.path()).unwrap());
+        let v = Vault::new(provider.clone(), store.clone());
+        let sealed = v
+            .seal(WS, "subj-1", "r", "f", b"kept across rotation")
+            .await
+            .unwrap();
+        let index = v
+            .blind_index(WS, IdentifierKind::Email, "a@b.c", None)
+            .await
+            .unwrap();
+        assert_eq!(provider.rotate().unwrap(), 2);
+        let report = v.rotate_kek().await.unwrap();
+        assert!(report.is_complete(), "{report:?}");
+        v.retire_kek(1).await.unwrap();
+        assert!(!dir.path().join("keys/kek-v1.key").exists());
+        drop(v);
+        // After a restart: only kek-v2 on disk, everything readable.
+        let reopened = Arc::new(LocalKeyFileProvider::open_or_create(dir.path()).unwrap());
+        assert_eq!(reopened.versions(), vec![2]);
+        let v = Vault::new(reopened, store.clone());
+        assert_eq!(
+            v.open(WS, "subj-1", "r", "f", &sealed)
+                .await
+                .unwrap()
+                .as_slice(),
+            b"kept across rotation"
+        );
+        assert_eq!(
+            v.blind_index(WS, IdentifierKind::Email, "A@B.C", None)
+                .await
+                .unwrap(),
+            index
+        );
+    }
+
+    pub(super) async fn replace_wrapping_is_compare_and_swap(store: Arc<dyn KeyStore>) {
+        let provider = ring(1, 1);
+        let v = vault(provider.clone(), &store);
+        v.seal(WS, "s1", "r", "f", b"x").await.unwrap();
+        v.seal(WS, "s2", "r", "f", b"x").await.unwrap();
+        v.blind_index(WS, IdentifierKind::DeviceId, "d", None)
+            .await
+            .unwrap();
+        let rows = store.subject_keys_to_rewrap(2, ("", ""), 10).await.unwrap();
+        assert_eq!(
+            rows.iter()
+                .map(|r| r.subject_id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["s1", "s2"]
+        );
+        let after_first = store
+            .subject_keys_to_rewrap(2, (WS, "s1"), 10)
+            .await
+            .unwrap();
+        assert_eq!(after_first.len(), 1, "the cursor is exclusive");
+        provider.add_current(2, &[2; 32]).unwrap();
+        let new = provider.wrap_key(b"whatever", b"ctx").await.unwrap();
+        // s1 is forgotten between listing and replacing: the swap must not resurrect it.
+        v.forget(WS, "s1").await.unwrap();
+        assert!(
+            !store
+                .replace_subject_wrapping(&rows[0], &new)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.subject_key(WS, "s1").await.unwrap(),
+            SubjectKeyState::Forgotten
+        );
+        assert!(
+            store
+                .replace_subject_wrapping(&rows[1], &new)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .replace_subject_wrapping(&rows[1], &new)
+                .await
+                .unwrap(),
+            "stale row no longer matches"
+        );
+        let ws_rows = store
+            .workspace_keys_to_rewrap(2, ("", "", 0), 10)
+            .await
+            .unwrap();
+        assert_eq!(ws_rows.len(), 1);
+        assert!(
+            store
+                .replace_workspace_wrapping(&ws_rows[0], &new)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .replace_workspace_wrapping(&ws_rows[0], &new)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store
+                .kek_versions_in_use()
+                .await
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![(2, 2)]
+        );
+    }
+
     pub(super) async fn signing_keys_are_per_workspace_and_survive_forget(
         store: Arc<dyn KeyStore>,
     ) {
@@ -561,6 +674,8 @@ conformance!(
     rotation_keeps_everything_readable,
     rotation_reports_unreadable_keys,
     rotation_pages_through_many_keys,
+    local_key_file_rotation_flow,
+    replace_wrapping_is_compare_and_swap,
     signing_keys_are_per_workspace_and_survive_forget,
     blind_indexes_are_stable_per_workspace,
 );
