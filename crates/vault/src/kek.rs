@@ -424,8 +424,15 @@ impl LocalKeyFileProvider {
         if versions.is_empty() {
             let rng = SystemRandom::new();
             let bytes = random_kek(&rng)?;
-            write_key_file(&dir, 1, bytes.as_slice())?;
-            tracing::info!(dir = %dir.display(), version = 1, "generated local KEK file");
+            match write_key_file(&dir, 1, bytes.as_slice()) {
+                Ok(()) => {
+                    tracing::info!(dir = %dir.display(), version = 1, "generated local KEK file")
+                }
+                // Another process generated it first: use theirs.
+                Err(KeyProviderError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(other) => return Err(other),
+            }
             versions.push(1);
         }
         let mut ring: Option<KeyRing> = None;
