@@ -90,3 +90,35 @@ async fn consent_decode_prints_reference_field_names_and_refuses_garbage() {
     assert!(!ok);
     assert!(stderr.contains("base64url"), "{stderr}");
 }
+
+#[tokio::test]
+async fn rotate_kek_rewraps_and_retires_only_when_asked() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let env = Environment::new(backend).await;
+        let keys_dir = env.data_dir.path().join("keys");
+
+        let (ok, stdout, stderr) = env.run(&["keys", "rotate-kek"]).await;
+        assert!(ok, "{stderr}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(report["to_version"], 2, "{report}");
+        assert_eq!(report["failed"], 0, "{report}");
+        assert!(
+            keys_dir.join("kek-v1.key").exists(),
+            "v1 kept without --retire-previous"
+        );
+        assert!(keys_dir.join("kek-v2.key").exists());
+
+        let (ok, stdout, stderr) = env.run(&["keys", "rotate-kek", "--retire-previous"]).await;
+        assert!(ok, "{stderr}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(report["to_version"], 3, "{report}");
+        assert!(!keys_dir.join("kek-v1.key").exists(), "v1 retired");
+        assert!(!keys_dir.join("kek-v2.key").exists(), "v2 retired");
+        assert!(keys_dir.join("kek-v3.key").exists());
+
+        // The current version is never retired.
+        let (ok, _, stderr) = env.run(&["keys", "retire-kek", "--version", "3"]).await;
+        assert!(!ok, "retiring the current KEK must fail");
+        assert!(!stderr.is_empty());
+    }
+}

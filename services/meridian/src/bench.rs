@@ -17,6 +17,11 @@ fn print<T: Serialize + std::fmt::Debug>(json: bool, report: &T) -> anyhow::Resu
 
 pub(crate) async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
+        BenchTarget::Vault => {
+            let report =
+                meridian_vault::bench::run(&meridian_vault::bench::BenchOptions::default()).await?;
+            print(args.json, &report)
+        }
         BenchTarget::Policy => {
             let engine = crate::policy::load(config.policy_dir.as_deref())?;
             // The measurement loop is CPU-bound: keep it off the async workers.

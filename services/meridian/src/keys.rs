@@ -1,9 +1,15 @@
 //! `meridian keys …`: workspaces and API keys.
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use meridian_access::{ApiKeyPepper, access_store, create_api_key, ensure_workspace};
 use meridian_domain::{Scopes, WorkspaceId};
 use meridian_store::Store;
+use meridian_vault::{
+    EnvKeyProvider, KeyStore, LocalKeyFileProvider, PgKeyStore, RotationReport, SqliteKeyStore,
+    Vault,
+};
 
 use crate::config::Config;
 
@@ -77,4 +83,76 @@ pub(crate) async fn revoke_key(config: &Config, key_id: &str) -> anyhow::Result<
     } else {
         anyhow::bail!("no live API key with id {key_id}")
     }
+}
+
+fn key_store(store: &Store) -> Arc<dyn KeyStore> {
+    match store {
+        Store::Postgres(pool) => Arc::new(PgKeyStore::new(pool.clone())),
+        Store::Sqlite(pool) => Arc::new(SqliteKeyStore::new(pool.clone())),
+    }
+}
+
+pub(crate) async fn rotate_kek(config: &Config, retire_previous: bool) -> anyhow::Result<()> {
+    let store = open(config).await?;
+    let keys = key_store(&store);
+    if EnvKeyProvider::is_configured(|name| std::env::var(name).ok()) {
+        // The operator supplies both versions; retiring means removing the old one from the environment.
+        let provider = Arc::new(EnvKeyProvider::from_env().context("reading MERIDIAN_KEK")?);
+        let vault = Vault::new(provider, keys);
+        let report = vault.rotate_kek().await?;
+        println!("{}", serde_json::to_string(&report)?);
+        if report.is_complete() {
+            eprintln!(
+                "every key is wrapped under KEK version {}; remove MERIDIAN_KEK_PREVIOUS to retire the old one",
+                report.to_version
+            );
+        }
+        store.close().await;
+        return check_complete(&report);
+    }
+    let provider = Arc::new(
+        LocalKeyFileProvider::open_or_create(&config.data_dir).context("opening the local KEK")?,
+    );
+    let previous = provider.versions();
+    let next = provider
+        .rotate()
+        .context("generating the next KEK version")?;
+    let vault = Vault::new(provider, keys);
+    let report = vault.rotate_kek().await?;
+    println!("{}", serde_json::to_string(&report)?);
+    check_complete(&report)?;
+    if retire_previous {
+        for version in previous {
+            vault.retire_kek(version).await?;
+            eprintln!("retired KEK version {version}");
+        }
+    } else {
+        eprintln!(
+            "every key is wrapped under KEK version {next}; retire the old versions with `meridian keys retire-kek --version N`"
+        );
+    }
+    store.close().await;
+    Ok(())
+}
+
+fn check_complete(report: &RotationReport) -> anyhow::Result<()> {
+    if report.is_complete() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} keys could not be re-wrapped; the previous KEK versions are still needed",
+            report.failed
+        )
+    }
+}
+
+pub(crate) async fn retire_kek(config: &Config, version: u32) -> anyhow::Result<()> {
+    let store = open(config).await?;
+    let provider = meridian_vault::provider_from_env_or_data_dir(&config.data_dir)
+        .context("opening the KEK")?;
+    let vault = Vault::new(provider, key_store(&store));
+    vault.retire_kek(version).await?;
+    store.close().await;
+    eprintln!("retired KEK version {version}");
+    Ok(())
 }

@@ -78,6 +78,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Keys(KeysCommand::CreateApiKey { workspace, scopes }) => {
                 keys::create_key(&config, &workspace.workspace, &scopes).await
             }
+            Command::Keys(KeysCommand::RotateKek { retire_previous }) => {
+                keys::rotate_kek(&config, retire_previous).await
+            }
+            Command::Keys(KeysCommand::RetireKek { version }) => {
+                keys::retire_kek(&config, version).await
+            }
             Command::Keys(KeysCommand::RevokeApiKey { key_id }) => {
                 keys::revoke_key(&config, &key_id).await
             }
