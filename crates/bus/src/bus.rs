@@ -230,6 +230,9 @@ impl Bus for LocalBus {
         subscription: &Subscription,
         handler: &dyn EventHandler,
     ) -> Result<ConsumeStats, BusError> {
+        if !has_work(&self.store, subscription).await? {
+            return Ok(ConsumeStats::default());
+        }
         match &self.store {
             Store::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
@@ -251,6 +254,37 @@ impl Bus for LocalBus {
     async fn wait_for_events(&self, max: Duration) {
         let _ = tokio::time::timeout(max, self.published.notified()).await;
     }
+}
+
+/// A cheap read before taking locks: anything past the consumer's position, a retry that
+/// is due, or a requested replay?
+async fn has_work(store: &Store, subscription: &Subscription) -> Result<bool, BusError> {
+    const SQL: &str = "SELECT \
+        EXISTS (SELECT 1 FROM outbox_events WHERE family = $2 AND stream_seq > \
+            COALESCE((SELECT position FROM bus_consumer_offsets WHERE consumer = $1 AND family = $2), 0)) \
+        OR EXISTS (SELECT 1 FROM bus_retries WHERE consumer = $1 AND family = $2 AND next_attempt_at <= $3) \
+        OR EXISTS (SELECT 1 FROM bus_dead_letters WHERE consumer = $1 AND family = $2 \
+            AND replay_requested_at IS NOT NULL AND resolved_at IS NULL)";
+    let consumer = subscription.consumer.as_str();
+    let family = subscription.family.as_str();
+    Ok(match store {
+        Store::Postgres(pool) => {
+            sqlx::query_scalar(SQL)
+                .bind(consumer)
+                .bind(family)
+                .bind(Utc::now())
+                .fetch_one(pool)
+                .await?
+        }
+        Store::Sqlite(pool) => {
+            sqlx::query_scalar(SQL)
+                .bind(consumer)
+                .bind(family)
+                .bind(sqlite_time(Utc::now()))
+                .fetch_one(pool)
+                .await?
+        }
+    })
 }
 
 struct Delivery {

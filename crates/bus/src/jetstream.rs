@@ -167,11 +167,13 @@ impl JetStreamBus {
     ) -> Result<jetstream::stream::Stream, BusError> {
         let name = self.settings.stream_name(family);
         if !self.settings.create_streams {
-            return self
+            let stream = self
                 .context
                 .get_stream(&name)
                 .await
-                .map_err(|err| BusError::jetstream("get stream", err));
+                .map_err(|err| BusError::jetstream("get stream", err))?;
+            self.streams.lock().await.insert(name);
+            return Ok(stream);
         }
         let stream = self
             .context
@@ -365,10 +367,7 @@ impl Bus for JetStreamBus {
         subscription: &Subscription,
         handler: &dyn EventHandler,
     ) -> Result<ConsumeStats, BusError> {
-        let consumer = match self.consumer(subscription).await {
-            Ok(consumer) => consumer,
-            Err(err) => return Err(err),
-        };
+        let consumer = self.consumer(subscription).await?;
         let mut batch = consumer
             .batch()
             .max_messages(subscription.batch_size.max(1))

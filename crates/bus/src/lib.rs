@@ -34,7 +34,10 @@ pub use dead_letters::{
 pub use error::{BusError, HandlerError};
 pub use event::{ConsumerName, EventFamily, OutboxEvent, subject};
 pub use jetstream::{JetStreamBus, JetStreamSettings, StreamLayout};
-pub use outbox::{OutboxConnection, OutboxStats, Tx, enqueue, enqueue_all, outbox_stats};
+pub use outbox::{
+    OutboxConnection, OutboxStats, PruneReport, PruneSettings, Tx, enqueue, enqueue_all,
+    outbox_stats, prune,
+};
 
 /// The bus for this configuration: JetStream when `nats_url` is set, else in-process.
 pub async fn open_bus(

@@ -297,3 +297,63 @@ pub async fn outbox_stats(store: &Store) -> Result<OutboxStats, BusError> {
         sent: u64::try_from(sent).unwrap_or(0),
     })
 }
+
+/// What [`prune`] may delete.
+#[derive(Debug, Clone, Copy)]
+pub struct PruneSettings {
+    /// Delete published outbox rows sent before this instant (in-process bus: only rows
+    /// every consumer of their family has passed, and none waiting for a retry).
+    pub sent_before: DateTime<Utc>,
+    /// Delete processed-event records older than this. Keep them longer than the stream's
+    /// `max_age`: a redelivery after its record is gone would be applied again.
+    pub processed_before: DateTime<Utc>,
+}
+
+/// What [`prune`] deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PruneReport {
+    pub outbox_rows: u64,
+    pub processed_rows: u64,
+}
+
+/// Deletes outbox rows and processed-event records that can no longer matter.
+pub async fn prune(store: &Store, settings: PruneSettings) -> Result<PruneReport, BusError> {
+    const OUTBOX: &str = "DELETE FROM outbox_events WHERE sent_at IS NOT NULL AND sent_at < $1 \
+        AND (stream_seq IS NULL OR stream_seq <= COALESCE((SELECT MIN(o.position) \
+             FROM bus_consumer_offsets o WHERE o.family = outbox_events.family), 0)) \
+        AND NOT EXISTS (SELECT 1 FROM bus_retries r WHERE r.event_id = outbox_events.event_id)";
+    const PROCESSED: &str = "DELETE FROM bus_processed WHERE processed_at < $1";
+    let (outbox_rows, processed_rows) = match store {
+        Store::Postgres(pool) => (
+            sqlx::query(OUTBOX)
+                .bind(settings.sent_before)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            sqlx::query(PROCESSED)
+                .bind(settings.processed_before)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        ),
+        Store::Sqlite(pool) => (
+            sqlx::query(OUTBOX)
+                .bind(sqlite_time(settings.sent_before))
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            sqlx::query(PROCESSED)
+                .bind(sqlite_time(settings.processed_before))
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        ),
+    };
+    if outbox_rows + processed_rows > 0 {
+        tracing::info!(outbox_rows, processed_rows, "pruned the outbox");
+    }
+    Ok(PruneReport {
+        outbox_rows,
+        processed_rows,
+    })
+}

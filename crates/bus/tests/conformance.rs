@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use common::{Harness, Kind, Recorder, effects, eventually, scalar};
 use meridian_bus::{
-    BusError, ConsumerName, DeadLetterFilter, EventHandler, LoopSettings, RetryPolicy,
-    Subscription, enqueue, enqueue_all, list_dead_letters, outbox_stats, replay_dead_letter,
-    run_consumer, run_relay,
+    BusError, ConsumerName, DeadLetterFilter, EventHandler, LoopSettings, PruneSettings,
+    RetryPolicy, Subscription, enqueue, enqueue_all, list_dead_letters, outbox_stats, prune,
+    replay_dead_letter, run_consumer, run_relay,
 };
 use meridian_store::Store;
 use meridian_store::sqlx::{PgPool, SqlitePool};
@@ -147,6 +147,33 @@ async fn committed_events_are_applied_once_and_rolled_back_ones_never_sent(h: Ha
         .await,
         3
     );
+
+    // Published rows every consumer has passed can go; processed records are kept longer.
+    for _ in 0..3 {
+        h.bus.consume_batch(&sub_audit, &*audit).await.unwrap();
+    }
+    assert!(effects(&h.store, "audit").await.values().all(|&n| n == 1));
+    let now = chrono::Utc::now();
+    let kept = prune(
+        &h.store,
+        PruneSettings {
+            sent_before: now - chrono::Duration::hours(1),
+            processed_before: now - chrono::Duration::days(8),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!((kept.outbox_rows, kept.processed_rows), (0, 0));
+    let pruned = prune(
+        &h.store,
+        PruneSettings {
+            sent_before: now + chrono::Duration::seconds(5),
+            processed_before: now - chrono::Duration::days(8),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!((pruned.outbox_rows, pruned.processed_rows), (3, 0));
     h.cleanup().await;
 }
 
