@@ -1,8 +1,32 @@
 //! The identity room: joins identifiers into profiles by deterministic,
 //! explainable rules, and serves profiles and their events.
 //!
-//! Exposes the gRPC service implementations; RPCs not built yet answer
-//! UNIMPLEMENTED after the caller's workspace is checked.
+//! - [`identifier`]: identifier types with priority, the configurable [`Rules`] (limits per
+//!   profile, blocked values, shared values), normalization and blind indexing at intake.
+//! - [`graph`]: the identity graph of a workspace — incremental union-find over recorded
+//!   edges, merge protection, conflicts, unmerge. Pure domain, no I/O.
+//! - [`explain`]: the merge tree of a profile.
+//! - [`IdentityApi`]: the gRPC service; RPCs not built yet answer UNIMPLEMENTED after the
+//!   caller's workspace is checked.
+
+pub mod error;
+pub mod explain;
+pub mod graph;
+pub mod identifier;
+pub mod quality;
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use error::IdentityError;
+pub use explain::{MergeTree, merge_tree};
+pub use graph::{
+    Changes, Conflict, ConflictReason, Edge, Graph, LinkRule, NodeState, Observation,
+    ObserveOutcome, ProfileId,
+};
+pub use identifier::{
+    CompiledRules, IdentifierObservation, IdentifierType, Intake, NodeKey, Normalized, Prepared,
+    RawIdentifier, Rules, prepare,
+};
 
 use meridian_edge::not_served_yet;
 use meridian_proto::v1::*;

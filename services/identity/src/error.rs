@@ -1,0 +1,26 @@
+//! The room's typed errors, mapped to `tonic::Status` in one place (`grpc.rs`).
+
+/// What can go wrong in the identity room. Messages never carry identifier values.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("invalid {kind}: {reason}")]
+    InvalidIdentifier {
+        kind: &'static str,
+        reason: &'static str,
+    },
+    #[error("invalid identity rules: {0}")]
+    InvalidRules(String),
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        field: &'static str,
+        reason: &'static str,
+    },
+    #[error("profile not found")]
+    ProfileNotFound,
+    #[error("the stored identity graph is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("vault: {0}")]
+    Vault(#[from] meridian_vault::VaultError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
