@@ -1,8 +1,33 @@
 //! The consent room: the tamper-evident consent ledger (`ConsentService`) and
 //! data-subject requests (`DsrService`).
 //!
-//! Exposes the gRPC service implementations; RPCs not built yet answer
-//! UNIMPLEMENTED after the caller's workspace is checked.
+//! - [`ledger`]: the canonical encoding, hash chain and signature checks (pure).
+//! - [`store`]: [`ConsentStore`], one trait with PostgreSQL and SQLite implementations.
+//! - [`ConsentRoom`]: the domain (subjects, RecordConsent, state now and as of T, history,
+//!   receipts, verification); [`verify_ledger`] for `meridian ledger verify`.
+//! - [`signals`]: TCF / GPP / GPC → purposes through the policy taxonomy.
+//!
+//! The unit structs [`ConsentApi`] and [`DsrApi`] are the old stubs answering UNIMPLEMENTED,
+//! kept until the binary wires the stateful services.
+
+pub mod dsr;
+pub mod error;
+mod grpc;
+pub mod ledger;
+mod room;
+pub mod signals;
+pub mod store;
+
+pub use dsr::{DataSubjectRequest, ListFilter, RequestKind, RequestStatus, SubmitRequest};
+pub use error::ConsentError;
+pub use grpc::{ConsentGrpc, DsrGrpc, record_request};
+pub use ledger::{BadEntry, VerifyReport};
+pub use room::{
+    ConsentRoom, Entry, HistoryPage, IdKind, PurposeState, Receipt, RecordRequest, Subject,
+    SubjectId, SubjectQuery, VaultSigner, public_key_b64, verify_ledger, verify_receipt,
+    verify_with,
+};
+pub use store::{ConsentStore, SqlConsentStore};
 
 use meridian_edge::not_served_yet;
 use meridian_proto::v1::*;

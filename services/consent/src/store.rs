@@ -1,0 +1,887 @@
+//! Storage of the consent room: one trait, [`ConsentStore`], with a PostgreSQL and a SQLite
+//! implementation ([`SqlConsentStore`]). Both pass `tests/conformance.rs`.
+
+use async_trait::async_trait;
+use meridian_store::Store;
+use meridian_store::sqlx::{self, Row};
+use meridian_vault::LedgerSignature;
+
+use crate::error::ConsentError;
+use crate::ledger::{self, Hash, NewEntry, StoredEntry};
+
+/// Signs a batch head (the vault, in production).
+#[async_trait]
+pub trait BatchSigner: Send + Sync {
+    /// Called before the append transaction opens (load or create the key there, not
+    /// inside the transaction: on SQLite that would wait on the transaction's own lock).
+    async fn prepare(&self, _workspace: &str) -> Result<(), ConsentError> {
+        Ok(())
+    }
+    async fn sign_hash(
+        &self,
+        workspace: &str,
+        hash: &Hash,
+    ) -> Result<LedgerSignature, ConsentError>;
+}
+
+/// A projection update carried by an append: entry `entry_index` of the batch decides `purpose`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateUpdate {
+    pub entry_index: usize,
+    pub subject_ref: String,
+    pub purpose: String,
+    pub decision: String,
+    pub lawful_basis: String,
+    pub decided_at: i64,
+    pub expires_at: Option<i64>,
+    pub time_zone: String,
+}
+
+/// One current decision from the projection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRow {
+    pub purpose: String,
+    pub decision: String,
+    pub lawful_basis: String,
+    pub entry_id: String,
+    pub sequence: u64,
+    pub decided_at: i64,
+    pub expires_at: Option<i64>,
+    pub time_zone: String,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// New entries, chained and (last one) signed.
+    Appended(Vec<StoredEntry>),
+    /// The idempotency key was seen: the entries it appended then (sequence range).
+    Replayed { first: u64, last: u64 },
+}
+
+/// An identifier's subject (the identity seam).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectRow {
+    pub blind_index: Vec<u8>,
+    pub subject_id: String,
+    pub sealed_ref: Vec<u8>,
+}
+
+/// A stored data-subject request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DsrRow {
+    pub request_id: String,
+    pub kind: String,
+    pub status: String,
+    pub jurisdiction: String,
+    pub regime: String,
+    pub time_zone: String,
+    pub subject_id: String,
+    pub submitted_at: i64,
+    pub due_at: i64,
+    pub idempotency_key: Option<String>,
+    /// JSON: extensions and steps.
+    pub detail: String,
+    pub sealed_corrections: Option<Vec<u8>>,
+}
+
+/// One status change of a request (append-only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DsrHistoryRow {
+    pub status: String,
+    pub reason: String,
+    pub changed_at: i64,
+}
+
+/// Filters of `list_requests`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DsrFilter {
+    pub statuses: Vec<String>,
+    pub due_before: Option<i64>,
+    /// Resume after `(due_at, request_id)`.
+    pub after: Option<(i64, String)>,
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait ConsentStore: Send + Sync {
+    // ---- the identity seam ----
+    async fn find_subjects(
+        &self,
+        workspace: &str,
+        blind_indexes: &[Vec<u8>],
+    ) -> Result<Vec<SubjectRow>, ConsentError>;
+    /// Links identifiers to a subject; an identifier already linked keeps its subject.
+    async fn link_subject(&self, workspace: &str, rows: &[SubjectRow]) -> Result<(), ConsentError>;
+
+    // ---- the ledger ----
+    /// Chains `batch` after the workspace head, signs its last entry, applies the projection
+    /// updates and records the idempotency key, in one transaction.
+    async fn append(
+        &self,
+        workspace: &str,
+        batch: Vec<NewEntry>,
+        updates: Vec<StateUpdate>,
+        idempotency_key: Option<&str>,
+        signer: &dyn BatchSigner,
+    ) -> Result<AppendOutcome, ConsentError>;
+    /// Entries with `first <= sequence <= last`, in order.
+    async fn entries_between(
+        &self,
+        workspace: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<StoredEntry>, ConsentError>;
+    /// Up to `limit` entries after `after_sequence`, in order (for verify).
+    async fn scan(
+        &self,
+        workspace: &str,
+        after_sequence: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEntry>, ConsentError>;
+    /// A subject's entries recorded at or before `until` (µs), ordered by
+    /// `(recorded_at, sequence)`, after `after` = `(recorded_at, sequence)`.
+    async fn subject_entries(
+        &self,
+        workspace: &str,
+        subject_ref: &str,
+        until: Option<i64>,
+        after: Option<(i64, u64)>,
+        limit: u32,
+    ) -> Result<Vec<StoredEntry>, ConsentError>;
+    async fn head(&self, workspace: &str) -> Result<Option<(u64, Vec<u8>)>, ConsentError>;
+    /// Workspaces that have a ledger.
+    async fn ledger_workspaces(&self) -> Result<Vec<String>, ConsentError>;
+    async fn current_states(
+        &self,
+        workspace: &str,
+        subject_ref: &str,
+    ) -> Result<Vec<StateRow>, ConsentError>;
+
+    // ---- data-subject requests ----
+    /// Inserts a request and its first status; with an idempotency key already used, the
+    /// request stored then (nothing inserted).
+    async fn insert_request(
+        &self,
+        workspace: &str,
+        row: &DsrRow,
+        first: &DsrHistoryRow,
+    ) -> Result<Option<DsrRow>, ConsentError>;
+    async fn get_request(
+        &self,
+        workspace: &str,
+        request_id: &str,
+    ) -> Result<Option<(DsrRow, Vec<DsrHistoryRow>)>, ConsentError>;
+    /// Saves status, deadline and detail; appends `change` to the audit trail.
+    async fn update_request(
+        &self,
+        workspace: &str,
+        row: &DsrRow,
+        change: Option<&DsrHistoryRow>,
+    ) -> Result<(), ConsentError>;
+    async fn list_requests(
+        &self,
+        workspace: &str,
+        filter: &DsrFilter,
+    ) -> Result<Vec<(DsrRow, Vec<DsrHistoryRow>)>, ConsentError>;
+}
+
+impl From<sqlx::Error> for ConsentError {
+    fn from(e: sqlx::Error) -> Self {
+        ConsentError::Storage(Box::new(e))
+    }
+}
+
+/// [`ConsentStore`] on the process's [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqlConsentStore(pub Store);
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn entry_from_row<R>(row: &R) -> Result<StoredEntry, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Vec<u8>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<Vec<u8>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let key_version: Option<i64> = row.try_get("key_version")?;
+    let signature: Option<Vec<u8>> = row.try_get("signature")?;
+    let signature = match (key_version, signature) {
+        (Some(v), Some(bytes)) => {
+            LedgerSignature::from_slice(u32::try_from(v).unwrap_or(u32::MAX), &bytes).or(Some(
+                // a signature of the wrong length must fail verification, not vanish
+                LedgerSignature {
+                    key_version: u32::MAX,
+                    bytes: [0u8; 64],
+                },
+            ))
+        }
+        _ => None,
+    };
+    Ok(StoredEntry {
+        sequence: to_u64(row.try_get("sequence")?),
+        entry_id: row.try_get("entry_id")?,
+        subject_ref: row.try_get("subject_ref")?,
+        recorded_at: row.try_get("recorded_at")?,
+        body: row.try_get("body")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+        signature,
+    })
+}
+
+fn state_from_row<R>(row: &R) -> Result<StateRow, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(StateRow {
+        purpose: row.try_get("purpose")?,
+        decision: row.try_get("decision")?,
+        lawful_basis: row.try_get("lawful_basis")?,
+        entry_id: row.try_get("entry_id")?,
+        sequence: to_u64(row.try_get("sequence")?),
+        decided_at: row.try_get("decided_at")?,
+        expires_at: row.try_get("expires_at")?,
+        time_zone: row.try_get("time_zone")?,
+    })
+}
+
+fn dsr_from_row<R>(row: &R) -> Result<DsrRow, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<Vec<u8>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(DsrRow {
+        request_id: row.try_get("request_id")?,
+        kind: row.try_get("kind")?,
+        status: row.try_get("status")?,
+        jurisdiction: row.try_get("jurisdiction")?,
+        regime: row.try_get("regime")?,
+        time_zone: row.try_get("time_zone")?,
+        subject_id: row.try_get("subject_id")?,
+        submitted_at: row.try_get("submitted_at")?,
+        due_at: row.try_get("due_at")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        detail: row.try_get("detail")?,
+        sealed_corrections: row.try_get("sealed_corrections")?,
+    })
+}
+
+fn history_from_row<R>(row: &R) -> Result<DsrHistoryRow, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(DsrHistoryRow {
+        status: row.try_get("status")?,
+        reason: row.try_get("reason")?,
+        changed_at: row.try_get("changed_at")?,
+    })
+}
+
+const ENTRY_COLUMNS: &str =
+    "sequence, entry_id, subject_ref, recorded_at, body, prev_hash, hash, key_version, signature";
+
+/// Runs the same query text on either pool (placeholders `$n` work on both backends).
+macro_rules! on_pool {
+    ($self:ident, $pool:ident => $body:expr) => {
+        match &$self.0 {
+            Store::Postgres($pool) => $body,
+            Store::Sqlite($pool) => $body,
+        }
+    };
+}
+
+/// The body of `append` for one backend (a transaction type and a bulk insert).
+macro_rules! append_tx {
+    ($pool:expr, $workspace:expr, $batch:expr, $updates:expr, $key:expr, $signer:expr, $lock:expr, $insert:ident) => {{
+        $signer.prepare($workspace).await?;
+        let mut tx = $pool.begin().await?;
+        // A write first: takes the workspace's append lock (row lock on PostgreSQL, the
+        // database write lock on SQLite) before the head is read.
+        sqlx::query($lock).bind($workspace).execute(&mut *tx).await?;
+        let head_row = sqlx::query(
+            "SELECT sequence, hash FROM consent_ledger_heads WHERE workspace_id = $1",
+        )
+        .bind($workspace)
+        .fetch_one(&mut *tx)
+        .await?;
+        let head_seq: i64 = head_row.try_get("sequence")?;
+        let head_hash: Vec<u8> = head_row.try_get("hash")?;
+        if let Some(key) = $key {
+            let seen = sqlx::query(
+                "SELECT first_sequence, last_sequence FROM consent_idempotency WHERE workspace_id = $1 AND idempotency_key = $2",
+            )
+            .bind($workspace)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(seen) = seen {
+                let first: i64 = seen.try_get("first_sequence")?;
+                let last: i64 = seen.try_get("last_sequence")?;
+                tx.rollback().await?;
+                return Ok(AppendOutcome::Replayed {
+                    first: to_u64(first),
+                    last: to_u64(last),
+                });
+            }
+        }
+        let head_hash: Hash = head_hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| ConsentError::Corrupt("ledger head hash is not 32 bytes".into()))?;
+        let mut chained = ledger::chain($workspace, (to_u64(head_seq), head_hash), $batch);
+        let Some(last) = chained.last_mut() else {
+            tx.rollback().await?;
+            return Ok(AppendOutcome::Appended(Vec::new()));
+        };
+        let last_hash: Hash = last
+            .hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| ConsentError::Corrupt("hash length".into()))?;
+        last.signature = Some($signer.sign_hash($workspace, &last_hash).await?);
+        let (last_seq, first_seq) = (last.sequence, chained[0].sequence);
+        $insert(&mut tx, $workspace, &chained).await?;
+        for u in &$updates {
+            let Some(e) = chained.get(u.entry_index) else {
+                continue;
+            };
+            sqlx::query(
+                "INSERT INTO consent_state (workspace_id, subject_ref, purpose, decision, lawful_basis, entry_id, sequence, decided_at, expires_at, time_zone)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (workspace_id, subject_ref, purpose) DO UPDATE SET
+                   decision = excluded.decision, lawful_basis = excluded.lawful_basis,
+                   entry_id = excluded.entry_id, sequence = excluded.sequence,
+                   decided_at = excluded.decided_at, expires_at = excluded.expires_at,
+                   time_zone = excluded.time_zone
+                 WHERE excluded.decided_at >= consent_state.decided_at",
+            )
+            .bind($workspace)
+            .bind(&u.subject_ref)
+            .bind(&u.purpose)
+            .bind(&u.decision)
+            .bind(&u.lawful_basis)
+            .bind(&e.entry_id)
+            .bind(to_i64(e.sequence))
+            .bind(u.decided_at)
+            .bind(u.expires_at)
+            .bind(&u.time_zone)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(key) = $key {
+            sqlx::query(
+                "INSERT INTO consent_idempotency (workspace_id, idempotency_key, first_sequence, last_sequence) VALUES ($1, $2, $3, $4)",
+            )
+            .bind($workspace)
+            .bind(key)
+            .bind(to_i64(first_seq))
+            .bind(to_i64(last_seq))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let new_head = chained.last().map(|e| e.hash.clone()).unwrap_or_default();
+        sqlx::query("UPDATE consent_ledger_heads SET sequence = $2, hash = $3 WHERE workspace_id = $1")
+            .bind($workspace)
+            .bind(to_i64(last_seq))
+            .bind(new_head)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(AppendOutcome::Appended(chained))
+    }};
+}
+
+const LOCK_PG: &str = "INSERT INTO consent_ledger_heads (workspace_id, sequence, hash)
+     VALUES ($1, 0, decode(repeat('00', 32), 'hex'))
+     ON CONFLICT (workspace_id) DO UPDATE SET sequence = consent_ledger_heads.sequence";
+const LOCK_SQLITE: &str = "INSERT INTO consent_ledger_heads (workspace_id, sequence, hash)
+     VALUES ($1, 0, zeroblob(32))
+     ON CONFLICT (workspace_id) DO UPDATE SET sequence = consent_ledger_heads.sequence";
+
+async fn insert_pg(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    workspace: &str,
+    entries: &[StoredEntry],
+) -> Result<(), sqlx::Error> {
+    // One statement per batch: arrays unnested server-side.
+    let mut seqs = Vec::with_capacity(entries.len());
+    let mut ids = Vec::with_capacity(entries.len());
+    let mut refs = Vec::with_capacity(entries.len());
+    let mut times = Vec::with_capacity(entries.len());
+    let mut bodies = Vec::with_capacity(entries.len());
+    let mut prevs = Vec::with_capacity(entries.len());
+    let mut hashes = Vec::with_capacity(entries.len());
+    let mut versions: Vec<Option<i64>> = Vec::with_capacity(entries.len());
+    let mut sigs: Vec<Option<Vec<u8>>> = Vec::with_capacity(entries.len());
+    for e in entries {
+        seqs.push(to_i64(e.sequence));
+        ids.push(e.entry_id.as_str());
+        refs.push(e.subject_ref.as_str());
+        times.push(e.recorded_at);
+        bodies.push(e.body.as_str());
+        prevs.push(e.prev_hash.as_slice());
+        hashes.push(e.hash.as_slice());
+        versions.push(e.signature.map(|s| i64::from(s.key_version)));
+        sigs.push(e.signature.map(|s| s.bytes.to_vec()));
+    }
+    sqlx::query(
+        "INSERT INTO consent_ledger (workspace_id, sequence, entry_id, subject_ref, recorded_at, body, prev_hash, hash, key_version, signature)
+         SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bytea[], $8::bytea[], $9::bigint[], $10::bytea[])",
+    )
+    .bind(workspace)
+    .bind(seqs)
+    .bind(ids)
+    .bind(refs)
+    .bind(times)
+    .bind(bodies)
+    .bind(prevs)
+    .bind(hashes)
+    .bind(versions)
+    .bind(sigs)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_sqlite(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    workspace: &str,
+    entries: &[StoredEntry],
+) -> Result<(), sqlx::Error> {
+    for e in entries {
+        sqlx::query(
+            "INSERT INTO consent_ledger (workspace_id, sequence, entry_id, subject_ref, recorded_at, body, prev_hash, hash, key_version, signature)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(workspace)
+        .bind(to_i64(e.sequence))
+        .bind(&e.entry_id)
+        .bind(&e.subject_ref)
+        .bind(e.recorded_at)
+        .bind(&e.body)
+        .bind(&e.prev_hash)
+        .bind(&e.hash)
+        .bind(e.signature.map(|s| i64::from(s.key_version)))
+        .bind(e.signature.map(|s| s.bytes.to_vec()))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+fn statuses_clause(n: usize, first_param: usize) -> String {
+    if n == 0 {
+        return String::new();
+    }
+    let params: Vec<String> = (0..n).map(|i| format!("${}", first_param + i)).collect();
+    format!(" AND status IN ({})", params.join(", "))
+}
+
+#[async_trait]
+impl ConsentStore for SqlConsentStore {
+    async fn find_subjects(
+        &self,
+        workspace: &str,
+        blind_indexes: &[Vec<u8>],
+    ) -> Result<Vec<SubjectRow>, ConsentError> {
+        let mut out = Vec::new();
+        for bi in blind_indexes {
+            let row = on_pool!(self, pool => match sqlx::query(
+                "SELECT subject_id, sealed_ref FROM consent_subjects WHERE workspace_id = $1 AND blind_index = $2",
+            )
+            .bind(workspace)
+            .bind(bi)
+            .fetch_optional(pool)
+            .await?
+            {
+                Some(r) => Some(SubjectRow {
+                    blind_index: bi.clone(),
+                    subject_id: r.try_get("subject_id")?,
+                    sealed_ref: r.try_get("sealed_ref")?,
+                }),
+                None => None,
+            });
+            if let Some(row) = row {
+                out.push(row);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn link_subject(&self, workspace: &str, rows: &[SubjectRow]) -> Result<(), ConsentError> {
+        for r in rows {
+            on_pool!(self, pool => sqlx::query(
+                "INSERT INTO consent_subjects (workspace_id, blind_index, subject_id, sealed_ref) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (workspace_id, blind_index) DO NOTHING",
+            )
+            .bind(workspace)
+            .bind(&r.blind_index)
+            .bind(&r.subject_id)
+            .bind(&r.sealed_ref)
+            .execute(pool)
+            .await
+            .map(drop)?);
+        }
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        workspace: &str,
+        batch: Vec<NewEntry>,
+        updates: Vec<StateUpdate>,
+        idempotency_key: Option<&str>,
+        signer: &dyn BatchSigner,
+    ) -> Result<AppendOutcome, ConsentError> {
+        match &self.0 {
+            Store::Postgres(pool) => append_tx!(
+                pool,
+                workspace,
+                batch,
+                updates,
+                idempotency_key,
+                signer,
+                LOCK_PG,
+                insert_pg
+            ),
+            Store::Sqlite(pool) => append_tx!(
+                pool,
+                workspace,
+                batch,
+                updates,
+                idempotency_key,
+                signer,
+                LOCK_SQLITE,
+                insert_sqlite
+            ),
+        }
+    }
+
+    async fn entries_between(
+        &self,
+        workspace: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<StoredEntry>, ConsentError> {
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM consent_ledger WHERE workspace_id = $1 AND sequence >= $2 AND sequence <= $3 ORDER BY sequence"
+        );
+        let out = on_pool!(self, pool => sqlx::query(&sql)
+            .bind(workspace)
+            .bind(to_i64(first))
+            .bind(to_i64(last))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>, _>>()?);
+        Ok(out)
+    }
+
+    async fn scan(
+        &self,
+        workspace: &str,
+        after_sequence: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEntry>, ConsentError> {
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM consent_ledger WHERE workspace_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3"
+        );
+        let out = on_pool!(self, pool => sqlx::query(&sql)
+            .bind(workspace)
+            .bind(to_i64(after_sequence))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>, _>>()?);
+        Ok(out)
+    }
+
+    async fn subject_entries(
+        &self,
+        workspace: &str,
+        subject_ref: &str,
+        until: Option<i64>,
+        after: Option<(i64, u64)>,
+        limit: u32,
+    ) -> Result<Vec<StoredEntry>, ConsentError> {
+        let (after_t, after_s) = after.unwrap_or((i64::MIN, 0));
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM consent_ledger
+             WHERE workspace_id = $1 AND subject_ref = $2 AND recorded_at <= $3
+               AND (recorded_at > $4 OR (recorded_at = $4 AND sequence > $5))
+             ORDER BY recorded_at, sequence LIMIT $6"
+        );
+        let out = on_pool!(self, pool => sqlx::query(&sql)
+            .bind(workspace)
+            .bind(subject_ref)
+            .bind(until.unwrap_or(i64::MAX))
+            .bind(after_t)
+            .bind(to_i64(after_s))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>, _>>()?);
+        Ok(out)
+    }
+
+    async fn head(&self, workspace: &str) -> Result<Option<(u64, Vec<u8>)>, ConsentError> {
+        let row = on_pool!(self, pool => match sqlx::query(
+            "SELECT sequence, hash FROM consent_ledger_heads WHERE workspace_id = $1",
+        )
+        .bind(workspace)
+        .fetch_optional(pool)
+        .await?
+        {
+            Some(r) => Some((to_u64(r.try_get("sequence")?), r.try_get::<Vec<u8>, _>("hash")?)),
+            None => None,
+        });
+        Ok(row)
+    }
+
+    async fn ledger_workspaces(&self) -> Result<Vec<String>, ConsentError> {
+        let rows = on_pool!(self, pool => sqlx::query(
+            "SELECT workspace_id FROM consent_ledger_heads UNION SELECT DISTINCT workspace_id FROM consent_ledger ORDER BY 1",
+        )
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<Vec<_>, _>>()?);
+        Ok(rows)
+    }
+
+    async fn current_states(
+        &self,
+        workspace: &str,
+        subject_ref: &str,
+    ) -> Result<Vec<StateRow>, ConsentError> {
+        let out = on_pool!(self, pool => sqlx::query(
+            "SELECT purpose, decision, lawful_basis, entry_id, sequence, decided_at, expires_at, time_zone
+             FROM consent_state WHERE workspace_id = $1 AND subject_ref = $2 ORDER BY purpose",
+        )
+        .bind(workspace)
+        .bind(subject_ref)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(state_from_row)
+        .collect::<Result<Vec<_>, _>>()?);
+        Ok(out)
+    }
+
+    async fn insert_request(
+        &self,
+        workspace: &str,
+        row: &DsrRow,
+        first: &DsrHistoryRow,
+    ) -> Result<Option<DsrRow>, ConsentError> {
+        macro_rules! insert {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO dsr_requests (workspace_id, request_id, kind, status, jurisdiction, regime, time_zone, subject_id, submitted_at, due_at, idempotency_key, detail, sealed_corrections)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(workspace)
+                .bind(&row.request_id)
+                .bind(&row.kind)
+                .bind(&row.status)
+                .bind(&row.jurisdiction)
+                .bind(&row.regime)
+                .bind(&row.time_zone)
+                .bind(&row.subject_id)
+                .bind(row.submitted_at)
+                .bind(row.due_at)
+                .bind(&row.idempotency_key)
+                .bind(&row.detail)
+                .bind(&row.sealed_corrections)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    let existing = sqlx::query(
+                        "SELECT * FROM dsr_requests WHERE workspace_id = $1 AND idempotency_key = $2",
+                    )
+                    .bind(workspace)
+                    .bind(&row.idempotency_key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    tx.rollback().await?;
+                    return match existing {
+                        Some(r) => Ok(Some(dsr_from_row(&r)?)),
+                        None => Err(ConsentError::Conflict("request id already used".into())),
+                    };
+                }
+                sqlx::query(
+                    "INSERT INTO dsr_request_history (workspace_id, request_id, position, status, reason, changed_at) VALUES ($1, $2, 0, $3, $4, $5)",
+                )
+                .bind(workspace)
+                .bind(&row.request_id)
+                .bind(&first.status)
+                .bind(&first.reason)
+                .bind(first.changed_at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(None)
+            }};
+        }
+        match &self.0 {
+            Store::Postgres(pool) => insert!(pool),
+            Store::Sqlite(pool) => insert!(pool),
+        }
+    }
+
+    async fn get_request(
+        &self,
+        workspace: &str,
+        request_id: &str,
+    ) -> Result<Option<(DsrRow, Vec<DsrHistoryRow>)>, ConsentError> {
+        let row = on_pool!(self, pool => match sqlx::query(
+            "SELECT * FROM dsr_requests WHERE workspace_id = $1 AND request_id = $2",
+        )
+        .bind(workspace)
+        .bind(request_id)
+        .fetch_optional(pool)
+        .await?
+        {
+            Some(r) => Some(dsr_from_row(&r)?),
+            None => None,
+        });
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let history = self.history(workspace, request_id).await?;
+        Ok(Some((row, history)))
+    }
+
+    async fn update_request(
+        &self,
+        workspace: &str,
+        row: &DsrRow,
+        change: Option<&DsrHistoryRow>,
+    ) -> Result<(), ConsentError> {
+        macro_rules! update {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                let n = sqlx::query(
+                    "UPDATE dsr_requests SET status = $3, due_at = $4, detail = $5 WHERE workspace_id = $1 AND request_id = $2",
+                )
+                .bind(workspace)
+                .bind(&row.request_id)
+                .bind(&row.status)
+                .bind(row.due_at)
+                .bind(&row.detail)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n == 0 {
+                    tx.rollback().await?;
+                    return Err(ConsentError::NotFound("request".into()));
+                }
+                if let Some(c) = change {
+                    sqlx::query(
+                        "INSERT INTO dsr_request_history (workspace_id, request_id, position, status, reason, changed_at)
+                         SELECT $1, $2, COALESCE(MAX(position) + 1, 0), $3, $4, $5 FROM dsr_request_history WHERE workspace_id = $1 AND request_id = $2",
+                    )
+                    .bind(workspace)
+                    .bind(&row.request_id)
+                    .bind(&c.status)
+                    .bind(&c.reason)
+                    .bind(c.changed_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }};
+        }
+        match &self.0 {
+            Store::Postgres(pool) => update!(pool),
+            Store::Sqlite(pool) => update!(pool),
+        }
+    }
+
+    async fn list_requests(
+        &self,
+        workspace: &str,
+        filter: &DsrFilter,
+    ) -> Result<Vec<(DsrRow, Vec<DsrHistoryRow>)>, ConsentError> {
+        let (after_due, after_id) = filter.after.clone().unwrap_or((i64::MIN, String::new()));
+        let sql = format!(
+            "SELECT * FROM dsr_requests WHERE workspace_id = $1 AND due_at < $2
+               AND (due_at > $3 OR (due_at = $3 AND request_id > $4)){}
+             ORDER BY due_at, request_id LIMIT $5",
+            statuses_clause(filter.statuses.len(), 6)
+        );
+        let rows = on_pool!(self, pool => {
+            let mut q = sqlx::query(&sql)
+                .bind(workspace)
+                .bind(filter.due_before.unwrap_or(i64::MAX))
+                .bind(after_due)
+                .bind(&after_id)
+                .bind(i64::from(filter.limit));
+            for s in &filter.statuses {
+                q = q.bind(s);
+            }
+            q.fetch_all(pool)
+                .await?
+                .iter()
+                .map(dsr_from_row)
+                .collect::<Result<Vec<_>, _>>()?
+        });
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let h = self.history(workspace, &r.request_id).await?;
+            out.push((r, h));
+        }
+        Ok(out)
+    }
+}
+
+impl SqlConsentStore {
+    async fn history(
+        &self,
+        workspace: &str,
+        request_id: &str,
+    ) -> Result<Vec<DsrHistoryRow>, ConsentError> {
+        let out = on_pool!(self, pool => sqlx::query(
+            "SELECT status, reason, changed_at FROM dsr_request_history WHERE workspace_id = $1 AND request_id = $2 ORDER BY position",
+        )
+        .bind(workspace)
+        .bind(request_id)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(history_from_row)
+        .collect::<Result<Vec<_>, _>>()?);
+        Ok(out)
+    }
+}
