@@ -6,14 +6,23 @@
 //! - [`graph`]: the identity graph of a workspace — incremental union-find over recorded
 //!   edges, merge protection, conflicts, unmerge. Pure domain, no I/O.
 //! - [`explain`]: the merge tree of a profile.
-//! - [`IdentityApi`]: the gRPC service; RPCs not built yet answer UNIMPLEMENTED after the
-//!   caller's workspace is checked.
+//! - [`store`]: the [`IdentityStore`] trait over PostgreSQL and SQLite (blind indexes and
+//!   sealed copies only), one conformance suite (`tests/conformance.rs`).
+//! - [`IdentityRoom`]: the stateful service — ingests identifier observations, removes
+//!   identifiers, serves profiles, lookups and explanations; [`grpc`] serves it as
+//!   `meridian.v1.IdentityService` (`IdentityRoom::into_server`).
+//! - [`quality`]: the synthetic storefront as input, pairwise precision/recall.
+//! - [`bench::run`]: `meridian bench identity`.
+//! - [`IdentityApi`]: the stateless stub kept for the binary until it wires [`IdentityRoom`].
 
 pub mod error;
 pub mod explain;
 pub mod graph;
+pub mod grpc;
 pub mod identifier;
 pub mod quality;
+pub mod room;
+pub mod store;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -26,6 +35,11 @@ pub use graph::{
 pub use identifier::{
     CompiledRules, IdentifierObservation, IdentifierType, Intake, NodeKey, Normalized, Prepared,
     RawIdentifier, Rules, prepare,
+};
+pub use room::{Explanation, IdentifierView, IdentityRoom, IngestReport, ProfileView};
+pub use store::{
+    ChangeBatch, IdentifierRow, IdentityStore, ProfileRow, SealedValue, StoreIdentity,
+    identity_store,
 };
 
 use meridian_edge::not_served_yet;
