@@ -2,6 +2,7 @@
 //! together with its `bus_processed` row, so an event already applied by this consumer
 //! is skipped, and a failed handler leaves no trace but a retry or a dead letter.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -139,20 +140,38 @@ pub(crate) fn error_text(err: &HandlerError) -> String {
     text
 }
 
-/// Applies each attempt in its own savepoint of `tx`; the caller commits, then acks.
+/// Applies the attempts inside `tx`; the caller commits, then acks.
+///
+/// Fast path: one savepoint for the whole batch, the processed-event records written in
+/// one statement, then every handler. If any handler fails, that savepoint is rolled back
+/// and the batch is applied again one savepoint per event, so only the failing events are
+/// retried (their handlers may thus run twice in the round; only committed runs count).
 pub(crate) async fn apply_all(
     tx: &mut Tx<'_>,
     subscription: &Subscription,
     handler: &dyn EventHandler,
     attempts: &[Attempt],
 ) -> Result<Vec<Outcome>, BusError> {
-    let mut outcomes = Vec::with_capacity(attempts.len());
-    for attempt in attempts {
-        let outcome = match tx {
-            Tx::Postgres(conn) => apply_pg(conn, subscription, handler, attempt).await?,
-            Tx::Sqlite(conn) => apply_sqlite(conn, subscription, handler, attempt).await?,
-        };
-        match &outcome {
+    let fast = if attempts.len() > 1 {
+        apply_batch(tx, subscription, handler, attempts).await?
+    } else {
+        None
+    };
+    let outcomes = match fast {
+        Some(outcomes) => outcomes,
+        None => {
+            let mut outcomes = Vec::with_capacity(attempts.len());
+            for attempt in attempts {
+                outcomes.push(match tx {
+                    Tx::Postgres(conn) => apply_pg(conn, subscription, handler, attempt).await?,
+                    Tx::Sqlite(conn) => apply_sqlite(conn, subscription, handler, attempt).await?,
+                });
+            }
+            outcomes
+        }
+    };
+    for (attempt, outcome) in attempts.iter().zip(&outcomes) {
+        match outcome {
             Outcome::Applied | Outcome::Duplicate if attempt.source == Source::Replay => {
                 resolve_dead_letter(tx, &subscription.consumer, attempt.event.event_id).await?;
             }
@@ -167,10 +186,95 @@ pub(crate) async fn apply_all(
                 );
             }
         }
-        outcomes.push(outcome);
     }
     Ok(outcomes)
 }
+
+/// The fast path of [`apply_all`]; `None` when a handler failed (nothing of it is left).
+async fn apply_batch(
+    tx: &mut Tx<'_>,
+    subscription: &Subscription,
+    handler: &dyn EventHandler,
+    attempts: &[Attempt],
+) -> Result<Option<Vec<Outcome>>, BusError> {
+    let consumer = subscription.consumer.as_str();
+    match tx {
+        Tx::Postgres(conn) => {
+            let mut savepoint = conn.begin().await?;
+            let ids: Vec<Uuid> = attempts.iter().map(|a| a.event.event_id).collect();
+            let workspaces: Vec<&str> = attempts
+                .iter()
+                .map(|a| a.event.workspace_id.as_str())
+                .collect();
+            let new: Vec<Uuid> = sqlx::query_scalar(
+                "INSERT INTO bus_processed (consumer, event_id, workspace_id) \
+                 SELECT $1, * FROM UNNEST($2::uuid[], $3::text[]) \
+                 ON CONFLICT DO NOTHING RETURNING event_id",
+            )
+            .bind(consumer)
+            .bind(ids)
+            .bind(workspaces)
+            .fetch_all(&mut *savepoint)
+            .await?;
+            let mut new: HashSet<Uuid> = new.into_iter().collect();
+            let mut outcomes = Vec::with_capacity(attempts.len());
+            for attempt in attempts {
+                if !new.remove(&attempt.event.event_id) {
+                    outcomes.push(Outcome::Duplicate);
+                    continue;
+                }
+                let mut db = Tx::Postgres(&mut savepoint);
+                if handler.handle(&mut db, &attempt.event).await.is_err() {
+                    savepoint.rollback().await?;
+                    return Ok(None);
+                }
+                outcomes.push(Outcome::Applied);
+            }
+            savepoint.commit().await?;
+            Ok(Some(outcomes))
+        }
+        Tx::Sqlite(conn) => {
+            let mut savepoint = conn.begin().await?;
+            let processed_at = sqlite_time(Utc::now());
+            let mut new = HashSet::new();
+            for chunk in attempts.chunks(SQLITE_ROWS_PER_INSERT) {
+                let mut builder = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "INSERT INTO bus_processed (consumer, event_id, workspace_id, processed_at) ",
+                );
+                builder.push_values(chunk, |mut row, attempt| {
+                    row.push_bind(consumer)
+                        .push_bind(attempt.event.event_id.to_string())
+                        .push_bind(attempt.event.workspace_id.as_str())
+                        .push_bind(processed_at.as_str());
+                });
+                builder.push(" ON CONFLICT DO NOTHING RETURNING event_id");
+                let inserted: Vec<String> = builder
+                    .build_query_scalar()
+                    .fetch_all(&mut *savepoint)
+                    .await?;
+                new.extend(inserted);
+            }
+            let mut outcomes = Vec::with_capacity(attempts.len());
+            for attempt in attempts {
+                if !new.remove(&attempt.event.event_id.to_string()) {
+                    outcomes.push(Outcome::Duplicate);
+                    continue;
+                }
+                let mut db = Tx::Sqlite(&mut savepoint);
+                if handler.handle(&mut db, &attempt.event).await.is_err() {
+                    savepoint.rollback().await?;
+                    return Ok(None);
+                }
+                outcomes.push(Outcome::Applied);
+            }
+            savepoint.commit().await?;
+            Ok(Some(outcomes))
+        }
+    }
+}
+
+/// SQLite allows 32766 bound parameters; 4 per row.
+const SQLITE_ROWS_PER_INSERT: usize = 1000;
 
 async fn apply_pg(
     conn: &mut PgConnection,

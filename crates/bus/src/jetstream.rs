@@ -254,15 +254,16 @@ impl JetStreamBus {
                 .map_err(|err| BusError::jetstream("publish", err))?;
             pending.push(ack);
         }
-        let mut duplicates = 0usize;
-        for ack in pending {
-            let ack = ack
-                .await
-                .map_err(|err| BusError::jetstream("publish ack", err))?;
-            if ack.duplicate {
-                duplicates += 1;
-            }
-        }
+        // Await the acks together: awaited one by one, acks lost with a crashed server
+        // would time out one after another and hold the claimed rows for minutes.
+        let acks = futures::future::try_join_all(
+            pending
+                .into_iter()
+                .map(std::future::IntoFuture::into_future),
+        )
+        .await
+        .map_err(|err| BusError::jetstream("publish ack", err))?;
+        let duplicates = acks.iter().filter(|ack| ack.duplicate).count();
         if duplicates > 0 {
             tracing::debug!(duplicates, "JetStream dropped re-published events");
         }

@@ -30,11 +30,19 @@ pub trait OutboxConnection: Send {
 /// Writes `event` to the outbox through `conn`, in the caller's transaction: it is
 /// published only if that transaction commits.
 ///
-/// ```ignore
-/// let mut tx = pool.begin().await?;          // sqlx::Transaction<'_, Postgres or Sqlite>
-/// sqlx::query("UPDATE …").execute(&mut *tx).await?;
+/// ```no_run
+/// # async fn example(pool: sqlx::PgPool, event: meridian_bus::OutboxEvent)
+/// # -> Result<(), Box<dyn std::error::Error>> {
+/// let mut tx = pool.begin().await?; // PostgreSQL or SQLite, the room's own transaction
+/// sqlx::query("UPDATE profiles SET traits = $1 WHERE profile_id = $2")
+///     .bind("…")
+///     .bind("…")
+///     .execute(&mut *tx)
+///     .await?;
 /// meridian_bus::enqueue(&mut tx, &event).await?;
-/// tx.commit().await?;
+/// tx.commit().await?; // the event exists if and only if the change does
+/// # Ok(())
+/// # }
 /// ```
 pub async fn enqueue<C: OutboxConnection + ?Sized>(
     conn: &mut C,
