@@ -511,3 +511,29 @@ pub(crate) async fn requested_replays(
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_initial_wait_up_to_the_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        };
+        let waits: Vec<u128> = (1..=6).map(|n| policy.backoff(n).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(policy.backoff(u32::MAX), Duration::from_secs(1));
+        assert_eq!(policy.backoff(0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn error_text_is_bounded_on_a_char_boundary() {
+        let long = HandlerError::Failed("é".repeat(400));
+        let text = error_text(&long);
+        assert!(text.len() <= MAX_ERROR_TEXT);
+        assert!(text.chars().all(|c| c == 'é'));
+    }
+}

@@ -6,51 +6,18 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Recorder, effects, scalar, test_settings, unique_family};
+use common::{Recorder, client_url, effects, nats_server, scalar, test_settings, unique_family};
 use meridian_bus::{
     EventHandler, JetStreamBus, LoopSettings, OutboxEvent, Subscription, enqueue, run_consumer,
     run_relay,
 };
 use meridian_store::Store;
 use meridian_store::sqlx::PgPool;
-use tokio::process::{Child, Command};
 
 const EVENTS: usize = 1200;
-
-fn nats_server(dir: &Path, port: Option<u16>) -> Child {
-    let port = port.map_or("-1".to_owned(), |p| p.to_string());
-    Command::new("/usr/sbin/nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
-        .arg(dir.join("jetstream"))
-        .arg("--ports_file_dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("nats-server must be installed at /usr/sbin/nats-server")
-}
-
-/// The client URL from the server's ports file.
-async fn client_url(dir: &Path, child: &Child) -> String {
-    let file = dir.join(format!("nats-server_{}.ports", child.id().unwrap()));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&file)
-            && let Ok(ports) = serde_json::from_str::<serde_json::Value>(&text)
-            && let Some(url) = ports["nats"][0].as_str()
-        {
-            return url.to_owned();
-        }
-        assert!(Instant::now() < deadline, "nats-server did not start");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 async fn commit_event(store: &Store, event: &OutboxEvent) {
     let Store::Postgres(pool) = store else {

@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used, dead_code, unreachable_pub)]
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,6 +13,7 @@ use meridian_bus::{
     OutboxEvent, StreamLayout, Tx,
 };
 use meridian_store::Store;
+use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 pub fn nats_url() -> String {
@@ -216,6 +219,37 @@ where
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A private nats-server with JetStream on a free port, storing under `dir`.
+pub fn nats_server(dir: &Path, port: Option<u16>) -> Child {
+    let port = port.map_or("-1".to_owned(), |p| p.to_string());
+    Command::new("/usr/sbin/nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+        .arg(dir.join("jetstream"))
+        .arg("--ports_file_dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nats-server must be installed at /usr/sbin/nats-server")
+}
+
+/// The client URL from the server's ports file.
+pub async fn client_url(dir: &Path, child: &Child) -> String {
+    let file = dir.join(format!("nats-server_{}.ports", child.id().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&file)
+            && let Ok(ports) = serde_json::from_str::<serde_json::Value>(&text)
+            && let Some(url) = ports["nats"][0].as_str()
+        {
+            return url.to_owned();
+        }
+        assert!(Instant::now() < deadline, "nats-server did not start");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
