@@ -188,7 +188,23 @@ impl JetStreamBus {
                 ..Default::default()
             })
             .await
-            .map_err(|err| BusError::jetstream("create stream", err))?;
+            .map_err(|err| {
+                let message = err.to_string();
+                if message.contains("overlap") {
+                    // Typically the single `MERIDIAN` stream on `meridian.>` (k8s manifests)
+                    // already exists while this replica is set to one stream per family.
+                    BusError::JetStream {
+                        operation: "create stream",
+                        message: format!(
+                            "{message}: another stream already holds these subjects; \
+                             configure the JetStream stream layout to match it \
+                             (one stream `MERIDIAN` on `meridian.>`, or one per family)"
+                        ),
+                    }
+                } else {
+                    BusError::jetstream("create stream", err)
+                }
+            })?;
         self.streams.lock().await.insert(name);
         Ok(stream)
     }

@@ -73,5 +73,22 @@ async fn families_share_one_stream_and_each_consumer_sees_its_own(pool: SqlitePo
     let info = stream.info().await.unwrap();
     assert_eq!(info.config.subjects, vec!["meridian.>".to_owned()]);
     assert_eq!(info.state.messages, 6);
+
+    // A replica configured for one stream per family next to that stream is told why
+    // it cannot create its streams.
+    let per_family = JetStreamBus::connect(&url, store.clone(), JetStreamSettings::default())
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let another = OutboxEvent::new(
+        "acme".parse().unwrap(),
+        "consent".parse().unwrap(),
+        "k",
+        vec![],
+    );
+    enqueue_all(&mut tx, &[another]).await.unwrap();
+    tx.commit().await.unwrap();
+    let err = per_family.relay_batch(10).await.unwrap_err().to_string();
+    assert!(err.contains("stream layout"), "{err}");
     drop(server);
 }
