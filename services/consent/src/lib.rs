@@ -10,6 +10,7 @@
 //! The unit structs [`ConsentApi`] and [`DsrApi`] are the old stubs answering UNIMPLEMENTED,
 //! kept until the binary wires the stateful services.
 
+pub mod bench;
 pub mod dsr;
 pub mod error;
 mod grpc;
