@@ -786,6 +786,47 @@ async fn requests_get_deadlines_statuses_and_an_audit_trail(h: Harness) {
     assert!(err.to_string().contains("append-only"), "{err}");
 }
 
+async fn deadlines_follow_month_ends_leap_years_and_dst(h: Harness) {
+    let utc = |y, m, d, hh, mm| Utc.with_ymd_and_hms(y, m, d, hh, mm, 0).unwrap();
+    let cases = [
+        // GDPR, non-leap year: 31 Jan + 1 month = 28 Feb, end of day in Berlin (CET)
+        ("EU-DE", utc(2025, 1, 31, 10, 0), utc(2025, 2, 28, 23, 0)),
+        // 23:30 UTC on 31 Jan is already 1 Feb in Berlin: the period starts there
+        ("EU-DE", utc(2025, 1, 31, 23, 30), utc(2025, 3, 1, 23, 0)),
+        // 31 Mar + 1 month clamps to 30 Apr; due midnight CEST (the clocks moved on 30 Mar)
+        ("EU-DE", utc(2025, 3, 31, 12, 0), utc(2025, 4, 30, 22, 0)),
+        // UK GDPR in London across the spring change: 29 Mar (GMT) -> 29 Apr, midnight BST
+        ("GB", utc(2025, 3, 29, 12, 0), utc(2025, 4, 29, 23, 0)),
+        // CCPA: 45 days from 1 Oct (PDT) = 15 Nov, due midnight PST (the clocks moved on 2 Nov)
+        ("US-CA", utc(2025, 10, 1, 17, 0), utc(2025, 11, 16, 8, 0)),
+        // LGPD: 15 days from 14 Feb 2024 = 29 Feb (leap day), midnight in Sao Paulo (UTC-3)
+        ("BR", utc(2024, 2, 14, 15, 0), utc(2024, 3, 1, 3, 0)),
+    ];
+    for (i, (jurisdiction, submitted, due)) in cases.into_iter().enumerate() {
+        let r = h
+            .room
+            .submit_request(
+                WS,
+                submit(RequestKind::Access, jurisdiction, &format!("p{i}@example.com")),
+                submitted,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.deadline, due, "{jurisdiction} submitted {submitted}");
+        assert_eq!(r.submitted_at, submitted);
+    }
+    let ccpa = h
+        .room
+        .submit_request(WS, submit(RequestKind::Access, "US-CA", "ca@example.com"), utc(2025, 10, 1, 17, 0))
+        .await
+        .unwrap();
+    assert!(ccpa.confirm_receipt_by.is_some());
+    // CCPA extends once by 45 more days: 15 Nov + 45 days = 30 Dec, midnight PST
+    let ext = h.room.extend_request(WS, &ccpa.request_id, "needs records from the archive", Utc::now()).await.unwrap();
+    assert_eq!(ext.deadline, utc(2025, 12, 31, 8, 0));
+    assert_eq!(ext.extensions[0].reason, "needs records from the archive");
+}
+
 async fn opt_out_requests_become_ledger_entries(h: Harness) {
     let mut req = submit(RequestKind::OptOutSaleSharing, "US-CA", "ana@example.com");
     req.idempotency_key = Some("dsr-1".into());
@@ -851,4 +892,5 @@ conformance!(
     erasure_unlinks_the_subject_but_keeps_the_proof,
     requests_get_deadlines_statuses_and_an_audit_trail,
     opt_out_requests_become_ledger_entries,
+    deadlines_follow_month_ends_leap_years_and_dst,
 );
