@@ -146,6 +146,9 @@ pub struct DataSubjectRequest {
     pub extensions: Vec<Extension>,
     pub steps: Vec<Step>,
     pub history: Vec<StatusChange>,
+    /// Access/portability: what can be gathered today (the consent room's part), built at
+    /// read time; sections of rooms that do not exist yet are listed under `pending`.
+    pub access_bundle: Option<serde_json::Value>,
 }
 
 /// A SubmitRequest, validated.
@@ -215,6 +218,7 @@ fn from_row(row: DsrRow, history: Vec<DsrHistoryRow>) -> Result<DataSubjectReque
         extensions: detail.extensions,
         steps: detail.steps,
         history,
+        access_bundle: None,
     })
 }
 
@@ -248,13 +252,20 @@ impl ConsentRoom {
         let request_id = uuid::Uuid::now_v7().to_string();
         let now_us = now.timestamp_micros();
         let steps = match req.kind {
-            RequestKind::Access | RequestKind::Portability => pending(&[
-                "collect_profile_and_identifiers",
-                "collect_events",
-                "collect_consents",
-                "collect_audience_memberships_and_destinations",
-                "assemble_bundle",
-            ]),
+            RequestKind::Access | RequestKind::Portability => {
+                let mut steps = vec![step(
+                    "collect_consents",
+                    StepState::Succeeded,
+                    "",
+                    Some(now_us),
+                )];
+                steps.extend(pending(&[
+                    "collect_profile_and_identifiers",
+                    "collect_events",
+                    "collect_audience_memberships_and_destinations",
+                ]));
+                steps
+            }
             RequestKind::Erasure => pending(&[
                 "ledger_entry",
                 "destroy_subject_keys",
@@ -383,7 +394,24 @@ impl ConsentRoom {
             .get_request(workspace, request_id)
             .await?
             .ok_or_else(|| ConsentError::NotFound("request".into()))?;
-        from_row(row, history)
+        let subject_id = row.subject_id.clone();
+        let mut request = from_row(row, history)?;
+        if matches!(request.kind, RequestKind::Access | RequestKind::Portability) {
+            let consents = match self.consent_bundle(workspace, &subject_id).await {
+                Ok(c) => c,
+                Err(ConsentError::SubjectErased) => serde_json::json!({"erased": true}),
+                Err(e) => return Err(e),
+            };
+            request.access_bundle = Some(serde_json::json!({
+                "format": "meridian.access-bundle/1",
+                "generated_at": Utc::now(),
+                "complete": false,
+                "consents": consents,
+                "pending": ["profile", "identifiers", "events", "audience_memberships", "destinations"],
+                "pending_reason": WAITING,
+            }));
+        }
+        Ok(request)
     }
 
     /// Moves a request to `status` with a reason (the audit trail keeps every change).

@@ -585,7 +585,10 @@ fn request_to_pb(r: dsr::DataSubjectRequest) -> pb::DataSubjectRequest {
                 changed_at: Some(ts(h.changed_at)),
             })
             .collect(),
-        access_bundle_json: Vec::new(),
+        access_bundle_json: r
+            .access_bundle
+            .map(|b| b.to_string().into_bytes())
+            .unwrap_or_default(),
         receipt_json: String::new(),
         receipt_signature: String::new(),
     }

@@ -261,7 +261,11 @@ impl ConsentRoom {
         Ok(out)
     }
 
-    async fn open_ref(&self, workspace: &str, row: &SubjectRow) -> Result<Subject, ConsentError> {
+    pub(crate) async fn open_ref(
+        &self,
+        workspace: &str,
+        row: &SubjectRow,
+    ) -> Result<Subject, ConsentError> {
         let opened = self
             .vault
             .open(
@@ -609,6 +613,69 @@ impl ConsentRoom {
             entries,
             next_page_token,
         })
+    }
+
+    /// Everything the consent room holds about a subject, decrypted where sealed: the
+    /// current consent per purpose and every ledger entry (for access/portability bundles).
+    pub async fn consent_bundle(
+        &self,
+        workspace: &str,
+        subject_id: &str,
+    ) -> Result<serde_json::Value, ConsentError> {
+        let row = self
+            .store
+            .subject_by_id(workspace, subject_id)
+            .await?
+            .ok_or_else(|| ConsentError::NotFound("subject".into()))?;
+        let subject = self.open_ref(workspace, &row).await?;
+        let now = Utc::now();
+        let mut current = Vec::new();
+        for r in self
+            .store
+            .current_states(workspace, &subject.subject_ref)
+            .await?
+        {
+            let decision = Decision::parse(&r.decision).unwrap_or(Decision::Refused);
+            let expires_at = r.expires_at.map(ledger::from_micros);
+            current.push(serde_json::json!({
+                "purpose": r.purpose,
+                "decision": lapse(decision, expires_at, now),
+                "lawful_basis": r.lawful_basis,
+                "decided_at": ledger::from_micros(r.decided_at),
+                "expires_at": expires_at,
+                "time_zone": r.time_zone,
+                "entry_id": r.entry_id,
+            }));
+        }
+        let mut history = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .subject_entries(workspace, &subject.subject_ref, None, after, SCAN_PAGE)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.recorded_at, last.sequence));
+            let full = page.len() == SCAN_PAGE as usize;
+            for stored in page {
+                let e = Entry::decode(stored)?;
+                history.push(serde_json::json!({
+                    "entry_id": e.stored.entry_id,
+                    "sequence": e.stored.sequence,
+                    "recorded_at": e.stored.recorded_at_utc(),
+                    "hash": hex::encode(&e.stored.hash),
+                    "entry": e.body,
+                }));
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(serde_json::json!({
+            "subject_ref": subject.subject_ref,
+            "current": current,
+            "history": history,
+        }))
     }
 
     // ---- receipts and verification -----------------------------------------------------

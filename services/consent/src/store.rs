@@ -111,6 +111,12 @@ pub trait ConsentStore: Send + Sync {
         workspace: &str,
         blind_indexes: &[Vec<u8>],
     ) -> Result<Vec<SubjectRow>, ConsentError>;
+    /// Any identifier row of a subject (to reach its sealed ledger ref).
+    async fn subject_by_id(
+        &self,
+        workspace: &str,
+        subject_id: &str,
+    ) -> Result<Option<SubjectRow>, ConsentError>;
     /// Links identifiers to a subject; an identifier already linked keeps its subject.
     async fn link_subject(&self, workspace: &str, rows: &[SubjectRow]) -> Result<(), ConsentError>;
 
@@ -527,6 +533,29 @@ impl ConsentStore for SqlConsentStore {
             }
         }
         Ok(out)
+    }
+
+    async fn subject_by_id(
+        &self,
+        workspace: &str,
+        subject_id: &str,
+    ) -> Result<Option<SubjectRow>, ConsentError> {
+        let row = on_pool!(self, pool => match sqlx::query(
+            "SELECT blind_index, subject_id, sealed_ref FROM consent_subjects WHERE workspace_id = $1 AND subject_id = $2 LIMIT 1",
+        )
+        .bind(workspace)
+        .bind(subject_id)
+        .fetch_optional(pool)
+        .await?
+        {
+            Some(r) => Some(SubjectRow {
+                blind_index: r.try_get("blind_index")?,
+                subject_id: r.try_get("subject_id")?,
+                sealed_ref: r.try_get("sealed_ref")?,
+            }),
+            None => None,
+        });
+        Ok(row)
     }
 
     async fn link_subject(&self, workspace: &str, rows: &[SubjectRow]) -> Result<(), ConsentError> {
