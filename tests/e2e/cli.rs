@@ -122,3 +122,78 @@ async fn rotate_kek_rewraps_and_retires_only_when_asked() {
         assert!(!stderr.is_empty());
     }
 }
+
+#[tokio::test]
+async fn outbox_dead_letters_list_and_replay_refuses_unknown_ids() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let env = Environment::new(backend).await;
+        let (ok, stdout, stderr) = env.run(&["outbox", "dead-letters", "--all"]).await;
+        assert!(ok, "{stderr}");
+        assert_eq!(stdout, "", "a fresh store has no dead letters");
+        assert!(stderr.contains("0 dead letters"), "{stderr}");
+
+        let unknown = uuid::Uuid::new_v4().to_string();
+        let (ok, _, stderr) = env.run(&["outbox", "replay", &unknown]).await;
+        assert!(!ok, "replaying an unknown dead letter must fail");
+        assert!(!stderr.is_empty());
+
+        let (ok, _, stderr) = env.run(&["outbox", "replay", "not-a-uuid"]).await;
+        assert!(!ok);
+        assert!(stderr.contains("not-a-uuid"), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn serve_runs_on_postgres_with_jetstream_and_on_the_in_process_bus() {
+    let nats = std::env::var("NATS_URL")
+        .expect("NATS_URL must point at a NATS JetStream server for the end-to-end tests");
+    let env = Environment::new(Backend::Postgres).await;
+    let server = env.serve_with_env(&[("NATS_URL", &nats)]).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+    assert!(
+        server.log().contains("\"bus\":\"jetstream\""),
+        "{}",
+        server.log()
+    );
+    assert!(server.terminate().await.success());
+
+    let embedded = Environment::new(Backend::Sqlite).await;
+    let server = embedded.serve(&[]).await;
+    assert!(
+        server.log().contains("\"bus\":\"in-process\""),
+        "{}",
+        server.log()
+    );
+    assert!(server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn serve_refuses_an_unreachable_nats() {
+    let env = Environment::new(Backend::Sqlite).await;
+    // A port nothing listens on: bind one, then drop it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = env
+        .command()
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .env("NATS_URL", format!("nats://127.0.0.1:{port}"))
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("event bus"), "{stderr}");
+}

@@ -17,6 +17,11 @@ fn print<T: Serialize + std::fmt::Debug>(json: bool, report: &T) -> anyhow::Resu
 
 pub(crate) async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
+        BenchTarget::Outbox => {
+            let report =
+                meridian_bus::bench::run(meridian_bus::bench::BenchOptions::from_env()).await?;
+            print(args.json, &report)
+        }
         BenchTarget::Vault => {
             let report =
                 meridian_vault::bench::run(&meridian_vault::bench::BenchOptions::default()).await?;

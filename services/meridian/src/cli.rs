@@ -45,6 +45,9 @@ pub(crate) enum Command {
     /// Policies: validate them, or explain one decision.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The transactional outbox: dead letters and their replay.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
     /// Consent signals.
     #[command(subcommand)]
     Consent(ConsentCommand),
@@ -52,6 +55,28 @@ pub(crate) enum Command {
     Bench(BenchArgs),
     /// Prints the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum OutboxCommand {
+    /// Lists events that consumers gave up on, newest first (payloads are never shown).
+    DeadLetters {
+        #[arg(long, value_name = "ID")]
+        workspace: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        consumer: Option<String>,
+        /// Include dead letters a replay has resolved.
+        #[arg(long)]
+        all: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Asks the running consumer to apply a dead letter again.
+    Replay {
+        /// The dead letter's id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,7 +100,7 @@ pub(crate) enum PolicyCommand {
         dir: Option<PathBuf>,
     },
     /// Decides one question and says which rule decided it.
-    Explain(ExplainArgs),
+    Explain(Box<ExplainArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +148,8 @@ pub(crate) struct ExplainArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BenchTarget {
+    /// Events/s from commit to consumer, next to plain INSERTs of the same rows.
+    Outbox,
     /// Seals, opens and blind indexes per second per core for 32-byte fields.
     Vault,
     /// Memoized policy decisions per second per core, and uncached Cedar latency.

@@ -20,6 +20,7 @@ pub(crate) struct Settings {
     pub(crate) database_url: Option<String>,
     pub(crate) database_max_connections: Option<u32>,
     pub(crate) nats_url: Option<String>,
+    pub(crate) nats_stream: Option<String>,
     pub(crate) region: Option<String>,
     pub(crate) time_zone: Option<String>,
     pub(crate) log: Option<String>,
@@ -52,6 +53,7 @@ impl Settings {
             database_url: var("DATABASE_URL"),
             database_max_connections: None,
             nats_url: var("NATS_URL"),
+            nats_stream: var("MERIDIAN_NATS_STREAM"),
             region: var("MERIDIAN_REGION"),
             time_zone: var("MERIDIAN_TIME_ZONE"),
             log: var("MERIDIAN_LOG"),
@@ -73,6 +75,7 @@ impl Settings {
                 .database_max_connections
                 .or(self.database_max_connections),
             nats_url: over.nats_url.or(self.nats_url),
+            nats_stream: over.nats_stream.or(self.nats_stream),
             region: over.region.or(self.region),
             time_zone: over.time_zone.or(self.time_zone),
             log: over.log.or(self.log),
@@ -103,6 +106,9 @@ pub(crate) struct Config {
     pub(crate) data_dir: PathBuf,
     pub(crate) store: StoreLocation,
     pub(crate) nats_url: Option<String>,
+    /// One JetStream stream for every family (as the Kubernetes manifests create it);
+    /// unset means one stream per event family.
+    pub(crate) nats_stream: Option<String>,
     pub(crate) region: Region,
     pub(crate) time_zone: TimeZone,
     pub(crate) log_filter: String,
@@ -224,6 +230,7 @@ impl Config {
             data_dir,
             store,
             nats_url,
+            nats_stream: settings.nats_stream,
             region,
             time_zone,
             log_filter: settings.log.unwrap_or_else(|| "info".to_owned()),

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod http;
 mod keys;
+mod outbox;
 mod policy;
 mod serve;
 
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, ConsentCommand, KeysCommand};
+use crate::cli::{Cli, Command, ConsentCommand, KeysCommand, OutboxCommand};
 use crate::config::{Config, Settings};
 
 fn main() -> ExitCode {
@@ -88,6 +89,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 keys::revoke_key(&config, &key_id).await
             }
             Command::Bench(args) => bench::run(&config, args).await,
+            Command::Outbox(OutboxCommand::DeadLetters {
+                workspace,
+                consumer,
+                all,
+                limit,
+            }) => outbox::dead_letters(&config, workspace, consumer, all, limit).await,
+            Command::Outbox(OutboxCommand::Replay { id }) => outbox::replay(&config, &id).await,
             Command::Version | Command::Policy(_) | Command::Consent(_) => Ok(()),
         }
     })

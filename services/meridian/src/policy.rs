@@ -28,7 +28,8 @@ pub(crate) fn run(command: PolicyCommand) -> anyhow::Result<()> {
     }
 }
 
-fn explain(args: ExplainArgs) -> anyhow::Result<()> {
+fn explain(args: Box<ExplainArgs>) -> anyhow::Result<()> {
+    let args = *args;
     let mut question = Question::new(&args.action, &args.jurisdiction, &args.purpose)?;
     question.category = args.category;
     question.consent = policy_cli::parse_consent(&args.consent)?;

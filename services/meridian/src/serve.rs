@@ -43,9 +43,6 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
         services.into_iter().collect()
     };
 
-    if config.nats_url.is_some() {
-        tracing::warn!("NATS_URL is set, but this build has no event bus yet; it is not used");
-    }
     let policies = crate::policy::load(config.policy_dir.as_deref())?;
     let store = Store::connect(&config.store)
         .await
@@ -54,6 +51,13 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
         .migrate()
         .await
         .context("checking the database schema")?;
+    let bus = meridian_bus::open_bus(
+        store.clone(),
+        config.nats_url.as_deref(),
+        crate::outbox::jetstream_settings(&config),
+    )
+    .await
+    .context("opening the event bus")?;
     let pepper = ApiKeyPepper::load(config.api_key_pepper.as_deref(), &config.data_dir)
         .context("loading the API-key pepper")?;
     let authenticator = Arc::new(Authenticator::new(access_store(&store), pepper));
@@ -118,6 +122,7 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_shutdown);
     let http_server = http::serve(http_listener, store.clone(), wait_for(shutdown_rx.clone()));
 
+    let mut signals = ShutdownSignals::install()?;
     // Scripts read these two lines to find the ports.
     {
         let mut stdout = std::io::stdout().lock();
@@ -134,16 +139,22 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
         %grpc_addr,
         %http_addr,
         backend = store.backend().as_str(),
+        bus = if config.nats_url.is_some() { "jetstream" } else { "in-process" },
         region = %config.region,
         policy_version = policies.policy_version(),
         services = ?names,
         "meridian started"
     );
 
+    let relay_task = tokio::spawn(meridian_bus::run_relay(
+        bus.clone(),
+        meridian_bus::LoopSettings::default(),
+        shutdown_rx.clone(),
+    ));
     let grpc_task = tokio::spawn(grpc_server);
     let http_task = tokio::spawn(http_server);
 
-    shutdown_signal().await;
+    signals.recv().await;
     tracing::info!("shutting down: draining in-flight requests");
     health_reporter
         .set_service_status("", ServingStatus::NotServing)
@@ -158,13 +169,15 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
     let drained = tokio::time::timeout(config.shutdown_grace, async {
         let grpc = grpc_task.await;
         let http = http_task.await;
-        (grpc, http)
+        let relay = relay_task.await;
+        (grpc, http, relay)
     })
     .await;
     match drained {
-        Ok((grpc, http)) => {
+        Ok((grpc, http, relay)) => {
             grpc.context("gRPC server task")?.context("gRPC server")?;
             http.context("HTTP server task")?.context("HTTP server")?;
+            relay.context("outbox relay task")?;
             tracing::info!("stopped cleanly");
         }
         Err(_) => tracing::warn!(
@@ -181,30 +194,27 @@ async fn wait_for(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %err, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
+/// SIGTERM (Kubernetes) and SIGINT (Ctrl-C), registered before the server
+/// announces itself, so a signal sent right after start is never lost to the
+/// default action.
+struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
     }
 }

@@ -1,0 +1,61 @@
+//! `meridian outbox …` and the bus settings a server runs with.
+
+use anyhow::Context as _;
+use meridian_bus::{DeadLetterFilter, JetStreamSettings, StreamLayout};
+use meridian_store::Store;
+
+use crate::config::Config;
+
+pub(crate) fn jetstream_settings(config: &Config) -> JetStreamSettings {
+    let mut settings = JetStreamSettings::default();
+    if let Some(name) = &config.nats_stream {
+        settings.layout = StreamLayout::Single { name: name.clone() };
+    }
+    settings
+}
+
+async fn open(config: &Config) -> anyhow::Result<Store> {
+    let store = Store::connect(&config.store)
+        .await
+        .context("opening the store")?;
+    store
+        .migrate()
+        .await
+        .context("checking the database schema")?;
+    Ok(store)
+}
+
+pub(crate) async fn dead_letters(
+    config: &Config,
+    workspace: Option<String>,
+    consumer: Option<String>,
+    include_resolved: bool,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let store = open(config).await?;
+    let filter = DeadLetterFilter {
+        workspace_id: workspace,
+        consumer,
+        include_resolved,
+        limit,
+    };
+    let letters = meridian_bus::list_dead_letters(&store, &filter).await?;
+    for letter in &letters {
+        println!("{}", serde_json::to_string(letter)?);
+    }
+    eprintln!("{} dead letters", letters.len());
+    store.close().await;
+    Ok(())
+}
+
+pub(crate) async fn replay(config: &Config, id: &str) -> anyhow::Result<()> {
+    let id = id
+        .parse()
+        .map_err(|_| anyhow::anyhow!("'{id}' is not a dead-letter id (a UUID)"))?;
+    let store = open(config).await?;
+    let letter = meridian_bus::replay_dead_letter(&store, id).await?;
+    println!("{}", serde_json::to_string(&letter)?);
+    eprintln!("replay requested; the running consumer applies it on its next round");
+    store.close().await;
+    Ok(())
+}
