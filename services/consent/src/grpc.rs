@@ -476,6 +476,8 @@ impl consent_service_server::ConsentService for ConsentGrpc {
             public_key: hex::decode(&report.public_key_hex)
                 .map(|b| B64.encode(b))
                 .unwrap_or_default(),
+            head_sequence: report.head_sequence,
+            head_hash: report.head_hash_hex,
         }))
     }
 

@@ -249,7 +249,8 @@ async fn every_rpc_over_the_wire(mut c: Client) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((v.valid, v.entries_checked), (true, 2));
+    assert_eq!((v.valid, v.entries_checked, v.head_sequence), (true, 2, 2));
+    assert_eq!(v.head_hash, first.entries[1].hash);
     let receipt = c
         .consent
         .get_receipt(c.req(pb::GetReceiptRequest {
