@@ -1,14 +1,23 @@
 //! The consent room: the tamper-evident consent ledger (`ConsentService`) and
 //! data-subject requests (`DsrService`).
 //!
-//! - [`ledger`]: the canonical encoding, hash chain and signature checks (pure).
-//! - [`store`]: [`ConsentStore`], one trait with PostgreSQL and SQLite implementations.
+//! - [`ledger`]: the canonical encoding, hash chain per workspace and signature checks (pure).
+//! - [`store`]: [`ConsentStore`], one trait with PostgreSQL and SQLite implementations
+//!   ([`SqlConsentStore`]); PostgreSQL refuses UPDATE/DELETE/TRUNCATE on the ledger itself.
 //! - [`ConsentRoom`]: the domain (subjects, RecordConsent, state now and as of T, history,
-//!   receipts, verification); [`verify_ledger`] for `meridian ledger verify`.
+//!   receipts, verification, DSRs); [`verify_ledger`] for `meridian ledger verify`.
 //! - [`signals`]: TCF / GPP / GPC → purposes through the policy taxonomy.
+//! - [`bench::run`] for `meridian bench ledger --json`.
+//! - gRPC: `ConsentRoom::consent_api()` / `dsr_api()` give [`ConsentGrpc`] / [`DsrGrpc`], each
+//!   with `into_server()`.
+//!
+//! Subjects: until the identity room exists, an identifier maps to a consent subject through
+//! its blind index in `consent_subjects` (the seam the identity room replaces). The ledger
+//! names a subject only by a random pseudonymous ref kept sealed under the subject's data
+//! key, so `Vault::forget` unlinks the entries (they stay, as proof of consent).
 //!
 //! The unit structs [`ConsentApi`] and [`DsrApi`] are the old stubs answering UNIMPLEMENTED,
-//! kept until the binary wires the stateful services.
+//! kept until the binary wires `ConsentRoom::new(store, vault, policies)`.
 
 pub mod bench;
 pub mod dsr;

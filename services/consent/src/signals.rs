@@ -314,3 +314,47 @@ mod tests {
         assert!(decide(&t, &Signals::default()).is_err());
     }
 }
+
+#[cfg(test)]
+mod tc_tests {
+    use super::*;
+    use meridian_policy::PolicyEngine;
+
+    /// The TC string of the IAB `@iabtcf/core` documentation.
+    const TC: &str = "COvFyGBOvFyGBAbAAAENAPCAAOAAAAAAAAAAAEEUACCKAAA";
+
+    #[test]
+    fn tc_purposes_map_through_the_taxonomy() {
+        let engine = PolicyEngine::builtin().unwrap();
+        let t = engine.taxonomy();
+        let tc = decode_tc_string(TC).unwrap();
+        let out = decide(
+            t,
+            &Signals {
+                tc_string: Some(format!("  {TC} ")),
+                ..Signals::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].source, out[0].raw_signal.as_str()),
+            (Source::Tcf, TC)
+        );
+        // every fideslang purpose a TCF purpose maps to is decided as the string says
+        for id in 1u8..=11 {
+            let Some(m) = t.tcf_purpose(id) else { continue };
+            for p in &m.purposes {
+                let d = out[0].purposes.iter().find(|d| &d.purpose == p).unwrap();
+                let refused_somewhere = (1u8..=11).any(|other| {
+                    t.tcf_purpose(other).is_some_and(|o| {
+                        o.purposes.contains(p)
+                            && !tc.purpose_consents.contains(u16::from(other))
+                            && !tc.purpose_legitimate_interests.contains(u16::from(other))
+                    })
+                });
+                assert_eq!(d.decision == Decision::Refused, refused_somewhere, "{p}");
+            }
+        }
+    }
+}
