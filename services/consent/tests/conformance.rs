@@ -326,6 +326,36 @@ fn hex_literal(store: &Store, bytes: &[u8]) -> String {
     }
 }
 
+async fn concurrent_appends_keep_one_chain(h: Harness) {
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let room = h.room.clone();
+        tasks.push(tokio::spawn(async move {
+            for j in 0..5 {
+                room.record(
+                    WS,
+                    request(
+                        email(&format!("p{i}-{j}@example.com")),
+                        vec![
+                            choice("analytics", Decision::Given),
+                            choice("marketing.advertising", Decision::Refused),
+                        ],
+                        None,
+                    ),
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let report = h.room.verify(WS).await.unwrap();
+    assert!(report.valid, "{report:?}");
+    assert_eq!((report.entries_checked, report.head_sequence), (80, 80));
+}
+
 // ---- RecordConsent and state ---------------------------------------------------------
 
 async fn consent_is_recorded_per_purpose_and_read_back(h: Harness) {
@@ -939,6 +969,7 @@ conformance!(
     reordered_entries_are_named,
     inserted_entries_are_named,
     a_rehashed_chain_fails_its_signature,
+    concurrent_appends_keep_one_chain,
     consent_is_recorded_per_purpose_and_read_back,
     consent_expires_and_as_of_answers_the_past,
     idempotency_keys_make_retries_safe,
