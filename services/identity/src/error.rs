@@ -19,6 +19,8 @@ pub enum IdentityError {
     ProfileNotFound,
     #[error("the stored identity graph is inconsistent: {0}")]
     Corrupt(String),
+    #[error("cannot set up: {0}")]
+    Setup(String),
     #[error("vault: {0}")]
     Vault(#[from] meridian_vault::VaultError),
     #[error("database: {0}")]

@@ -23,6 +23,7 @@ impl From<IdentityError> for Status {
             }
             IdentityError::ProfileNotFound => Status::not_found("profile not found"),
             IdentityError::InvalidRules(_)
+            | IdentityError::Setup(_)
             | IdentityError::Corrupt(_)
             | IdentityError::Vault(_)
             | IdentityError::Database(_) => status::internal(&err),

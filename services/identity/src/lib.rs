@@ -15,6 +15,7 @@
 //! - [`bench::run`]: `meridian bench identity`.
 //! - [`IdentityApi`]: the stateless stub kept for the binary until it wires [`IdentityRoom`].
 
+pub mod bench;
 pub mod error;
 pub mod explain;
 pub mod graph;

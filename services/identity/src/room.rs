@@ -12,8 +12,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use meridian_vault::{SubjectKey, Vault, VaultError};
 use zeroize::Zeroizing;
 
@@ -25,6 +27,9 @@ use crate::identifier::{
     prepare,
 };
 use crate::store::{ChangeBatch, IdentifierRow, IdentityStore, ProfileRow, SealedValue};
+
+/// Data keys loaded or created at once while sealing a batch.
+const KEY_LOAD_CONCURRENCY: usize = 32;
 
 /// The field name sealed values are bound to.
 const SEALED_FIELD: &str = "value";
@@ -48,6 +53,30 @@ pub struct IngestReport {
     pub conflicts: u64,
     /// Identifiers written (new or changed).
     pub identifiers_written: u64,
+    pub timings: Timings,
+}
+
+/// Where a write spent its time, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Timings {
+    /// Intake (normalize, block, blind-index) and the graph.
+    pub graph_micros: u64,
+    /// Building the store batch, sealing new identifiers (data keys from the vault).
+    pub seal_micros: u64,
+    /// The store transaction.
+    pub store_micros: u64,
+}
+
+impl std::ops::AddAssign for Timings {
+    fn add_assign(&mut self, o: Timings) {
+        self.graph_micros += o.graph_micros;
+        self.seal_micros += o.seal_micros;
+        self.store_micros += o.store_micros;
+    }
+}
+
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 /// An identifier of a profile, opened for display. `Debug` prints no value.
@@ -170,7 +199,7 @@ impl IdentityRoom {
         &self,
         workspace: &str,
         new_values: impl FnOnce(&mut Graph, &mut Changes) -> (T, HashMap<NodeKey, Normalized>),
-    ) -> Result<T, IdentityError> {
+    ) -> Result<(T, Timings), IdentityError> {
         let slot = self.slot(workspace);
         let mut guard = slot.lock().await;
         if guard.is_none() {
@@ -179,17 +208,25 @@ impl IdentityRoom {
         let Some(graph) = guard.as_mut() else {
             return Err(IdentityError::Corrupt("graph not loaded".into()));
         };
+        let mut timings = Timings::default();
+        let started = Instant::now();
         let mut changes = Changes::default();
         let (out, values) = new_values(graph, &mut changes);
-        let result = match self.batch(workspace, graph, &changes, values).await {
+        timings.graph_micros = micros(started);
+        let started = Instant::now();
+        let batch = self.batch(workspace, graph, &changes, values).await;
+        timings.seal_micros = micros(started);
+        let started = Instant::now();
+        let result = match batch {
             Ok(batch) => self.inner.store.apply(workspace, &batch).await,
             Err(e) => Err(e),
         };
+        timings.store_micros = micros(started);
         if let Err(e) = result {
             *guard = None;
             return Err(e);
         }
-        Ok(out)
+        Ok((out, timings))
     }
 
     /// Applies identifier observations (one batch, one transaction).
@@ -221,6 +258,10 @@ impl IdentityRoom {
             (report, values)
         })
         .await
+        .map(|(mut report, timings)| {
+            report.timings = timings;
+            report
+        })
     }
 
     /// Removes an identifier (erasure, correction): deletes it, its edges and the conflicts
@@ -238,6 +279,7 @@ impl IdentityRoom {
             (parts, HashMap::new())
         })
         .await
+        .map(|(parts, _)| parts)
     }
 
     async fn key_of(
@@ -260,7 +302,32 @@ impl IdentityRoom {
         mut values: HashMap<NodeKey, Normalized>,
     ) -> Result<ChangeBatch, IdentityError> {
         let now = Utc::now();
-        let mut keys: HashMap<ProfileId, SubjectKey> = HashMap::new();
+        // Data keys of the profiles receiving new identifiers, loaded (or created) with
+        // bounded concurrency: creating a key is a store round trip with its own commit.
+        let mut wanted: Vec<ProfileId> = values
+            .keys()
+            .filter_map(|k| graph.profile_of(k))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        wanted.sort_unstable();
+        let vault = &self.inner.vault;
+        let loaded: Vec<Result<(ProfileId, SubjectKey), VaultError>> =
+            futures::stream::iter(wanted)
+                .map(|p| async move {
+                    vault
+                        .subject_key(workspace, &p.to_string())
+                        .await
+                        .map(|k| (p, k))
+                })
+                .buffer_unordered(KEY_LOAD_CONCURRENCY)
+                .collect()
+                .await;
+        let mut keys: HashMap<ProfileId, SubjectKey> = HashMap::with_capacity(loaded.len());
+        for entry in loaded {
+            let (p, k) = entry?;
+            keys.insert(p, k);
+        }
         let mut identifiers = Vec::with_capacity(changes.nodes.len());
         let mut touched: HashSet<ProfileId> = HashSet::new();
         for key in &changes.nodes {
@@ -270,18 +337,9 @@ impl IdentityRoom {
             touched.insert(state.profile);
             let (source, sealed) = match values.remove(key) {
                 Some(n) => {
-                    let subject = match keys.get(&state.profile) {
-                        Some(k) => k.clone(),
-                        None => {
-                            let k = self
-                                .inner
-                                .vault
-                                .subject_key(workspace, &state.profile.to_string())
-                                .await?;
-                            keys.insert(state.profile, k.clone());
-                            k
-                        }
-                    };
+                    let subject = keys.get(&state.profile).ok_or_else(|| {
+                        IdentityError::Corrupt("no data key loaded for a new identifier".into())
+                    })?;
                     let bytes = subject.seal(
                         &record_id(key),
                         SEALED_FIELD,
