@@ -14,6 +14,15 @@
 //! - [`quality`]: the synthetic storefront as input, pairwise precision/recall.
 //! - [`bench::run`]: `meridian bench identity`.
 //! - [`IdentityApi`]: the stateless stub kept for the binary until it wires [`IdentityRoom`].
+//!
+//! Wiring: `IdentityRoom::from_store(&store, vault, Rules::default().validate()?)` then
+//! `.into_server()`; feed it `IdentifierObservation`s (event id, time, rule, raw identifiers)
+//! with [`IdentityRoom::ingest`], one writer per workspace; erasure and corrections call
+//! [`IdentityRoom::remove_identifier`].
+//!
+//! Not built yet: profile traits (identify events, latest-wins with source priority),
+//! computed traits (RFM, AIPL stage), profile-changed events on the bus, and
+//! `ListProfileEvents` (UNIMPLEMENTED) — they need the events ingestion stores.
 
 pub mod bench;
 pub mod error;
