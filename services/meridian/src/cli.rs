@@ -148,6 +148,9 @@ pub(crate) struct ExplainArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BenchTarget {
+    /// Identifier links per second through the identity room, and stitching precision/recall
+    /// on the synthetic storefront (in a scratch database).
+    Identity,
     /// Events/s from commit to consumer, next to plain INSERTs of the same rows.
     Outbox,
     /// Seals, opens and blind indexes per second per core for 32-byte fields.

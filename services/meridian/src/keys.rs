@@ -85,7 +85,7 @@ pub(crate) async fn revoke_key(config: &Config, key_id: &str) -> anyhow::Result<
     }
 }
 
-fn key_store(store: &Store) -> Arc<dyn KeyStore> {
+pub(crate) fn key_store(store: &Store) -> Arc<dyn KeyStore> {
     match store {
         Store::Postgres(pool) => Arc::new(PgKeyStore::new(pool.clone())),
         Store::Sqlite(pool) => Arc::new(SqliteKeyStore::new(pool.clone())),

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use meridian_access::{ApiKeyPepper, Authenticator, access_store};
 use meridian_edge::EdgeLayer;
 use meridian_store::Store;
+use meridian_vault::Vault;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -58,6 +59,14 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
     )
     .await
     .context("opening the event bus")?;
+    let vault = Arc::new(Vault::new(
+        meridian_vault::provider_from_env_or_data_dir(&config.data_dir)
+            .context("opening the key-encryption key")?,
+        crate::keys::key_store(&store),
+    ));
+    let identity_rules = meridian_identity::Rules::default()
+        .validate()
+        .context("identity rules")?;
     let pepper = ApiKeyPepper::load(config.api_key_pepper.as_deref(), &config.data_dir)
         .context("loading the API-key pepper")?;
     let authenticator = Arc::new(Authenticator::new(access_store(&store), pepper));
@@ -88,7 +97,12 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
                 routes.add_service(meridian_ingest::IngestApi.into_server());
             }
             ServiceName::Identity => {
-                routes.add_service(meridian_identity::IdentityApi.into_server());
+                let room = meridian_identity::IdentityRoom::from_store(
+                    &store,
+                    vault.clone(),
+                    identity_rules.clone(),
+                );
+                routes.add_service(room.into_server());
             }
             ServiceName::Consent => {
                 routes.add_service(meridian_consent::ConsentApi.into_server());
