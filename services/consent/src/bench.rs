@@ -149,7 +149,7 @@ async fn run_in(opts: &BenchOptions, scratch: &str) -> Result<BenchReport, Conse
     let provider = Arc::new(KeyRing::generate(1).map_err(err)?);
     let vault = Vault::new(provider, Arc::new(MemoryKeyStore::new()));
     let signer = VaultSigner(&vault);
-    let ledger = SqlConsentStore(store.clone());
+    let ledger = Arc::new(SqlConsentStore(store.clone()));
     let batch = opts.batch.max(1);
     let body_bytes = sample_body(0).len();
 
@@ -173,7 +173,7 @@ async fn run_in(opts: &BenchOptions, scratch: &str) -> Result<BenchReport, Conse
     let measured = opts.entries;
 
     let start = Instant::now();
-    let report = verify_with(&ledger, &vault, workspace).await?;
+    let report = verify_with(ledger.clone(), &vault, workspace).await?;
     let verify_seconds = start.elapsed().as_secs_f64();
 
     let rows = ledger.scan(workspace, 0, u32::MAX).await?;

@@ -794,7 +794,7 @@ impl ConsentRoom {
 
     /// Checks the workspace's whole chain and every signature; names the first bad entry.
     pub async fn verify(&self, workspace: &str) -> Result<VerifyReport, ConsentError> {
-        verify_with(&*self.store, &self.vault, workspace).await
+        verify_with(self.store.clone(), &self.vault, workspace).await
     }
 }
 
@@ -805,26 +805,46 @@ fn lapse(decision: Decision, expires_at: Option<DateTime<Utc>>, at: DateTime<Utc
     }
 }
 
-/// Verifies one workspace's ledger on any store.
+/// Verifies one workspace's ledger on any store. Pages of entries are fetched by sequence
+/// range, several at once, and checked strictly in order.
 pub async fn verify_with(
-    store: &dyn ConsentStore,
+    store: Arc<dyn ConsentStore>,
     vault: &Vault,
     workspace: &str,
 ) -> Result<VerifyReport, ConsentError> {
+    const PAGE: u64 = 10_000;
+    const IN_FLIGHT: usize = 4;
     let public = vault.signing_public_key(workspace).await?;
     let mut verifier = ChainVerifier::new(workspace, public);
-    let mut after = 0u64;
-    loop {
-        let page = store.scan(workspace, after, SCAN_PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = last.sequence;
-        let full = page.len() == SCAN_PAGE as usize;
+    let max = store.max_sequence(workspace).await?;
+    let mut next_lo = 0u64;
+    let mut pending = std::collections::VecDeque::new();
+    let fetch = |lo: u64| {
+        let store = store.clone();
+        let ws = workspace.to_owned();
+        tokio::spawn(async move { store.entries_between(&ws, lo + 1, lo + PAGE).await })
+    };
+    while next_lo < max && pending.len() < IN_FLIGHT {
+        pending.push_back(fetch(next_lo));
+        next_lo += PAGE;
+    }
+    while let Some(task) = pending.pop_front() {
+        let page = task
+            .await
+            .map_err(|e| ConsentError::Storage(Box::new(e)))??;
+        if next_lo < max {
+            pending.push_back(fetch(next_lo));
+            next_lo += PAGE;
+        }
         for e in &page {
             if !verifier.push(e) {
                 break;
             }
         }
-        if verifier.failed() || !full {
+        if verifier.failed() {
+            for t in pending.drain(..) {
+                t.abort();
+            }
             break;
         }
     }
@@ -840,14 +860,14 @@ pub async fn verify_ledger(
     vault: &Vault,
     workspace: Option<&str>,
 ) -> Result<Vec<VerifyReport>, ConsentError> {
-    let store = SqlConsentStore(store.clone());
+    let store: Arc<dyn ConsentStore> = Arc::new(SqlConsentStore(store.clone()));
     let workspaces = match workspace {
         Some(w) => vec![w.to_owned()],
         None => store.ledger_workspaces().await?,
     };
     let mut out = Vec::with_capacity(workspaces.len());
     for w in workspaces {
-        out.push(verify_with(&store, vault, &w).await?);
+        out.push(verify_with(store.clone(), vault, &w).await?);
     }
     Ok(out)
 }

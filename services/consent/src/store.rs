@@ -156,6 +156,8 @@ pub trait ConsentStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<StoredEntry>, ConsentError>;
     async fn head(&self, workspace: &str) -> Result<Option<(u64, Vec<u8>)>, ConsentError>;
+    /// The highest sequence stored (0 for an empty ledger).
+    async fn max_sequence(&self, workspace: &str) -> Result<u64, ConsentError>;
     /// Workspaces that have a ledger.
     async fn ledger_workspaces(&self) -> Result<Vec<String>, ConsentError>;
     async fn current_states(
@@ -691,6 +693,16 @@ impl ConsentStore for SqlConsentStore {
             None => None,
         });
         Ok(row)
+    }
+
+    async fn max_sequence(&self, workspace: &str) -> Result<u64, ConsentError> {
+        let max: Option<i64> = on_pool!(self, pool => sqlx::query_scalar(
+            "SELECT MAX(sequence) FROM consent_ledger WHERE workspace_id = $1",
+        )
+        .bind(workspace)
+        .fetch_one(pool)
+        .await?);
+        Ok(max.map(to_u64).unwrap_or(0))
     }
 
     async fn ledger_workspaces(&self) -> Result<Vec<String>, ConsentError> {
