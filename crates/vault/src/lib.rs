@@ -64,5 +64,6 @@ pub use signing::{LedgerSignature, SigningPublicKey, verify};
 pub use store::{
     ForgetOutcome, KeyStore, MemoryKeyStore, PgKeyStore, SqliteKeyStore, StoredSubjectKey,
     StoredWorkspaceKey, SubjectKeyRow, SubjectKeyState, WorkspaceKeyPurpose, WorkspaceKeyRow,
+    key_store_for,
 };
 pub use vault::{ForgetReceipt, RotationReport, Vault, VaultConfig};

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use meridian_store::Store;
 use meridian_store::sqlx;
 use meridian_test_support::storefront::{QualityReport, Storefront, StorefrontConfig};
-use meridian_vault::{KeyRing, KeyStore, PgKeyStore, SqliteKeyStore, Vault};
+use meridian_vault::{KeyRing, Vault};
 use serde::Serialize;
 
 use crate::error::IdentityError;
@@ -112,10 +112,7 @@ pub async fn run(store: &Store, opts: &BenchOptions) -> Result<BenchReport, Iden
     meridian_access::ensure_workspace(&*access, &ws_id, &region, tz)
         .await
         .map_err(|e| IdentityError::Setup(format!("workspace: {e}")))?;
-    let key_store: Arc<dyn KeyStore> = match store {
-        Store::Postgres(pool) => Arc::new(PgKeyStore::new(pool.clone())),
-        Store::Sqlite(pool) => Arc::new(SqliteKeyStore::new(pool.clone())),
-    };
+    let key_store = meridian_vault::key_store_for(store);
     let ring = KeyRing::generate(1).map_err(|e| IdentityError::Setup(format!("key ring: {e}")))?;
     let vault = Arc::new(Vault::new(Arc::new(ring), key_store));
     let rules = Rules::default().validate()?;

@@ -6,10 +6,7 @@ use anyhow::Context as _;
 use meridian_access::{ApiKeyPepper, access_store, create_api_key, ensure_workspace};
 use meridian_domain::{Scopes, WorkspaceId};
 use meridian_store::Store;
-use meridian_vault::{
-    EnvKeyProvider, KeyStore, LocalKeyFileProvider, PgKeyStore, RotationReport, SqliteKeyStore,
-    Vault,
-};
+use meridian_vault::{EnvKeyProvider, LocalKeyFileProvider, RotationReport, Vault};
 
 use crate::config::Config;
 
@@ -85,16 +82,9 @@ pub(crate) async fn revoke_key(config: &Config, key_id: &str) -> anyhow::Result<
     }
 }
 
-pub(crate) fn key_store(store: &Store) -> Arc<dyn KeyStore> {
-    match store {
-        Store::Postgres(pool) => Arc::new(PgKeyStore::new(pool.clone())),
-        Store::Sqlite(pool) => Arc::new(SqliteKeyStore::new(pool.clone())),
-    }
-}
-
 pub(crate) async fn rotate_kek(config: &Config, retire_previous: bool) -> anyhow::Result<()> {
     let store = open(config).await?;
-    let keys = key_store(&store);
+    let keys = meridian_vault::key_store_for(&store);
     if EnvKeyProvider::is_configured(|name| std::env::var(name).ok()) {
         // The operator supplies both versions; retiring means removing the old one from the environment.
         let provider = Arc::new(EnvKeyProvider::from_env().context("reading MERIDIAN_KEK")?);
@@ -150,7 +140,7 @@ pub(crate) async fn retire_kek(config: &Config, version: u32) -> anyhow::Result<
     let store = open(config).await?;
     let provider = meridian_vault::provider_from_env_or_data_dir(&config.data_dir)
         .context("opening the KEK")?;
-    let vault = Vault::new(provider, key_store(&store));
+    let vault = Vault::new(provider, meridian_vault::key_store_for(&store));
     vault.retire_kek(version).await?;
     store.close().await;
     eprintln!("retired KEK version {version}");

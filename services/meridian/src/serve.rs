@@ -62,7 +62,7 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
     let vault = Arc::new(Vault::new(
         meridian_vault::provider_from_env_or_data_dir(&config.data_dir)
             .context("opening the key-encryption key")?,
-        crate::keys::key_store(&store),
+        meridian_vault::key_store_for(&store),
     ));
     let identity_rules = meridian_identity::Rules::default()
         .validate()

@@ -26,6 +26,16 @@ pub use memory::MemoryKeyStore;
 pub use postgres::PgKeyStore;
 pub use sqlite::SqliteKeyStore;
 
+/// The key store of an open [`meridian_store::Store`], whichever backend it is.
+pub fn key_store_for(store: &meridian_store::Store) -> std::sync::Arc<dyn KeyStore> {
+    match store {
+        meridian_store::Store::Postgres(pool) => std::sync::Arc::new(PgKeyStore::new(pool.clone())),
+        meridian_store::Store::Sqlite(pool) => {
+            std::sync::Arc::new(SqliteKeyStore::new(pool.clone()))
+        }
+    }
+}
+
 /// A subject's wrapped data key as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSubjectKey {
