@@ -822,7 +822,7 @@ pub async fn verify_with(
     let fetch = |lo: u64| {
         let store = store.clone();
         let ws = workspace.to_owned();
-        tokio::spawn(async move { store.entries_between(&ws, lo + 1, lo + PAGE).await })
+        tokio::spawn(async move { store.entries_between_bulk(&ws, lo + 1, lo + PAGE).await })
     };
     while next_lo < max && pending.len() < IN_FLIGHT {
         pending.push_back(fetch(next_lo));

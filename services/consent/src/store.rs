@@ -138,6 +138,15 @@ pub trait ConsentStore: Send + Sync {
         first: u64,
         last: u64,
     ) -> Result<Vec<StoredEntry>, ConsentError>;
+    /// Like `entries_between`, for large ranges (PostgreSQL: binary COPY).
+    async fn entries_between_bulk(
+        &self,
+        workspace: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<StoredEntry>, ConsentError> {
+        self.entries_between(workspace, first, last).await
+    }
     /// Up to `limit` entries after `after_sequence`, in order (for verify).
     async fn scan(
         &self,
@@ -498,6 +507,64 @@ async fn insert_sqlite(
     Ok(())
 }
 
+/// Parses PostgreSQL binary COPY output of `ENTRY_COLUMNS`.
+fn parse_copy(buf: &[u8]) -> Option<Vec<StoredEntry>> {
+    const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+    let mut pos = 0usize;
+    let take = |pos: &mut usize, n: usize| -> Option<&[u8]> {
+        let s = buf.get(*pos..pos.checked_add(n)?)?;
+        *pos += n;
+        Some(s)
+    };
+    if take(&mut pos, SIGNATURE.len())? != SIGNATURE {
+        return None;
+    }
+    take(&mut pos, 4)?; // flags
+    let ext = u32::from_be_bytes(take(&mut pos, 4)?.try_into().ok()?) as usize;
+    take(&mut pos, ext)?;
+    let mut out = Vec::new();
+    loop {
+        let fields = i16::from_be_bytes(take(&mut pos, 2)?.try_into().ok()?);
+        if fields == -1 {
+            return Some(out);
+        }
+        if fields != 9 {
+            return None;
+        }
+        let mut cols: [Option<&[u8]>; 9] = [None; 9];
+        for c in &mut cols {
+            let len = i32::from_be_bytes(take(&mut pos, 4)?.try_into().ok()?);
+            if len >= 0 {
+                *c = Some(take(&mut pos, usize::try_from(len).ok()?)?);
+            }
+        }
+        let int =
+            |b: Option<&[u8]>| -> Option<i64> { Some(i64::from_be_bytes(b?.try_into().ok()?)) };
+        let text = |b: Option<&[u8]>| -> Option<String> { String::from_utf8(b?.to_vec()).ok() };
+        let signature = match (int(cols[7]), cols[8]) {
+            (Some(v), Some(bytes)) => Some(
+                LedgerSignature::from_slice(u32::try_from(v).unwrap_or(u32::MAX), bytes).unwrap_or(
+                    LedgerSignature {
+                        key_version: u32::MAX,
+                        bytes: [0u8; 64],
+                    },
+                ),
+            ),
+            _ => None,
+        };
+        out.push(StoredEntry {
+            sequence: to_u64(int(cols[0])?),
+            entry_id: text(cols[1])?,
+            subject_ref: text(cols[2])?,
+            recorded_at: int(cols[3])?,
+            body: text(cols[4])?,
+            prev_hash: cols[5]?.to_vec(),
+            hash: cols[6]?.to_vec(),
+            signature,
+        });
+    }
+}
+
 fn statuses_clause(n: usize, first_param: usize) -> String {
     if n == 0 {
         return String::new();
@@ -628,6 +695,32 @@ impl ConsentStore for SqlConsentStore {
             .map(entry_from_row)
             .collect::<Result<Vec<_>, _>>()?);
         Ok(out)
+    }
+
+    async fn entries_between_bulk(
+        &self,
+        workspace: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<StoredEntry>, ConsentError> {
+        let Store::Postgres(pool) = &self.0 else {
+            return self.entries_between(workspace, first, last).await;
+        };
+        use futures::StreamExt as _;
+        use sqlx::postgres::PgPoolCopyExt as _;
+        // COPY takes no parameters: the workspace goes in as a quoted literal
+        let sql = format!(
+            "COPY (SELECT {ENTRY_COLUMNS} FROM consent_ledger WHERE workspace_id = '{}' AND sequence >= {} AND sequence <= {} ORDER BY sequence) TO STDOUT (FORMAT binary)",
+            workspace.replace('\'', "''"),
+            to_i64(first),
+            to_i64(last)
+        );
+        let mut stream = pool.copy_out_raw(&sql).await?;
+        let mut buf = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            buf.extend_from_slice(&chunk?);
+        }
+        parse_copy(&buf).ok_or_else(|| ConsentError::Corrupt("unreadable COPY output".into()))
     }
 
     async fn scan(
@@ -924,5 +1017,22 @@ impl SqlConsentStore {
         .map(history_from_row)
         .collect::<Result<Vec<_>, _>>()?);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_parsing_refuses_truncated_or_foreign_input() {
+        assert!(parse_copy(b"").is_none());
+        assert!(parse_copy(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0").is_none());
+        let empty = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0\xff\xff";
+        assert_eq!(parse_copy(empty), Some(Vec::new()));
+        // one tuple announcing 9 fields with a length past the end
+        let mut bad = empty[..19].to_vec();
+        bad.extend_from_slice(&[0, 9, 0x7f, 0xff, 0xff, 0xff]);
+        assert!(parse_copy(&bad).is_none());
     }
 }
