@@ -175,6 +175,16 @@ async fn the_database_refuses_updates_and_deletes(h: Harness) {
         assert!(err.to_string().contains("append-only"), "{err}");
     }
     assert!(h.room.verify(WS).await.unwrap().valid);
+    // what `meridian ledger verify [--workspace W]` runs
+    let all = meridian_consent::verify_ledger(&h.store, &h.vault, None)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    assert!(all[0].valid && all[0].workspace == WS && all[0].entries_checked == 6);
+    let one = meridian_consent::verify_ledger(&h.store, &h.vault, Some(WS))
+        .await
+        .unwrap();
+    assert_eq!(one, all);
 }
 
 async fn an_edited_entry_is_named(h: Harness) {
