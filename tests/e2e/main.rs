@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod cli;
+mod consent;
 mod foundation;
 mod harness;
 mod telemetry;

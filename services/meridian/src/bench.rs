@@ -93,6 +93,16 @@ fn print<T: Serialize + std::fmt::Debug>(json: bool, report: &T) -> anyhow::Resu
 
 pub(crate) async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
+        BenchTarget::Ledger => {
+            let StoreLocation::Postgres { url, .. } = &config.store else {
+                anyhow::bail!("bench ledger measures PostgreSQL: set DATABASE_URL");
+            };
+            let report = meridian_consent::bench::run(&meridian_consent::bench::BenchOptions::new(
+                url.clone(),
+            ))
+            .await?;
+            print(args.json, &report)
+        }
         BenchTarget::Identity => {
             let scratch = ScratchStore::create(config).await?;
             let result = meridian_identity::bench::run(

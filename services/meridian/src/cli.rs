@@ -48,6 +48,9 @@ pub(crate) enum Command {
     /// The transactional outbox: dead letters and their replay.
     #[command(subcommand)]
     Outbox(OutboxCommand),
+    /// The consent ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
     /// Consent signals.
     #[command(subcommand)]
     Consent(ConsentCommand),
@@ -76,6 +79,16 @@ pub(crate) enum OutboxCommand {
     Replay {
         /// The dead letter's id.
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LedgerCommand {
+    /// Checks every hash link and signature; exits non-zero naming the first bad entry.
+    Verify {
+        /// One workspace [default: every workspace].
+        #[arg(long, value_name = "ID")]
+        workspace: Option<String>,
     },
 }
 
@@ -148,6 +161,8 @@ pub(crate) struct ExplainArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BenchTarget {
+    /// Signed, chained, durable ledger appends/s and verified entries/s (PostgreSQL).
+    Ledger,
     /// Identifier links per second through the identity room, and stitching precision/recall
     /// on the synthetic storefront (in a scratch database).
     Identity,

@@ -146,3 +146,29 @@ pub(crate) async fn retire_kek(config: &Config, version: u32) -> anyhow::Result<
     eprintln!("retired KEK version {version}");
     Ok(())
 }
+
+/// `meridian ledger verify`: one JSON report per workspace; non-zero exit on any bad entry.
+pub(crate) async fn verify_ledger(config: &Config, workspace: Option<&str>) -> anyhow::Result<()> {
+    let store = open(config).await?;
+    let provider = meridian_vault::provider_from_env_or_data_dir(&config.data_dir)
+        .context("opening the KEK")?;
+    let vault = Vault::new(provider, meridian_vault::key_store_for(&store));
+    let reports = meridian_consent::verify_ledger(&store, &vault, workspace).await?;
+    store.close().await;
+    let mut bad = Vec::new();
+    for report in &reports {
+        println!("{}", serde_json::to_string(report)?);
+        if let Some(entry) = &report.first_bad {
+            bad.push(format!(
+                "workspace {}: entry {} (sequence {}): {}",
+                report.workspace, entry.entry_id, entry.sequence, entry.reason
+            ));
+        }
+    }
+    if bad.is_empty() {
+        eprintln!("{} ledgers verified", reports.len());
+        Ok(())
+    } else {
+        anyhow::bail!("ledger verification failed: {}", bad.join("; "))
+    }
+}

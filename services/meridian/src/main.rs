@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, ConsentCommand, KeysCommand, OutboxCommand};
+use crate::cli::{Cli, Command, ConsentCommand, KeysCommand, LedgerCommand, OutboxCommand};
 use crate::config::{Config, Settings};
 
 fn main() -> ExitCode {
@@ -96,6 +96,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 limit,
             }) => outbox::dead_letters(&config, workspace, consumer, all, limit).await,
             Command::Outbox(OutboxCommand::Replay { id }) => outbox::replay(&config, &id).await,
+            Command::Ledger(LedgerCommand::Verify { workspace }) => {
+                keys::verify_ledger(&config, workspace.as_deref()).await
+            }
             Command::Version | Command::Policy(_) | Command::Consent(_) => Ok(()),
         }
     })

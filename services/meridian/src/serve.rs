@@ -44,7 +44,7 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
         services.into_iter().collect()
     };
 
-    let policies = crate::policy::load(config.policy_dir.as_deref())?;
+    let policies = Arc::new(crate::policy::load(config.policy_dir.as_deref())?);
     let store = Store::connect(&config.store)
         .await
         .context("opening the store")?;
@@ -105,8 +105,13 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
                 routes.add_service(room.into_server());
             }
             ServiceName::Consent => {
-                routes.add_service(meridian_consent::ConsentApi.into_server());
-                routes.add_service(meridian_consent::DsrApi.into_server());
+                let room = meridian_consent::ConsentRoom::new(
+                    store.clone(),
+                    vault.clone(),
+                    policies.clone(),
+                );
+                routes.add_service(room.consent_api().into_server());
+                routes.add_service(room.dsr_api().into_server());
             }
             ServiceName::Audience => {
                 routes.add_service(meridian_audience::AudienceApi.into_server());
