@@ -13,7 +13,6 @@
 //!   `meridian.v1.IdentityService` (`IdentityRoom::into_server`).
 //! - [`quality`]: the synthetic storefront as input, pairwise precision/recall.
 //! - [`bench::run`]: `meridian bench identity`.
-//! - [`IdentityApi`]: the stateless stub kept for the binary until it wires [`IdentityRoom`].
 //!
 //! Wiring: `IdentityRoom::from_store(&store, vault, Rules::default().validate()?)` then
 //! `.into_server()`; feed it `IdentifierObservation`s (event id, time, rule, raw identifiers)
@@ -51,48 +50,3 @@ pub use store::{
     ChangeBatch, IdentifierRow, IdentityStore, ProfileRow, SealedValue, StoreIdentity,
     identity_store,
 };
-
-use meridian_edge::not_served_yet;
-use meridian_proto::v1::*;
-use tonic::{Request, Response, Status};
-
-/// `meridian.v1.IdentityService`.
-#[derive(Debug, Default, Clone)]
-pub struct IdentityApi;
-
-impl IdentityApi {
-    pub fn into_server(self) -> identity_service_server::IdentityServiceServer<Self> {
-        identity_service_server::IdentityServiceServer::new(self)
-    }
-}
-
-#[tonic::async_trait]
-impl identity_service_server::IdentityService for IdentityApi {
-    async fn get_profile(
-        &self,
-        request: Request<GetProfileRequest>,
-    ) -> Result<Response<GetProfileResponse>, Status> {
-        not_served_yet(&request, "IdentityService.GetProfile")
-    }
-
-    async fn lookup_profile(
-        &self,
-        request: Request<LookupProfileRequest>,
-    ) -> Result<Response<LookupProfileResponse>, Status> {
-        not_served_yet(&request, "IdentityService.LookupProfile")
-    }
-
-    async fn explain_profile(
-        &self,
-        request: Request<ExplainProfileRequest>,
-    ) -> Result<Response<ExplainProfileResponse>, Status> {
-        not_served_yet(&request, "IdentityService.ExplainProfile")
-    }
-
-    async fn list_profile_events(
-        &self,
-        request: Request<ListProfileEventsRequest>,
-    ) -> Result<Response<ListProfileEventsResponse>, Status> {
-        not_served_yet(&request, "IdentityService.ListProfileEvents")
-    }
-}
