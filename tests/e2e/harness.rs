@@ -19,53 +19,37 @@ pub enum Backend {
 
 /// A fresh PostgreSQL database for one test, dropped at the end.
 pub struct PgDatabase {
-    admin_url: String,
-    name: String,
+    scratch: Option<meridian_store::ScratchDatabase>,
     pub url: String,
 }
 
 impl PgDatabase {
     pub async fn create() -> PgDatabase {
-        use sqlx::Connection;
         let admin_url = std::env::var("DATABASE_URL").expect(
             "DATABASE_URL must point at a PostgreSQL server for the end-to-end tests (see README)",
         );
-        let name = format!("meridian_e2e_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
+        let scratch = meridian_store::ScratchDatabase::create(&admin_url, "meridian_e2e")
             .await
             .unwrap();
-        let url = match admin_url.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{name}"),
-            None => panic!("DATABASE_URL has no database part"),
-        };
         PgDatabase {
-            admin_url,
-            name,
-            url,
+            url: scratch.url(),
+            scratch: Some(scratch),
         }
     }
 }
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
-        let admin_url = self.admin_url.clone();
-        let name = self.name.clone();
+        let Some(scratch) = self.scratch.take() else {
+            return;
+        };
         // Drop runs outside any runtime guarantee: use a short-lived thread with its own.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            runtime.block_on(async {
-                use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
+            let _ = runtime.block_on(scratch.drop_now());
         })
         .join();
     }

@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use meridian_store::{Store, StoreLocation};
+use meridian_store::{ScratchDatabase, Store, StoreLocation};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -114,7 +113,7 @@ pub struct BenchReport {
 pub async fn run(options: BenchOptions) -> Result<BenchReport, BusError> {
     let scratch = Scratch::create(&options).await?;
     let result = tokio::time::timeout(options.timeout, measure(&options, &scratch.store)).await;
-    scratch.drop_all(&options).await;
+    scratch.drop_all().await;
     match result {
         Ok(report) => report,
         Err(_) => Err(BusError::Mismatch("the benchmark did not finish in time")),
@@ -123,7 +122,7 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, BusError> {
 
 struct Scratch {
     store: Store,
-    database: Option<String>,
+    database: Option<ScratchDatabase>,
     data_dir: Option<PathBuf>,
 }
 
@@ -132,19 +131,15 @@ impl Scratch {
         let suffix = Uuid::now_v7().simple().to_string();
         match &options.database_url {
             Some(url) => {
-                let admin = PgConnectOptions::from_str(url)?;
-                let database = format!("meridian_bench_{}", &suffix[suffix.len() - 12..]);
-                let mut conn = admin.connect().await?;
-                sqlx::query(&format!("CREATE DATABASE {database}"))
-                    .execute(&mut conn)
-                    .await?;
-                conn.close().await?;
+                let database = ScratchDatabase::create(url, "meridian_bench_outbox")
+                    .await
+                    .map_err(|err| BusError::Mismatch(store_error(&err)))?;
                 let pool = sqlx::postgres::PgPoolOptions::new()
                     .max_connections(
                         u32::try_from(options.writers + options.relays + options.consumers + 4)
                             .unwrap_or(16),
                     )
-                    .connect_with(admin.database(&database))
+                    .connect_with(PgConnectOptions::from_str(&database.url())?)
                     .await?;
                 let store = Store::Postgres(pool);
                 migrate(&store).await?;
@@ -171,17 +166,12 @@ impl Scratch {
         }
     }
 
-    async fn drop_all(self, options: &BenchOptions) {
+    async fn drop_all(self) {
         self.store.close().await;
-        if let (Some(database), Some(url)) = (&self.database, &options.database_url)
-            && let Ok(admin) = PgConnectOptions::from_str(url)
-            && let Ok(mut conn) = admin.connect().await
-        {
-            let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-                .execute(&mut conn)
-                .await;
-            if let Err(err) = dropped {
-                tracing::warn!(error = %err, database, "could not drop the benchmark database");
+        if let Some(database) = self.database {
+            let name = database.name().to_owned();
+            if let Err(err) = database.drop_now().await {
+                tracing::warn!(error = %err, database = name, "could not drop the benchmark database");
             }
         }
         if let Some(dir) = &self.data_dir {

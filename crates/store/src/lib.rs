@@ -15,7 +15,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
+pub use scratch::ScratchDatabase;
 pub use sqlx;
+
+mod scratch;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -261,6 +264,35 @@ mod tests {
         .unwrap();
         let err = store.migrate().await.unwrap_err();
         assert!(matches!(err, StoreError::SchemaAhead(99999)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn scratch_databases_are_created_migrated_and_dropped() {
+        let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL must point at PostgreSQL");
+        let scratch = ScratchDatabase::create(&admin, "meridian_test_scratch")
+            .await
+            .unwrap();
+        let name = scratch.name().to_owned();
+        let store = Store::connect(&StoreLocation::Postgres {
+            url: scratch.url(),
+            max_connections: 2,
+        })
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        // Dropping works even with the pool still open (FORCE).
+        scratch.drop_now().await.unwrap();
+        let Store::Postgres(_) = store else {
+            unreachable!()
+        };
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
     }
 
     #[tokio::test]

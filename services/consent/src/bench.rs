@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use meridian_store::Store;
-use meridian_store::sqlx::{self, Connection, Executor};
+use meridian_store::sqlx;
+use meridian_store::{ScratchDatabase, Store};
 use meridian_vault::{KeyRing, MemoryKeyStore, Vault};
 use serde::Serialize;
 
@@ -111,23 +111,18 @@ fn sample_body(i: u64) -> String {
 
 /// Runs the benchmark in a scratch database on the server of `opts.database_url`.
 pub async fn run(opts: &BenchOptions) -> Result<BenchReport, ConsentError> {
-    let scratch = format!("meridian_bench_ledger_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&opts.database_url)
+    let scratch = ScratchDatabase::create(&opts.database_url, "meridian_bench_ledger")
         .await
         .map_err(err)?;
-    admin
-        .execute(format!("CREATE DATABASE {scratch}").as_str())
-        .await
-        .map_err(err)?;
-    let result = run_in(opts, &scratch).await;
-    let _ = admin
-        .execute(format!("DROP DATABASE IF EXISTS {scratch} WITH (FORCE)").as_str())
-        .await;
+    let result = run_in(opts, &scratch.url()).await;
+    if let Err(e) = scratch.drop_now().await {
+        tracing::warn!(error = %e, "could not drop the ledger benchmark database");
+    }
     result
 }
 
-async fn run_in(opts: &BenchOptions, scratch: &str) -> Result<BenchReport, ConsentError> {
-    let url = scratch_url(&opts.database_url, scratch)?;
+async fn run_in(opts: &BenchOptions, url: &str) -> Result<BenchReport, ConsentError> {
+    let url = url.to_owned();
     let store = Store::connect(&meridian_store::StoreLocation::Postgres {
         url,
         max_connections: 4,
@@ -215,40 +210,5 @@ fn entry(i: u64) -> NewEntry {
         subject_ref: format!("sr_{:032x}", i % 50_000),
         recorded_at: 1_760_000_000_000_000 + i64::try_from(i).unwrap_or(0),
         body: sample_body(i),
-    }
-}
-
-/// The URL with its database replaced by `db`.
-fn scratch_url(url: &str, db: &str) -> Result<String, ConsentError> {
-    let bad = || ConsentError::invalid("database_url", "not a postgres:// URL");
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").ok_or_else(bad)? + 3;
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map(|i| scheme_end + i)
-        .unwrap_or(base.len());
-    let mut out = format!("{}/{db}", &base[..host_end]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scratch_urls_keep_host_and_options() {
-        assert_eq!(
-            scratch_url("postgres://u@h:5432/postgres?sslmode=disable", "x").unwrap(),
-            "postgres://u@h:5432/x?sslmode=disable"
-        );
-        assert_eq!(scratch_url("postgres://h", "x").unwrap(), "postgres://h/x");
-        assert!(scratch_url("nonsense", "x").is_err());
     }
 }

@@ -3,8 +3,7 @@
 //! `DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo run --release -p meridian-identity --example bench [shoppers]`
 
 use meridian_identity::bench::{BenchOptions, run};
-use meridian_store::sqlx::{self, Connection, PgConnection};
-use meridian_store::{Store, StoreLocation};
+use meridian_store::{ScratchDatabase, Store, StoreLocation};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -14,14 +13,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(BenchOptions::default().shoppers);
-    let db = format!("meridian_bench_identity_{}", std::process::id());
-    let mut admin = PgConnection::connect(&url).await?;
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(&mut admin)
-        .await?;
-    let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
+    let scratch = ScratchDatabase::create(&url, "meridian_bench_identity").await?;
     let store = Store::connect(&StoreLocation::Postgres {
-        url: format!("{base}/{db}"),
+        url: scratch.url(),
         max_connections: 32,
     })
     .await?;
@@ -35,9 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await;
     store.close().await;
-    sqlx::query(&format!("DROP DATABASE {db}"))
-        .execute(&mut admin)
-        .await?;
+    scratch.drop_now().await?;
     println!("{}", serde_json::to_string_pretty(&result?)?);
     Ok(())
 }

@@ -2,84 +2,60 @@
 //! prints one JSON object whose keys name their units.
 
 use anyhow::Context as _;
-use meridian_store::sqlx::{self, Connection, PgConnection};
-use meridian_store::{Store, StoreLocation};
+use meridian_store::{ScratchDatabase, Store, StoreLocation};
 use serde::Serialize;
 
 use crate::cli::{BenchArgs, BenchTarget};
 use crate::config::Config;
 
-/// A store that lives for one benchmark: a new PostgreSQL database next to
+/// A store that lives for one benchmark: a scratch PostgreSQL database next to
 /// `DATABASE_URL`, or a SQLite file in a temporary directory.
 struct ScratchStore {
     store: Store,
-    postgres: Option<(String, String)>,
+    database: Option<ScratchDatabase>,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl ScratchStore {
     async fn create(config: &Config) -> anyhow::Result<ScratchStore> {
-        match &config.store {
+        let (location, database, dir) = match &config.store {
             StoreLocation::Postgres { url, .. } => {
-                let name = format!(
-                    "meridian_bench_{}_{}",
-                    std::process::id(),
-                    chrono_free_nanos()
-                );
-                let mut admin = PgConnection::connect(url)
-                    .await
-                    .context("connecting to DATABASE_URL")?;
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut admin)
+                let database = ScratchDatabase::create(url, "meridian_bench")
                     .await
                     .context("creating the scratch database")?;
-                let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
-                let store = Store::connect(&StoreLocation::Postgres {
-                    url: format!("{base}/{name}"),
+                let location = StoreLocation::Postgres {
+                    url: database.url(),
                     max_connections: 32,
-                })
-                .await?;
-                store.migrate().await?;
-                Ok(ScratchStore {
-                    store,
-                    postgres: Some((url.clone(), name)),
-                    _dir: None,
-                })
+                };
+                (location, Some(database), None)
             }
             StoreLocation::Embedded { .. } => {
                 let dir = tempfile::tempdir()?;
-                let store = Store::connect(&StoreLocation::Embedded {
+                let location = StoreLocation::Embedded {
                     data_dir: dir.path().to_owned(),
-                })
-                .await?;
-                store.migrate().await?;
-                Ok(ScratchStore {
-                    store,
-                    postgres: None,
-                    _dir: Some(dir),
-                })
+                };
+                (location, None, Some(dir))
             }
-        }
+        };
+        let store = Store::connect(&location).await?;
+        store.migrate().await?;
+        Ok(ScratchStore {
+            store,
+            database,
+            _dir: dir,
+        })
     }
 
     async fn drop_now(self) -> anyhow::Result<()> {
         self.store.close().await;
-        if let Some((url, name)) = self.postgres {
-            let mut admin = PgConnection::connect(&url).await?;
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut admin)
+        if let Some(database) = self.database {
+            database
+                .drop_now()
                 .await
                 .context("dropping the scratch database")?;
         }
         Ok(())
     }
-}
-
-/// Nanoseconds of the wall clock, to keep scratch names unique.
-fn chrono_free_nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos())
 }
 
 fn print<T: Serialize + std::fmt::Debug>(json: bool, report: &T) -> anyhow::Result<()> {
