@@ -69,12 +69,12 @@ async fn health_reports_every_service_serving(backend: Backend) {
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 
-    let body = reqwest_free_get(&server.http_addr, "/readyz").await;
+    let body = http_get(&server.http_addr, "/readyz").await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
 }
 
 /// A plain HTTP/1.1 GET over a socket, so the test needs no HTTP client crate.
-async fn reqwest_free_get(addr: &str, path: &str) -> String {
+async fn http_get(addr: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream

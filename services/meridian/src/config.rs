@@ -244,6 +244,37 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Opens the configured store with its schema brought up to date; refuses
+    /// a schema that is ahead of this binary, dirty, or edited.
+    pub(crate) async fn open_store(&self) -> anyhow::Result<meridian_store::Store> {
+        use anyhow::Context as _;
+        let store = meridian_store::Store::connect(&self.store)
+            .await
+            .context("opening the store")?;
+        store
+            .migrate()
+            .await
+            .context("checking the database schema")?;
+        Ok(store)
+    }
+
+    /// The vault over `store`, with the KEK from `MERIDIAN_KEK` or the data
+    /// directory's key file.
+    pub(crate) fn vault(
+        &self,
+        store: &meridian_store::Store,
+    ) -> anyhow::Result<meridian_vault::Vault> {
+        use anyhow::Context as _;
+        let provider = meridian_vault::provider_from_env_or_data_dir(&self.data_dir)
+            .context("opening the key-encryption key")?;
+        Ok(meridian_vault::Vault::new(
+            provider,
+            meridian_vault::key_store_for(store),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

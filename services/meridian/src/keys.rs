@@ -5,21 +5,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use meridian_access::{ApiKeyPepper, access_store, create_api_key, ensure_workspace};
 use meridian_domain::{Scopes, WorkspaceId};
-use meridian_store::Store;
 use meridian_vault::{EnvKeyProvider, LocalKeyFileProvider, RotationReport, Vault};
 
 use crate::config::Config;
-
-async fn open(config: &Config) -> anyhow::Result<Store> {
-    let store = Store::connect(&config.store)
-        .await
-        .context("opening the store")?;
-    store
-        .migrate()
-        .await
-        .context("checking the database schema")?;
-    Ok(store)
-}
 
 fn workspace_id(text: &str) -> anyhow::Result<WorkspaceId> {
     text.parse()
@@ -28,7 +16,7 @@ fn workspace_id(text: &str) -> anyhow::Result<WorkspaceId> {
 
 pub(crate) async fn create_workspace(config: &Config, workspace: &str) -> anyhow::Result<()> {
     let workspace = workspace_id(workspace)?;
-    let store = open(config).await?;
+    let store = config.open_store().await?;
     let created = ensure_workspace(
         &*access_store(&store),
         &workspace,
@@ -54,7 +42,7 @@ pub(crate) async fn create_key(
     let scopes: Scopes = scopes
         .parse()
         .map_err(|err: meridian_domain::InvalidValue| anyhow::anyhow!("--scopes: {err}"))?;
-    let store = open(config).await?;
+    let store = config.open_store().await?;
     let access = access_store(&store);
     ensure_workspace(&*access, &workspace, &config.region, config.time_zone).await?;
     let pepper = ApiKeyPepper::load(config.api_key_pepper.as_deref(), &config.data_dir)
@@ -71,7 +59,7 @@ pub(crate) async fn create_key(
 }
 
 pub(crate) async fn revoke_key(config: &Config, key_id: &str) -> anyhow::Result<()> {
-    let store = open(config).await?;
+    let store = config.open_store().await?;
     let revoked = access_store(&store).revoke_api_key(key_id).await?;
     store.close().await;
     if revoked {
@@ -83,7 +71,7 @@ pub(crate) async fn revoke_key(config: &Config, key_id: &str) -> anyhow::Result<
 }
 
 pub(crate) async fn rotate_kek(config: &Config, retire_previous: bool) -> anyhow::Result<()> {
-    let store = open(config).await?;
+    let store = config.open_store().await?;
     let keys = meridian_vault::key_store_for(&store);
     if EnvKeyProvider::is_configured(|name| std::env::var(name).ok()) {
         // The operator supplies both versions; retiring means removing the old one from the environment.
@@ -137,38 +125,10 @@ fn check_complete(report: &RotationReport) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn retire_kek(config: &Config, version: u32) -> anyhow::Result<()> {
-    let store = open(config).await?;
-    let provider = meridian_vault::provider_from_env_or_data_dir(&config.data_dir)
-        .context("opening the KEK")?;
-    let vault = Vault::new(provider, meridian_vault::key_store_for(&store));
+    let store = config.open_store().await?;
+    let vault = config.vault(&store)?;
     vault.retire_kek(version).await?;
     store.close().await;
     eprintln!("retired KEK version {version}");
     Ok(())
-}
-
-/// `meridian ledger verify`: one JSON report per workspace; non-zero exit on any bad entry.
-pub(crate) async fn verify_ledger(config: &Config, workspace: Option<&str>) -> anyhow::Result<()> {
-    let store = open(config).await?;
-    let provider = meridian_vault::provider_from_env_or_data_dir(&config.data_dir)
-        .context("opening the KEK")?;
-    let vault = Vault::new(provider, meridian_vault::key_store_for(&store));
-    let reports = meridian_consent::verify_ledger(&store, &vault, workspace).await?;
-    store.close().await;
-    let mut bad = Vec::new();
-    for report in &reports {
-        println!("{}", serde_json::to_string(report)?);
-        if let Some(entry) = &report.first_bad {
-            bad.push(format!(
-                "workspace {}: entry {} (sequence {}): {}",
-                report.workspace, entry.entry_id, entry.sequence, entry.reason
-            ));
-        }
-    }
-    if bad.is_empty() {
-        eprintln!("{} ledgers verified", reports.len());
-        Ok(())
-    } else {
-        anyhow::bail!("ledger verification failed: {}", bad.join("; "))
-    }
 }

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod http;
 mod keys;
+mod ledger;
 mod outbox;
 mod policy;
 mod serve;
@@ -97,7 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }) => outbox::dead_letters(&config, workspace, consumer, all, limit).await,
             Command::Outbox(OutboxCommand::Replay { id }) => outbox::replay(&config, &id).await,
             Command::Ledger(LedgerCommand::Verify { workspace }) => {
-                keys::verify_ledger(&config, workspace.as_deref()).await
+                ledger::verify(&config, workspace.as_deref()).await
             }
             Command::Version | Command::Policy(_) | Command::Consent(_) => Ok(()),
         }
@@ -105,8 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let store = meridian_store::Store::connect(&config.store).await?;
-    store.migrate().await?;
+    let store = config.open_store().await?;
     println!(
         "{} schema is at migration {}",
         store.backend().as_str(),

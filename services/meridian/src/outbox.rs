@@ -1,8 +1,6 @@
 //! `meridian outbox …` and the bus settings a server runs with.
 
-use anyhow::Context as _;
 use meridian_bus::{DeadLetterFilter, JetStreamSettings, StreamLayout};
-use meridian_store::Store;
 
 use crate::config::Config;
 
@@ -14,17 +12,6 @@ pub(crate) fn jetstream_settings(config: &Config) -> JetStreamSettings {
     settings
 }
 
-async fn open(config: &Config) -> anyhow::Result<Store> {
-    let store = Store::connect(&config.store)
-        .await
-        .context("opening the store")?;
-    store
-        .migrate()
-        .await
-        .context("checking the database schema")?;
-    Ok(store)
-}
-
 pub(crate) async fn dead_letters(
     config: &Config,
     workspace: Option<String>,
@@ -32,7 +19,7 @@ pub(crate) async fn dead_letters(
     include_resolved: bool,
     limit: usize,
 ) -> anyhow::Result<()> {
-    let store = open(config).await?;
+    let store = config.open_store().await?;
     let filter = DeadLetterFilter {
         workspace_id: workspace,
         consumer,
@@ -52,7 +39,7 @@ pub(crate) async fn replay(config: &Config, id: &str) -> anyhow::Result<()> {
     let id = id
         .parse()
         .map_err(|_| anyhow::anyhow!("'{id}' is not a dead-letter id (a UUID)"))?;
-    let store = open(config).await?;
+    let store = config.open_store().await?;
     let letter = meridian_bus::replay_dead_letter(&store, id).await?;
     println!("{}", serde_json::to_string(&letter)?);
     eprintln!("replay requested; the running consumer applies it on its next round");

@@ -9,8 +9,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use meridian_access::{ApiKeyPepper, Authenticator, access_store};
 use meridian_edge::EdgeLayer;
-use meridian_store::Store;
-use meridian_vault::Vault;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -45,13 +43,7 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
     };
 
     let policies = Arc::new(crate::policy::load(config.policy_dir.as_deref())?);
-    let store = Store::connect(&config.store)
-        .await
-        .context("opening the store")?;
-    store
-        .migrate()
-        .await
-        .context("checking the database schema")?;
+    let store = config.open_store().await?;
     let bus = meridian_bus::open_bus(
         store.clone(),
         config.nats_url.as_deref(),
@@ -59,11 +51,7 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
     )
     .await
     .context("opening the event bus")?;
-    let vault = Arc::new(Vault::new(
-        meridian_vault::provider_from_env_or_data_dir(&config.data_dir)
-            .context("opening the key-encryption key")?,
-        meridian_vault::key_store_for(&store),
-    ));
+    let vault = Arc::new(config.vault(&store)?);
     let identity_rules = meridian_identity::Rules::default()
         .validate()
         .context("identity rules")?;
@@ -81,14 +69,21 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
     let http_addr = http_listener.local_addr()?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let mut reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name("grpc.health.v1.Health");
-    let mut reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name("grpc.health.v1.Health");
+    let names: Vec<&str> = services
+        .iter()
+        .flat_map(|service| grpc_names(*service))
+        .copied()
+        .collect();
+    // Reflection advertises health and the services this process runs, nothing else.
+    let reflection = || {
+        names.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("grpc.health.v1.Health"),
+            |builder, name| builder.with_service_name(*name),
+        )
+    };
 
     let mut routes = RoutesBuilder::default();
     for service in &services {
@@ -117,18 +112,20 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
                 routes.add_service(meridian_audience::AudienceApi.into_server());
             }
         }
-        for name in grpc_names(*service) {
-            health_reporter
-                .set_service_status(*name, ServingStatus::Serving)
-                .await;
-            reflection = reflection.with_service_name(*name);
-            reflection_alpha = reflection_alpha.with_service_name(*name);
-        }
+    }
+    for name in &names {
+        health_reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
     }
     routes.add_service(health_service);
-    routes.add_service(reflection.build_v1().context("building gRPC reflection")?);
     routes.add_service(
-        reflection_alpha
+        reflection()
+            .build_v1()
+            .context("building gRPC reflection")?,
+    );
+    routes.add_service(
+        reflection()
             .build_v1alpha()
             .context("building gRPC reflection")?,
     );
@@ -149,11 +146,6 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
         writeln!(stdout, "http listening on {http_addr}")?;
         stdout.flush()?;
     }
-    let names: Vec<&str> = services
-        .iter()
-        .flat_map(|s| grpc_names(*s))
-        .copied()
-        .collect();
     tracing::info!(
         %grpc_addr,
         %http_addr,
