@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 
 const PROTO_ROOT: &str = "../../proto";
-const FILES: [&str; 5] = [
+const FILES: [&str; 6] = [
     "meridian/v1/common.proto",
     "meridian/v1/ingest.proto",
     "meridian/v1/identity.proto",
     "meridian/v1/consent.proto",
     "meridian/v1/audience.proto",
+    "meridian/bus/v1/events.proto",
 ];
 
 /// Messages that carry personal data or secrets: their `Debug` is written by

@@ -2,8 +2,12 @@
 //! the embedded store and a fresh PostgreSQL database per test.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod audience;
 mod cli;
 mod consent;
+mod erasure;
 mod foundation;
 mod harness;
+mod identity;
+mod ingest;
 mod telemetry;

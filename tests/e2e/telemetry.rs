@@ -114,7 +114,9 @@ async fn rpc_spans_and_metrics_are_exported_over_otlp() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let secret = key.rsplit('_').next().unwrap();
+    // `mk_<id>_<secret>`: the secret is base64url and may itself contain '_'.
+    let secret = key.splitn(3, '_').nth(2).unwrap();
+    assert!(secret.len() >= 40, "{secret}");
     assert!(
         !collected.raw.lock().unwrap().contains(secret),
         "an API key reached the telemetry"

@@ -1,12 +1,22 @@
 //! The public gRPC contract, `meridian.v1`, compiled from `proto/` with protox.
 //!
-//! Exposes the generated messages, clients and server traits under [`v1`], and
+//! Exposes the generated messages, clients and server traits under [`v1`], the bus
+//! event payloads under [`bus::v1`], and
 //! [`FILE_DESCRIPTOR_SET`] for gRPC reflection. Messages that carry personal
 //! data have a redacting `Debug` (see `redact.rs`).
 
 #[allow(clippy::all, unreachable_pub, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("meridian.v1");
+}
+
+/// Payloads of the events rooms publish on the bus (`proto/meridian/bus/v1`).
+/// They carry blind indexes and sealed values only, never plaintext identities.
+pub mod bus {
+    #[allow(clippy::all, unreachable_pub, missing_docs)]
+    pub mod v1 {
+        tonic::include_proto!("meridian.bus.v1");
+    }
 }
 
 mod redact;

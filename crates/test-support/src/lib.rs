@@ -7,5 +7,6 @@
 //!   the pairwise precision/recall [`storefront::QualityReport`] of a stitching.
 //! - [`rng`]: the small seeded generator behind it (no external dependency).
 
+pub mod platforms;
 pub mod rng;
 pub mod storefront;

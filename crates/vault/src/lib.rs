@@ -12,6 +12,12 @@
 //!   [`seal`]), associated data = workspace, subject key id, record id, field name.
 //! - **Blind indexes** ([`Vault::blind_index`]): normalization per [`IdentifierKind`], then
 //!   HMAC-SHA256 under the workspace key.
+//! - **Batches** ([`Vault::subject_keys`]): the data keys of many subjects in one lookup and
+//!   at most one insert round trip, for rooms that seal a batch of events or identifiers.
+//! - **Identifier subjects** ([`Vault::identifier_subjects`]): every identifier (by blind
+//!   index) has its own vault subject, allocated on first sight. Rooms seal what they hold
+//!   about an identifier under it, so erasing a person is [`Vault::forget_identifier`] on each
+//!   of their identifiers; an identifier seen again after erasure gets a new subject.
 //! - **Crypto-shredding** ([`Vault::forget`]): destroys the subject's wrapped data key and
 //!   tombstones the subject. Deleting rows and blind-index entries is the erasure saga's job.
 //! - **Rotation** ([`Vault::rotate_kek`], [`Vault::retire_kek`]): re-wraps keys only; sealed
@@ -62,8 +68,8 @@ pub use kek::{
 pub use seal::{SEAL_OVERHEAD, SubjectKey};
 pub use signing::{LedgerSignature, SigningPublicKey, verify};
 pub use store::{
-    ForgetOutcome, KeyStore, MemoryKeyStore, PgKeyStore, SqliteKeyStore, StoredSubjectKey,
-    StoredWorkspaceKey, SubjectKeyRow, SubjectKeyState, WorkspaceKeyPurpose, WorkspaceKeyRow,
-    key_store_for,
+    ForgetOutcome, IdentifierSubject, KeyStore, MemoryKeyStore, PgKeyStore, SqliteKeyStore,
+    StoredSubjectKey, StoredWorkspaceKey, SubjectKeyRow, SubjectKeyState, WorkspaceKeyPurpose,
+    WorkspaceKeyRow, key_store_for,
 };
 pub use vault::{ForgetReceipt, RotationReport, Vault, VaultConfig};

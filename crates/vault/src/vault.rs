@@ -205,10 +205,8 @@ impl Vault {
         }
         let generation = self.cache.generation();
         let dek = match self.store.subject_key(workspace, subject).await? {
-            SubjectKeyState::Active(stored) => self.unwrap_dek(workspace, subject, &stored).await?,
-            SubjectKeyState::Forgotten => return Err(VaultError::SubjectForgotten),
             SubjectKeyState::Absent if create => self.create_dek(workspace, subject).await?,
-            SubjectKeyState::Absent => return Err(VaultError::NoSubjectKey),
+            state => self.dek_from_state(workspace, subject, state).await?,
         };
         let dek = Arc::new(dek);
         self.cache
@@ -238,7 +236,12 @@ impl Vault {
         Dek::from_bytes(stored.key_id, &bytes)
     }
 
-    async fn create_dek(&self, workspace: &str, subject: &str) -> Result<Dek> {
+    /// A fresh data key for `subject`, and its wrapped form to store.
+    async fn generate_dek(
+        &self,
+        workspace: &str,
+        subject: &str,
+    ) -> Result<(StoredSubjectKey, Dek)> {
         let mut bytes = Zeroizing::new([0u8; DEK_LEN]);
         self.rng
             .fill(bytes.as_mut_slice())
@@ -246,15 +249,20 @@ impl Vault {
         let key_id = Uuid::new_v4();
         let ctx = dek_context(workspace, subject, &key_id);
         let wrapped = self.provider.wrap_key(bytes.as_slice(), &ctx).await?;
-        let ours = StoredSubjectKey { key_id, wrapped };
+        let dek = Dek::from_bytes(key_id, bytes.as_slice())?;
+        Ok((StoredSubjectKey { key_id, wrapped }, dek))
+    }
+
+    async fn create_dek(&self, workspace: &str, subject: &str) -> Result<Dek> {
+        let (ours, dek) = self.generate_dek(workspace, subject).await?;
         match self
             .store
             .insert_subject_key(workspace, subject, &ours)
             .await?
         {
-            SubjectKeyState::Active(stored) if stored.key_id == key_id => {
-                tracing::debug!(workspace, %key_id, kek_version = ours.wrapped.kek_version, "created subject data key");
-                Dek::from_bytes(key_id, bytes.as_slice())
+            SubjectKeyState::Active(stored) if stored.key_id == ours.key_id => {
+                tracing::debug!(workspace, key_id = %ours.key_id, kek_version = ours.wrapped.kek_version, "created subject data key");
+                Ok(dek)
             }
             // Another replica created the subject's key first: use theirs.
             SubjectKeyState::Active(stored) => self.unwrap_dek(workspace, subject, &stored).await,
@@ -263,6 +271,190 @@ impl Vault {
                 Err(crate::error::StoreError::Corrupt("subject key vanished after insert").into())
             }
         }
+    }
+
+    /// Data keys for many subjects at once, in the order given, created where absent. The
+    /// subjects not in this replica's cache cost one lookup round trip, the new ones one
+    /// insert (and a re-read only when another replica raced us). Fails with
+    /// [`VaultError::SubjectForgotten`] if any subject was forgotten.
+    pub async fn subject_keys(
+        &self,
+        workspace: &str,
+        subjects: &[&str],
+    ) -> Result<Vec<SubjectKey>> {
+        check_id(workspace)?;
+        let started = Instant::now();
+        let mut deks: HashMap<&str, Arc<Dek>> = HashMap::with_capacity(subjects.len());
+        let mut missing: Vec<&str> = Vec::new();
+        for subject in subjects {
+            check_id(subject)?;
+            if deks.contains_key(subject) {
+                continue;
+            }
+            match self.cache.get(workspace, subject, started) {
+                Some(dek) => {
+                    deks.insert(subject, dek);
+                }
+                None => missing.push(subject),
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let generation = self.cache.generation();
+            let mut loaded: HashMap<String, Dek> = HashMap::with_capacity(missing.len());
+            for (subject, state) in self.store.subject_keys(workspace, &missing).await? {
+                let dek = self.dek_from_state(workspace, &subject, state).await?;
+                loaded.insert(subject, dek);
+            }
+            let absent: Vec<&str> = missing
+                .iter()
+                .copied()
+                .filter(|s| !loaded.contains_key(*s))
+                .collect();
+            if !absent.is_empty() {
+                let mut ours = Vec::with_capacity(absent.len());
+                let mut fresh = HashMap::with_capacity(absent.len());
+                for subject in &absent {
+                    let (stored, dek) = self.generate_dek(workspace, subject).await?;
+                    fresh.insert(*subject, (stored.key_id, dek));
+                    ours.push((*subject, stored));
+                }
+                let stored = self.store.insert_subject_keys(workspace, &ours).await?;
+                if usize::try_from(stored).ok() == Some(ours.len()) {
+                    for (subject, (_, dek)) in fresh {
+                        loaded.insert(subject.to_owned(), dek);
+                    }
+                } else {
+                    // Another replica created some of these keys first: theirs win.
+                    for (subject, state) in self.store.subject_keys(workspace, &absent).await? {
+                        let dek = match (&state, fresh.remove(subject.as_str())) {
+                            (SubjectKeyState::Active(s), Some((key_id, dek)))
+                                if s.key_id == key_id =>
+                            {
+                                dek
+                            }
+                            _ => self.dek_from_state(workspace, &subject, state).await?,
+                        };
+                        loaded.insert(subject, dek);
+                    }
+                }
+                tracing::debug!(workspace, created = stored, "created subject data keys");
+            }
+            for subject in &missing {
+                let dek = loaded.remove(*subject).ok_or(VaultError::Store(
+                    crate::error::StoreError::Corrupt("subject key vanished after insert"),
+                ))?;
+                let dek = Arc::new(dek);
+                self.cache
+                    .insert(workspace, subject, dek.clone(), started, generation);
+                deks.insert(subject, dek);
+            }
+        }
+        subjects
+            .iter()
+            .map(|s| {
+                deks.get(s)
+                    .map(|dek| self.handle(workspace, dek.clone()))
+                    .ok_or(VaultError::NoSubjectKey)
+            })
+            .collect()
+    }
+
+    async fn dek_from_state(
+        &self,
+        workspace: &str,
+        subject: &str,
+        state: SubjectKeyState,
+    ) -> Result<Dek> {
+        match state {
+            SubjectKeyState::Active(stored) => self.unwrap_dek(workspace, subject, &stored).await,
+            SubjectKeyState::Forgotten => Err(VaultError::SubjectForgotten),
+            SubjectKeyState::Absent => Err(VaultError::NoSubjectKey),
+        }
+    }
+
+    // ---- identifier subjects ---------------------------------------------------------------
+
+    /// The vault subject of each identifier (by blind index), in the order given, allocated on
+    /// first sight. Rooms seal what they hold about an identifier under its subject, so
+    /// [`Vault::forget_identifier`] on each identifier of a person makes all of it unreadable.
+    /// One lookup round trip, and one insert when some are new.
+    pub async fn identifier_subjects(
+        &self,
+        workspace: &str,
+        indexes: &[BlindIndex],
+    ) -> Result<Vec<String>> {
+        check_id(workspace)?;
+        let mut distinct: Vec<[u8; 32]> = indexes.iter().map(|i| i.0).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let mut known: HashMap<[u8; 32], String> = self
+            .store
+            .identifier_subjects(workspace, &distinct)
+            .await?
+            .into_iter()
+            .collect();
+        let new: Vec<([u8; 32], String)> = distinct
+            .iter()
+            .filter(|i| !known.contains_key(*i))
+            .map(|i| (*i, format!("idn-{}", Uuid::new_v4().simple())))
+            .collect();
+        if !new.is_empty() {
+            let stored = self
+                .store
+                .insert_identifier_subjects(workspace, &new)
+                .await?;
+            if usize::try_from(stored).ok() == Some(new.len()) {
+                known.extend(new);
+            } else {
+                // Another replica recorded some first: re-read the winners.
+                let new_indexes: Vec<[u8; 32]> = new.into_iter().map(|(i, _)| i).collect();
+                known.extend(
+                    self.store
+                        .identifier_subjects(workspace, &new_indexes)
+                        .await?,
+                );
+            }
+        }
+        indexes
+            .iter()
+            .map(|i| {
+                known.get(&i.0).cloned().ok_or(VaultError::Store(
+                    crate::error::StoreError::Corrupt("identifier subject vanished after insert"),
+                ))
+            })
+            .collect()
+    }
+
+    /// Crypto-shreds one identifier: forgets its vault subject, then drops the record of it,
+    /// so the same identifier seen later gets a new subject. Idempotent: an identifier with no
+    /// subject reports `already_forgotten`.
+    pub async fn forget_identifier(
+        &self,
+        workspace: &str,
+        index: &BlindIndex,
+    ) -> Result<ForgetReceipt> {
+        check_id(workspace)?;
+        let Some((_, subject)) = self
+            .store
+            .identifier_subjects(workspace, &[index.0])
+            .await?
+            .into_iter()
+            .next()
+        else {
+            return Ok(ForgetReceipt {
+                keys_destroyed: 0,
+                already_forgotten: true,
+            });
+        };
+        // Forget first: a crash in between leaves the record, and a retry forgets again
+        // (idempotent) before dropping it.
+        let receipt = self.forget(workspace, &subject).await?;
+        self.store
+            .delete_identifier_subject(workspace, &index.0, &subject)
+            .await?;
+        Ok(receipt)
     }
 
     // ---- forgetting ----------------------------------------------------------------------

@@ -618,6 +618,152 @@ mod suite {
             Err(VaultError::InvalidIdentifier { kind: "email", .. })
         ));
     }
+
+    pub(super) async fn batch_keys_match_single_keys(store: Arc<dyn KeyStore>) {
+        let a = vault(ring(1, 1), &store);
+        // One subject known before, the rest new; duplicates in the request; more than one
+        // statement's worth of subjects.
+        let before = a.seal(WS, "batch-0", "r", "f", b"before").await.unwrap();
+        let names: Vec<String> = (0..1_203).map(|i| format!("batch-{}", i % 1_201)).collect();
+        let subjects: Vec<&str> = names.iter().map(String::as_str).collect();
+        let keys = a.subject_keys(WS, &subjects).await.unwrap();
+        assert_eq!(keys.len(), subjects.len());
+        assert_eq!(
+            keys[0].open("r", "f", &before).unwrap().as_slice(),
+            b"before",
+            "an existing subject keeps its key"
+        );
+        // Every key is the stored one: another replica (empty cache) opens what each sealed.
+        let b = vault(ring(1, 1), &store);
+        for (i, key) in keys.iter().enumerate().step_by(97) {
+            let sealed = key.seal("r", "f", subjects[i].as_bytes()).unwrap();
+            assert_eq!(
+                b.open(WS, subjects[i], "r", "f", &sealed)
+                    .await
+                    .unwrap()
+                    .as_slice(),
+                subjects[i].as_bytes()
+            );
+        }
+        // Asking again creates nothing new: the same keys open the same values.
+        let again = b.subject_keys(WS, &subjects[..5]).await.unwrap();
+        let sealed = keys[3].seal("r", "f", b"x").unwrap();
+        assert_eq!(again[3].open("r", "f", &sealed).unwrap().as_slice(), b"x");
+        // A forgotten subject fails the batch.
+        a.forget(WS, "batch-7").await.unwrap();
+        let fresh = vault(ring(1, 1), &store);
+        assert!(matches!(
+            fresh.subject_keys(WS, &["batch-6", "batch-7"]).await,
+            Err(VaultError::SubjectForgotten)
+        ));
+    }
+
+    pub(super) async fn concurrent_batch_keys_converge(store: Arc<dyn KeyStore>) {
+        let a = vault(ring(1, 1), &store);
+        let b = vault(ring(1, 1), &store);
+        let names: Vec<String> = (0..50).map(|i| format!("cbatch-{i}")).collect();
+        let subjects: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (x, y) = tokio::join!(
+            a.subject_keys(WS, &subjects),
+            b.subject_keys(WS, &subjects[10..])
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        for (i, key) in y.iter().enumerate() {
+            let sealed = key.seal("r", "f", b"from b").unwrap();
+            assert_eq!(
+                x[i + 10].open("r", "f", &sealed).unwrap().as_slice(),
+                b"from b",
+                "both replicas hold the one stored key of {}",
+                subjects[i + 10]
+            );
+        }
+    }
+
+    pub(super) async fn identifier_subjects_are_stable_and_renewed_after_forget(
+        store: Arc<dyn KeyStore>,
+    ) {
+        let a = vault(ring(1, 1), &store);
+        let email = a
+            .blind_index(WS, IdentifierKind::Email, "ana@example.com", None)
+            .await
+            .unwrap();
+        let phone = a
+            .blind_index(WS, IdentifierKind::Phone, "+33612345678", None)
+            .await
+            .unwrap();
+        let first = a
+            .identifier_subjects(WS, &[email, phone, email])
+            .await
+            .unwrap();
+        assert_eq!(first[0], first[2]);
+        assert_ne!(first[0], first[1]);
+        // Stable across replicas and workspaces are separate.
+        let b = vault(ring(1, 1), &store);
+        assert_eq!(
+            b.identifier_subjects(WS, &[phone]).await.unwrap()[0],
+            first[1]
+        );
+        let other_ws = b.identifier_subjects(WS_B, &[email]).await.unwrap();
+        assert_ne!(other_ws[0], first[0]);
+        // Sealed under the identifier's subject, then the identifier is forgotten.
+        let sealed = a
+            .seal(WS, &first[0], "event:1", "properties", b"secret")
+            .await
+            .unwrap();
+        let receipt = b.forget_identifier(WS, &email).await.unwrap();
+        assert_eq!(receipt.keys_destroyed, 1);
+        assert!(matches!(
+            b.open(WS, &first[0], "event:1", "properties", &sealed)
+                .await,
+            Err(VaultError::SubjectForgotten)
+        ));
+        // Idempotent; the other identifier is untouched.
+        assert!(
+            b.forget_identifier(WS, &email)
+                .await
+                .unwrap()
+                .already_forgotten
+        );
+        assert_eq!(
+            b.identifier_subjects(WS, &[phone]).await.unwrap()[0],
+            first[1]
+        );
+        // Seen again after erasure: a new subject, usable.
+        let renewed = b.identifier_subjects(WS, &[email]).await.unwrap();
+        assert_ne!(renewed[0], first[0]);
+        let keys = b.subject_keys(WS, &[renewed[0].as_str()]).await.unwrap();
+        let again = keys[0].seal("event:2", "properties", b"new").unwrap();
+        assert_eq!(
+            a.open(WS, &renewed[0], "event:2", "properties", &again)
+                .await
+                .unwrap()
+                .as_slice(),
+            b"new"
+        );
+    }
+
+    pub(super) async fn concurrent_identifier_subjects_converge(store: Arc<dyn KeyStore>) {
+        let a = vault(ring(1, 1), &store);
+        let b = vault(ring(1, 1), &store);
+        let mut indexes = Vec::new();
+        for i in 0..40 {
+            indexes.push(
+                a.blind_index(
+                    WS,
+                    IdentifierKind::Email,
+                    &format!("u{i}@example.com"),
+                    None,
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        let (x, y) = tokio::join!(
+            a.identifier_subjects(WS, &indexes),
+            b.identifier_subjects(WS, &indexes[20..])
+        );
+        assert_eq!(&x.unwrap()[20..], &y.unwrap()[..]);
+    }
 }
 
 async fn pg(pool: sqlx::PgPool) -> Arc<dyn KeyStore> {
@@ -678,6 +824,10 @@ conformance!(
     replace_wrapping_is_compare_and_swap,
     signing_keys_are_per_workspace_and_survive_forget,
     blind_indexes_are_stable_per_workspace,
+    batch_keys_match_single_keys,
+    concurrent_batch_keys_converge,
+    identifier_subjects_are_stable_and_renewed_after_forget,
+    concurrent_identifier_subjects_converge,
 );
 
 // The relational stores refuse keys for a workspace that does not exist.

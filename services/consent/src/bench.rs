@@ -150,7 +150,7 @@ async fn run_in(opts: &BenchOptions, url: &str) -> Result<BenchReport, ConsentEr
 
     // warm up: the signing key, connections, plans
     ledger
-        .append(workspace, vec![entry(0)], Vec::new(), None, &signer)
+        .append(workspace, vec![entry(0)], Vec::new(), None, &signer, None)
         .await?;
     let mut appended = 1u64;
     let mut signatures = 1u64;
@@ -159,7 +159,7 @@ async fn run_in(opts: &BenchOptions, url: &str) -> Result<BenchReport, ConsentEr
         let n = (opts.entries + 1 - appended).min(batch as u64);
         let entries: Vec<NewEntry> = (appended..appended + n).map(entry).collect();
         ledger
-            .append(workspace, entries, Vec::new(), None, &signer)
+            .append(workspace, entries, Vec::new(), None, &signer, None)
             .await?;
         appended += n;
         signatures += 1;

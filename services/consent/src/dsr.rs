@@ -1,18 +1,19 @@
 //! Data-subject requests: submission with the legal deadline of the jurisdiction's regime
 //! (counted in its time zone by the policy crate, with chrono-tz), statuses with an
-//! append-only audit trail, extensions with a reason, and the work steps each kind needs.
+//! append-only audit trail, extensions with a reason, and the work each kind needs.
 //!
-//! What runs today: opt-out of sale/sharing becomes ledger entries at once (the request
-//! completes). Access/portability bundles, erasure (the saga), rectification and restriction
-//! need the identity and ingest rooms, which do not exist yet: their steps are recorded as
-//! PENDING with the reason, and the request stays RECEIVED.
+//! Opt-out of sale/sharing becomes ledger entries at once (`ConsentChanged` restricted goes
+//! out with them; the request completes). Erasure starts the saga (`crate::erasure`), whose
+//! steps and receipt `GetRequest` shows. Access/portability bundles are built when read, one
+//! step per section. Rectification and restriction are recorded as PENDING steps until the
+//! identity room applies them.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConsentError;
 use crate::ledger::{self, Actor, Notice};
-use crate::room::{ConsentRoom, RecordRequest, SubjectQuery};
+use crate::room::{ConsentRoom, Decided, Subject, SubjectQuery};
 use crate::signals::{self, Choice, Signals};
 use crate::store::{DsrFilter, DsrHistoryRow, DsrRow};
 
@@ -149,6 +150,9 @@ pub struct DataSubjectRequest {
     /// Access/portability: what can be gathered today (the consent room's part), built at
     /// read time; sections of rooms that do not exist yet are listed under `pending`.
     pub access_bundle: Option<serde_json::Value>,
+    /// Erasure: the signed receipt (canonical JSON, base64 Ed25519 signature) once the saga
+    /// completed.
+    pub receipt: Option<(String, String)>,
 }
 
 /// A SubmitRequest, validated.
@@ -173,6 +177,15 @@ pub struct ListFilter {
 
 const WAITING: &str =
     "waiting: needs the identity and ingest rooms, which do not exist yet (consent room issue 7)";
+const NOT_WIRED: &str = "no source for this section is wired in this process";
+/// The sections an access bundle is made of besides consents.
+pub const ACCESS_SECTIONS: [&str; 5] = [
+    "profile",
+    "identifiers",
+    "events",
+    "audience_memberships",
+    "destinations",
+];
 const CORRECTIONS_FIELD: &str = "dsr.corrections";
 
 fn step(name: &str, state: StepState, last_error: &str, finished_at: Option<i64>) -> Step {
@@ -219,6 +232,7 @@ fn from_row(row: DsrRow, history: Vec<DsrHistoryRow>) -> Result<DataSubjectReque
         steps: detail.steps,
         history,
         access_bundle: None,
+        receipt: None,
     })
 }
 
@@ -234,6 +248,46 @@ impl ConsentRoom {
         req: SubmitRequest,
         now: DateTime<Utc>,
     ) -> Result<DataSubjectRequest, ConsentError> {
+        // a bad jurisdiction is refused before any subject is created
+        self.policies
+            .dsr_deadline(&req.jurisdiction, now)
+            .map_err(|_| {
+                ConsentError::invalid("jurisdiction", "not a jurisdiction of the policies")
+            })?;
+        // A retry (a redelivered webhook) returns the request it made, before the subject is
+        // resolved: resolving links identifiers, which must not happen while an erasure of
+        // that subject runs.
+        let earlier = match &req.idempotency_key {
+            Some(key) => {
+                self.store
+                    .request_by_idempotency_key(workspace, key)
+                    .await?
+            }
+            None => None,
+        };
+        if let Some(existing) = earlier {
+            if existing.kind != req.kind.as_str() {
+                return Err(ConsentError::Conflict(
+                    "idempotency_key was used for another request".into(),
+                ));
+            }
+            return self.get_request(workspace, &existing.request_id).await;
+        }
+        let subject = self
+            .resolve_subject(workspace, &req.subject, true)
+            .await?
+            .ok_or_else(|| ConsentError::NotFound("subject".into()))?;
+        self.submit_for_subject(workspace, req, subject, now).await
+    }
+
+    /// Records a request for a resolved subject (`req.subject` is not read again).
+    pub(crate) async fn submit_for_subject(
+        &self,
+        workspace: &str,
+        req: SubmitRequest,
+        subject: Subject,
+        now: DateTime<Utc>,
+    ) -> Result<DataSubjectRequest, ConsentError> {
         let deadline = self
             .policies
             .dsr_deadline(&req.jurisdiction, now)
@@ -245,36 +299,13 @@ impl ConsentRoom {
             .jurisdiction(&req.jurisdiction)
             .map(|j| j.code.clone())
             .unwrap_or_else(|| req.jurisdiction.clone());
-        let subject = self
-            .resolve_subject(workspace, &req.subject, true)
-            .await?
-            .ok_or_else(|| ConsentError::NotFound("subject".into()))?;
         let request_id = uuid::Uuid::now_v7().to_string();
         let now_us = now.timestamp_micros();
         let steps = match req.kind {
-            RequestKind::Access | RequestKind::Portability => {
-                let mut steps = vec![step(
-                    "collect_consents",
-                    StepState::Succeeded,
-                    "",
-                    Some(now_us),
-                )];
-                steps.extend(pending(&[
-                    "collect_profile_and_identifiers",
-                    "collect_events",
-                    "collect_audience_memberships_and_destinations",
-                ]));
-                steps
-            }
-            RequestKind::Erasure => pending(&[
-                "ledger_entry",
-                "destroy_subject_keys",
-                "remove_from_identity_graph",
-                "purge_events",
-                "remove_from_destination_audiences",
-                "storefront_deletion",
-                "receipt",
-            ]),
+            // built at read time, one step per section (see `access_bundle`)
+            RequestKind::Access | RequestKind::Portability => Vec::new(),
+            // the saga's steps live in its own tables (see `erasure`)
+            RequestKind::Erasure => Vec::new(),
             RequestKind::Rectification => pending(&["apply_corrections"]),
             RequestKind::Restriction => pending(&["restrict_processing"]),
             RequestKind::OptOutSaleSharing => {
@@ -332,6 +363,37 @@ impl ConsentRoom {
             kind = req.kind.as_str(),
             "data-subject request received"
         );
+        if matches!(req.kind, RequestKind::Access | RequestKind::Portability) {
+            let (bundle, _) = self
+                .access_bundle(workspace, &row.request_id, &subject.subject_id)
+                .await?;
+            if bundle.get("complete") == Some(&serde_json::Value::Bool(true)) {
+                row.status = RequestStatus::Completed.as_str().into();
+                let change = DsrHistoryRow {
+                    status: row.status.clone(),
+                    reason: "every section of the bundle was collected".into(),
+                    changed_at: Utc::now().timestamp_micros(),
+                };
+                self.store
+                    .update_request(workspace, &row, Some(&change))
+                    .await?;
+            }
+        }
+        if req.kind == RequestKind::Erasure {
+            // In progress before the saga exists: a saga can finish within milliseconds, and
+            // its `completed` must not be overwritten by this older status.
+            row.status = RequestStatus::InProgress.as_str().into();
+            let change = DsrHistoryRow {
+                status: row.status.clone(),
+                reason: "erasure saga started".into(),
+                changed_at: Utc::now().timestamp_micros(),
+            };
+            self.store
+                .update_request(workspace, &row, Some(&change))
+                .await?;
+            self.start_erasure(workspace, &row.request_id, &subject)
+                .await?;
+        }
         if req.kind == RequestKind::OptOutSaleSharing {
             let choices = signals::gpc_purposes(self.policies.taxonomy())
                 .into_iter()
@@ -341,21 +403,26 @@ impl ConsentRoom {
                     lawful_basis: ledger::LawfulBasis::Consent,
                 })
                 .collect();
+            let (jurisdiction, tz) = self.time_zone_for(&jurisdiction, None)?;
+            let decided = signals::decide(
+                self.policies.taxonomy(),
+                &Signals {
+                    choices,
+                    ..Signals::default()
+                },
+            )?;
             let recorded = self
-                .record(
+                .append_decisions(
                     workspace,
-                    RecordRequest {
-                        subject: req.subject.clone(),
-                        jurisdiction: jurisdiction.clone(),
-                        signals: Signals {
-                            choices,
-                            ..Signals::default()
-                        },
+                    &subject,
+                    Decided {
+                        jurisdiction,
+                        tz,
+                        sources: decided,
                         notice: Notice::default(),
                         collection_point: format!("dsr:{}", row.request_id),
                         actor: Actor::Subject,
-                        time_zone: None,
-                        collected_at: Some(now),
+                        at: now,
                         idempotency_key: Some(format!("dsr:{}", row.request_id)),
                     },
                 )
@@ -396,20 +463,37 @@ impl ConsentRoom {
             .ok_or_else(|| ConsentError::NotFound("request".into()))?;
         let subject_id = row.subject_id.clone();
         let mut request = from_row(row, history)?;
-        if matches!(request.kind, RequestKind::Access | RequestKind::Portability) {
-            let consents = match self.consent_bundle(workspace, &subject_id).await {
-                Ok(c) => c,
-                Err(ConsentError::SubjectErased) => serde_json::json!({"erased": true}),
-                Err(e) => return Err(e),
-            };
-            request.access_bundle = Some(serde_json::json!({
-                "format": "meridian.access-bundle/1",
-                "generated_at": Utc::now(),
-                "complete": false,
-                "consents": consents,
-                "pending": ["profile", "identifiers", "events", "audience_memberships", "destinations"],
-                "pending_reason": WAITING,
-            }));
+        match request.kind {
+            RequestKind::Access | RequestKind::Portability => {
+                let (bundle, steps) = self
+                    .access_bundle(workspace, &request.request_id, &subject_id)
+                    .await?;
+                request.access_bundle = Some(bundle);
+                request.steps = steps;
+            }
+            RequestKind::Erasure => {
+                if let Some((steps, receipt)) =
+                    self.erasure_saga(workspace, &request.request_id).await?
+                {
+                    request.steps = steps
+                        .into_iter()
+                        .map(|s| Step {
+                            name: s.name,
+                            state: match s.state.as_str() {
+                                "running" => StepState::Running,
+                                "succeeded" => StepState::Succeeded,
+                                "failed" => StepState::Failed,
+                                _ => StepState::Pending,
+                            },
+                            attempts: s.attempts,
+                            last_error: s.last_error,
+                            finished_at: s.finished_at,
+                        })
+                        .collect();
+                    request.receipt = receipt;
+                }
+            }
+            _ => {}
         }
         Ok(request)
     }
@@ -490,6 +574,120 @@ impl ConsentRoom {
         row.detail = detail_json(&detail);
         self.store.update_request(workspace, &row, None).await?;
         self.get_request(workspace, request_id).await
+    }
+
+    /// The access/portability bundle of a request's subject, decrypted, built now from the
+    /// consent room and every [`AccessSource`](crate::AccessSource); one step per section.
+    async fn access_bundle(
+        &self,
+        workspace: &str,
+        request_id: &str,
+        subject_id: &str,
+    ) -> Result<(serde_json::Value, Vec<Step>), ConsentError> {
+        let now_us = Utc::now().timestamp_micros();
+        let mut steps = Vec::new();
+        let mut bundle = serde_json::Map::new();
+        bundle.insert("format".into(), "meridian.access-bundle/1".into());
+        bundle.insert("request_id".into(), request_id.into());
+        bundle.insert("generated_at".into(), serde_json::json!(Utc::now()));
+        let subject = match self.store.subject_by_id(workspace, subject_id).await? {
+            Some(row) => match self.open_ref(workspace, &row).await {
+                Ok(s) => Some(s),
+                Err(ConsentError::SubjectErased) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let Some(subject) = subject else {
+            bundle.insert("erased".into(), true.into());
+            bundle.insert("complete".into(), true.into());
+            return Ok((serde_json::Value::Object(bundle), steps));
+        };
+        bundle.insert(
+            "consents".into(),
+            self.consent_bundle(workspace, subject_id).await?,
+        );
+        steps.push(step(
+            "collect_consents",
+            StepState::Succeeded,
+            "",
+            Some(now_us),
+        ));
+        let mut complete = true;
+        let located = self
+            .locate_for_access(workspace, request_id, &subject)
+            .await;
+        let mut wired = Vec::new();
+        for source in &self.erasure.access {
+            let name = format!("collect_{}", source.section());
+            wired.push(source.section().to_owned());
+            let result = match &located {
+                Ok(es) => source.collect(workspace, es).await,
+                Err(e) => Err(e.clone()),
+            };
+            match result {
+                Ok(section) => {
+                    bundle.insert(source.section().to_owned(), section);
+                    steps.push(step(&name, StepState::Succeeded, "", Some(now_us)));
+                }
+                Err(e) => {
+                    complete = false;
+                    steps.push(step(&name, StepState::Failed, &e.0, None));
+                }
+            }
+        }
+        let missing: Vec<&str> = ACCESS_SECTIONS
+            .iter()
+            .copied()
+            .filter(|s| !wired.iter().any(|w| w == s))
+            .collect();
+        for m in &missing {
+            complete = false;
+            steps.push(step(
+                &format!("collect_{m}"),
+                StepState::Pending,
+                NOT_WIRED,
+                None,
+            ));
+        }
+        if !missing.is_empty() {
+            bundle.insert("unavailable".into(), serde_json::json!(missing));
+            bundle.insert("unavailable_reason".into(), NOT_WIRED.into());
+        }
+        bundle.insert("complete".into(), complete.into());
+        Ok((serde_json::Value::Object(bundle), steps))
+    }
+
+    /// Starts an erasure of every subject the room knows in the workspace (Shopify's
+    /// `shop/redact`); idempotent per `key_prefix` and subject. Returns the requests made.
+    pub async fn erase_every_subject(
+        &self,
+        workspace: &str,
+        jurisdiction: &str,
+        key_prefix: &str,
+    ) -> Result<u64, ConsentError> {
+        let mut started = 0;
+        for subject_id in self.store.workspace_subject_ids(workspace).await? {
+            let Some(row) = self.store.subject_by_id(workspace, &subject_id).await? else {
+                continue;
+            };
+            let subject = match self.open_ref(workspace, &row).await {
+                Ok(s) => s,
+                Err(ConsentError::SubjectErased) => continue,
+                Err(e) => return Err(e),
+            };
+            let req = SubmitRequest {
+                kind: RequestKind::Erasure,
+                subject: SubjectQuery::default(),
+                jurisdiction: jurisdiction.to_owned(),
+                corrections: None,
+                idempotency_key: Some(format!("{key_prefix}:{subject_id}")),
+            };
+            self.submit_for_subject(workspace, req, subject, Utc::now())
+                .await?;
+            started += 1;
+        }
+        Ok(started)
     }
 
     /// Requests by status and deadline, soonest deadline first.

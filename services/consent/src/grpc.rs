@@ -200,11 +200,13 @@ fn entry_to_pb(e: Entry) -> pb::ConsentEntry {
         Source::Tcf => pb::SignalSource::Tcf,
         Source::Gpp => pb::SignalSource::Gpp,
         Source::Gpc => pb::SignalSource::Gpc,
+        Source::ValidityPeriod => pb::SignalSource::ValidityPeriod,
     } as i32;
     let actor = match e.body.actor {
         Actor::Subject => pb::Actor::Subject,
         Actor::Guardian => pb::Actor::Guardian,
         Actor::Agent => pb::Actor::Agent,
+        Actor::Controller => pb::Actor::Controller,
     } as i32;
     let recorded_at = e.stored.recorded_at_utc();
     pb::ConsentEntry {
@@ -325,6 +327,13 @@ pub fn record_request(r: &pb::RecordConsentRequest) -> Result<RecordRequest, Con
         Ok(pb::Actor::Unspecified | pb::Actor::Subject) => Actor::Subject,
         Ok(pb::Actor::Guardian) => Actor::Guardian,
         Ok(pb::Actor::Agent) => Actor::Agent,
+        Ok(pb::Actor::Controller) => {
+            v.add(
+                "actor",
+                "CONTROLLER is recorded by the service itself (expiry)",
+            );
+            Actor::Subject
+        }
         Err(_) => {
             v.add("actor", "unknown actor");
             Actor::Subject
@@ -591,8 +600,12 @@ fn request_to_pb(r: dsr::DataSubjectRequest) -> pb::DataSubjectRequest {
             .access_bundle
             .map(|b| b.to_string().into_bytes())
             .unwrap_or_default(),
-        receipt_json: String::new(),
-        receipt_signature: String::new(),
+        receipt_json: r
+            .receipt
+            .as_ref()
+            .map(|(j, _)| j.clone())
+            .unwrap_or_default(),
+        receipt_signature: r.receipt.map(|(_, s)| s).unwrap_or_default(),
     }
 }
 

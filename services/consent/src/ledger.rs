@@ -106,6 +106,8 @@ pub enum Source {
     Tcf,
     Gpp,
     Gpc,
+    /// The regime's validity period ended (an EXPIRED entry written by the expiry sweep).
+    ValidityPeriod,
 }
 
 /// Who made the choice.
@@ -115,6 +117,8 @@ pub enum Actor {
     Subject,
     Guardian,
     Agent,
+    /// The controller (expiry).
+    Controller,
 }
 
 /// The privacy notice shown.
@@ -226,6 +230,21 @@ pub fn entry_hash(
     out
 }
 
+/// The hash an entry's stored content gives (over its stored `prev_hash`): what
+/// [`ChainVerifier`] compares with the stored `hash`. Entries can be hashed independently,
+/// so a long ledger is hashed in parallel.
+pub fn content_hash(workspace: &str, e: &StoredEntry) -> Hash {
+    entry_hash(
+        workspace,
+        e.sequence,
+        &e.prev_hash,
+        &e.entry_id,
+        &e.subject_ref,
+        e.recorded_at,
+        &e.body,
+    )
+}
+
 /// Chains a batch after head `(sequence, hash)`: the entries with their sequence,
 /// `prev_hash` and `hash` (unsigned; the caller signs the last one).
 pub fn chain(workspace: &str, head: (u64, Hash), batch: Vec<NewEntry>) -> Vec<StoredEntry> {
@@ -330,6 +349,13 @@ impl ChainVerifier {
 
     /// Checks one entry; returns false once the ledger is known bad.
     pub fn push(&mut self, e: &StoredEntry) -> bool {
+        let computed = content_hash(&self.workspace, e);
+        self.push_hashed(e, &computed)
+    }
+
+    /// Like [`push`](Self::push), with the entry's content hash already computed by
+    /// [`content_hash`] (pages are hashed in parallel, then fed here in order).
+    pub fn push_hashed(&mut self, e: &StoredEntry, computed: &Hash) -> bool {
         if self.bad.is_some() {
             return false;
         }
@@ -354,15 +380,7 @@ impl ChainVerifier {
             );
             return false;
         }
-        let hash = entry_hash(
-            &self.workspace,
-            e.sequence,
-            &e.prev_hash,
-            &e.entry_id,
-            &e.subject_ref,
-            e.recorded_at,
-            &e.body,
-        );
+        let hash = *computed;
         if e.hash[..] != hash[..] {
             self.fail(
                 e.sequence,

@@ -7,7 +7,14 @@
 //! - [`ConsentRoom`]: the domain (subjects, RecordConsent, state now and as of T, history,
 //!   receipts, verification, DSRs); [`verify_ledger`] for `meridian ledger verify`.
 //! - [`signals`]: TCF / GPP / GPC → purposes through the policy taxonomy.
-//! - [`bench::run`] for `meridian bench ledger --json`.
+//! - [`erasure`]: the erasure saga (durable steps, leases, retries, signed receipt) over the
+//!   traits the other rooms' adapters implement ([`ErasureTarget`], [`SubjectLocator`],
+//!   [`AccessSource`]); [`expiry`]: EXPIRED entries; [`deadlines`]: the deadline gauges;
+//!   [`shopify`]: Shopify's privacy webhooks (axum router).
+//! - Every ledger append writes `ConsentChanged` (family `consent`) to the outbox in its
+//!   transaction.
+//! - [`bench::run`] for `meridian bench ledger --json`, [`bench_erasure::run`] for
+//!   `meridian bench erasure --json`.
 //! - gRPC: `ConsentRoom::consent_api()` / `dsr_api()` give [`ConsentGrpc`] / [`DsrGrpc`], each
 //!   with `into_server()`.
 //!
@@ -17,15 +24,24 @@
 //! key, so `Vault::forget` unlinks the entries (they stay, as proof of consent).
 
 pub mod bench;
+pub mod bench_erasure;
+pub mod deadlines;
 pub mod dsr;
+pub mod erasure;
 pub mod error;
+pub mod expiry;
 mod grpc;
 pub mod ledger;
 mod room;
+pub mod shopify;
 pub mod signals;
 pub mod store;
 
 pub use dsr::{DataSubjectRequest, ListFilter, RequestKind, RequestStatus, SubmitRequest};
+pub use erasure::{
+    AccessSource, ErasurePlan, ErasureSubject, ErasureTarget, Found, SagaSettings, SagaStep,
+    StepError, StepReport, SubjectLocator,
+};
 pub use error::ConsentError;
 pub use grpc::{ConsentGrpc, DsrGrpc, record_request};
 pub use ledger::{BadEntry, VerifyReport};

@@ -10,11 +10,16 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use meridian_identity::identifier::{
+    IdentifierType, blind_index as identity_blind_index, normalize,
+};
 use meridian_policy::PolicyEngine;
 use meridian_store::Store;
 use meridian_vault::{IdentifierKind, LedgerSignature, SigningPublicKey, Vault};
 use serde::Serialize;
 
+use crate::erasure::Erasure;
+use crate::erasure::store::SagaStore;
 use crate::error::ConsentError;
 use crate::ledger::{
     self, Actor, ChainVerifier, Decision, EntryBody, Hash, LawfulBasis, NewEntry, Notice,
@@ -22,7 +27,8 @@ use crate::ledger::{
 };
 use crate::signals::{self, Signals};
 use crate::store::{
-    AppendOutcome, BatchSigner, ConsentStore, SqlConsentStore, StateUpdate, SubjectRow,
+    AppendOutcome, BatchSigner, ChangeNotice, ConsentStore, SqlConsentStore, StateUpdate,
+    SubjectRow,
 };
 
 /// What kind of identifier a subject is known by.
@@ -79,6 +85,18 @@ pub struct RecordRequest {
     pub idempotency_key: Option<String>,
 }
 
+/// Decisions ready to append for a resolved subject.
+pub(crate) struct Decided {
+    pub(crate) jurisdiction: String,
+    pub(crate) tz: Tz,
+    pub(crate) sources: Vec<signals::SourceDecisions>,
+    pub(crate) notice: Notice,
+    pub(crate) collection_point: String,
+    pub(crate) actor: Actor,
+    pub(crate) at: DateTime<Utc>,
+    pub(crate) idempotency_key: Option<String>,
+}
+
 /// A ledger entry with its content decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -130,8 +148,10 @@ pub struct Receipt {
 #[derive(Clone)]
 pub struct ConsentRoom {
     pub(crate) store: Arc<dyn ConsentStore>,
+    pub(crate) sagas: Arc<dyn SagaStore>,
     pub(crate) vault: Arc<Vault>,
     pub(crate) policies: Arc<PolicyEngine>,
+    pub(crate) erasure: Erasure,
 }
 
 impl std::fmt::Debug for ConsentRoom {
@@ -206,16 +226,18 @@ impl ConsentRoom {
         Self::with_store(Arc::new(SqlConsentStore(store)), vault, policies)
     }
 
-    /// The room on any [`ConsentStore`].
-    pub fn with_store(
-        store: Arc<dyn ConsentStore>,
+    /// The room on any store of consent and saga state.
+    pub fn with_store<S: ConsentStore + SagaStore + 'static>(
+        store: Arc<S>,
         vault: Arc<Vault>,
         policies: Arc<PolicyEngine>,
     ) -> Self {
         ConsentRoom {
-            store,
+            store: store.clone(),
+            sagas: store,
             vault,
             policies,
+            erasure: Erasure::default(),
         }
     }
 
@@ -239,23 +261,46 @@ impl ConsentRoom {
         let indexer = self.vault.blind_indexer(workspace).await?;
         let mut out = Vec::with_capacity(query.identifiers.len());
         for (i, id) in query.identifiers.iter().enumerate() {
-            let kind = match &id.kind {
-                IdKind::Email => IdentifierKind::Email,
-                IdKind::Phone => IdentifierKind::Phone,
-                IdKind::DeviceId => IdentifierKind::DeviceId,
-                IdKind::Scoped(source) => IdentifierKind::CustomerId { source },
+            let field = || format!("subject.identifiers[{i}]");
+            // The identity room's normalization and blind index, so the same identifier names
+            // the same subject in every room (the erasure saga finds profiles by these).
+            let (kind, source) = match &id.kind {
+                IdKind::Email => (Some(IdentifierType::Email), ""),
+                IdKind::Phone => (Some(IdentifierType::Phone), ""),
+                IdKind::DeviceId => (Some(IdentifierType::DeviceId), ""),
+                IdKind::Scoped(scope) => match scope.as_str() {
+                    "anonymous_id" => (Some(IdentifierType::AnonymousId), ""),
+                    "user_id" => (Some(IdentifierType::UserId), ""),
+                    "fbclid" => (Some(IdentifierType::Fbclid), ""),
+                    "gclid" => (Some(IdentifierType::Gclid), ""),
+                    "ttclid" => (Some(IdentifierType::Ttclid), ""),
+                    other => match other.strip_prefix("storefront.") {
+                        Some(store) => (Some(IdentifierType::StorefrontCustomerId), store),
+                        None => (None, other),
+                    },
+                },
             };
-            let bi = indexer
-                .index(kind, &id.value, id.default_region.as_deref())
-                .map_err(|e| match e {
-                    meridian_vault::VaultError::InvalidIdentifier { kind, reason } => {
-                        ConsentError::invalid(
-                            format!("subject.identifiers[{i}]"),
-                            format!("invalid {kind}: {reason}"),
-                        )
-                    }
-                    other => other.into(),
-                })?;
+            let bi = match kind {
+                Some(kind) => {
+                    let n = normalize(
+                        kind,
+                        &id.value,
+                        source,
+                        id.default_region.as_deref().unwrap_or(""),
+                    )
+                    .map_err(|e| ConsentError::invalid(field(), e.to_string()))?;
+                    identity_blind_index(&indexer, &n).index
+                }
+                // Profile ids and other consent-room scopes: not identity-graph identifiers.
+                None => indexer
+                    .index(IdentifierKind::CustomerId { source }, &id.value, None)
+                    .map_err(|e| match e {
+                        meridian_vault::VaultError::InvalidIdentifier { kind, reason } => {
+                            ConsentError::invalid(field(), format!("invalid {kind}: {reason}"))
+                        }
+                        other => other.into(),
+                    })?,
+            };
             out.push(bi.as_bytes().to_vec());
         }
         Ok(out)
@@ -344,7 +389,7 @@ impl ConsentRoom {
         Ok(Some(subject))
     }
 
-    fn time_zone_for(
+    pub(crate) fn time_zone_for(
         &self,
         jurisdiction: &str,
         tz: Option<Tz>,
@@ -398,25 +443,56 @@ impl ConsentRoom {
             .resolve_subject(workspace, &req.subject, true)
             .await?
             .ok_or_else(|| ConsentError::NotFound("subject".into()))?;
-        let at_us = micros(at);
+        self.append_decisions(
+            workspace,
+            &subject,
+            Decided {
+                jurisdiction,
+                tz,
+                sources: decided,
+                notice: req.notice,
+                collection_point: req.collection_point,
+                actor: req.actor,
+                at,
+                idempotency_key: req.idempotency_key,
+            },
+        )
+        .await
+    }
+
+    /// Appends the entries of `d` for a resolved subject, updates the projection and writes
+    /// `ConsentChanged` to the outbox, in one transaction.
+    pub(crate) async fn append_decisions(
+        &self,
+        workspace: &str,
+        subject: &Subject,
+        d: Decided,
+    ) -> Result<Vec<Entry>, ConsentError> {
+        let at_us = micros(d.at);
         let at = ledger::from_micros(at_us);
         let mut batch = Vec::new();
         let mut updates = Vec::new();
-        for source in decided {
+        let mut purposes = Vec::new();
+        let mut restricted = false;
+        for source in d.sources {
             for p in source.purposes {
                 let body = EntryBody {
                     schema_version: ledger::SCHEMA_VERSION.into(),
                     controller: workspace.to_owned(),
-                    notice: req.notice.clone(),
+                    notice: d.notice.clone(),
                     purposes: vec![p.clone()],
-                    jurisdiction: jurisdiction.clone(),
+                    jurisdiction: d.jurisdiction.clone(),
                     source: source.source,
                     raw_signal: source.raw_signal.clone(),
-                    collection_point: req.collection_point.clone(),
-                    actor: req.actor,
+                    collection_point: d.collection_point.clone(),
+                    actor: d.actor,
                     policy_version: self.policies.policy_version().to_owned(),
-                    time_zone: tz.name().to_owned(),
+                    time_zone: d.tz.name().to_owned(),
                 };
+                restricted |= p.decision != Decision::Given;
+                if !purposes.contains(&p.purpose) {
+                    purposes.push(p.purpose.clone());
+                }
                 updates.push(StateUpdate {
                     entry_index: batch.len(),
                     subject_ref: subject.subject_ref.clone(),
@@ -424,8 +500,10 @@ impl ConsentRoom {
                     decision: p.decision.as_str().into(),
                     lawful_basis: p.lawful_basis.as_str().into(),
                     decided_at: at_us,
-                    expires_at: self.expiry(&jurisdiction, p.decision, at, tz).map(micros),
-                    time_zone: tz.name().to_owned(),
+                    expires_at: self
+                        .expiry(&d.jurisdiction, p.decision, at, d.tz)
+                        .map(micros),
+                    time_zone: d.tz.name().to_owned(),
                 });
                 batch.push(NewEntry {
                     entry_id: uuid::Uuid::now_v7().to_string(),
@@ -435,14 +513,24 @@ impl ConsentRoom {
                 });
             }
         }
+        let change = ChangeNotice {
+            subject_ref: subject.subject_ref.clone(),
+            blind_indexes: self
+                .store
+                .subject_blind_indexes(workspace, &subject.subject_id)
+                .await?,
+            purposes,
+            restricted,
+        };
         let outcome = self
             .store
             .append(
                 workspace,
                 batch,
                 updates,
-                req.idempotency_key.as_deref(),
+                d.idempotency_key.as_deref(),
                 &VaultSigner(&self.vault),
+                Some(&change),
             )
             .await?;
         let stored = match outcome {
@@ -819,25 +907,36 @@ pub async fn verify_with(
     let max = store.max_sequence(workspace).await?;
     let mut next_lo = 0u64;
     let mut pending = std::collections::VecDeque::new();
+    // Each page is fetched and hashed in its own task (hashing needs only the entry's
+    // stored prev_hash), several at once; the chain, sequences and signatures are then
+    // checked strictly in order.
     let fetch = |lo: u64| {
         let store = store.clone();
         let ws = workspace.to_owned();
-        tokio::spawn(async move { store.entries_between_bulk(&ws, lo + 1, lo + PAGE).await })
+        tokio::spawn(async move {
+            let page = store.entries_between_bulk(&ws, lo + 1, lo + PAGE).await?;
+            tokio::task::spawn_blocking(move || {
+                let hashes: Vec<Hash> = page.iter().map(|e| ledger::content_hash(&ws, e)).collect();
+                (page, hashes)
+            })
+            .await
+            .map_err(|e| ConsentError::Storage(Box::new(e)))
+        })
     };
     while next_lo < max && pending.len() < IN_FLIGHT {
         pending.push_back(fetch(next_lo));
         next_lo += PAGE;
     }
     while let Some(task) = pending.pop_front() {
-        let page = task
+        let (page, hashes) = task
             .await
             .map_err(|e| ConsentError::Storage(Box::new(e)))??;
         if next_lo < max {
             pending.push_back(fetch(next_lo));
             next_lo += PAGE;
         }
-        for e in &page {
-            if !verifier.push(e) {
+        for (e, h) in page.iter().zip(&hashes) {
+            if !verifier.push_hashed(e, h) {
                 break;
             }
         }

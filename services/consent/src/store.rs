@@ -59,6 +59,68 @@ pub enum AppendOutcome {
     Replayed { first: u64, last: u64 },
 }
 
+/// What a ledger append changed, for the `ConsentChanged` event written with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeNotice {
+    /// The subject's pseudonymous ledger ref.
+    pub subject_ref: String,
+    /// Blind indexes of every identifier linked to the subject.
+    pub blind_indexes: Vec<Vec<u8>>,
+    pub purposes: Vec<String>,
+    /// Some purpose moved away from a given consent: downstream copies must go.
+    pub restricted: bool,
+}
+
+/// The bus family of consent changes.
+pub const CONSENT_FAMILY: &str = "consent";
+
+impl ChangeNotice {
+    /// The outbox event announcing the change whose last entry is `last_sequence`.
+    pub fn event(
+        &self,
+        workspace: &str,
+        last_sequence: u64,
+    ) -> Result<meridian_bus::OutboxEvent, ConsentError> {
+        use prost::Message as _;
+        let now = chrono::Utc::now();
+        let payload = meridian_proto::bus::v1::ConsentChanged {
+            workspace_id: workspace.to_owned(),
+            subject_ref: self.subject_ref.clone(),
+            blind_indexes: self.blind_indexes.clone(),
+            purposes: self.purposes.clone(),
+            restricted: self.restricted,
+            ledger_sequence: last_sequence,
+            changed_at: Some(prost_types::Timestamp {
+                seconds: now.timestamp(),
+                nanos: i32::try_from(now.timestamp_subsec_nanos()).unwrap_or(0),
+            }),
+        }
+        .encode_to_vec();
+        outbox_event(workspace, CONSENT_FAMILY, &self.subject_ref, payload)
+    }
+}
+
+/// An outbox event of this room.
+pub(crate) fn outbox_event(
+    workspace: &str,
+    family: &str,
+    key: &str,
+    payload: Vec<u8>,
+) -> Result<meridian_bus::OutboxEvent, ConsentError> {
+    let workspace_id = workspace
+        .parse()
+        .map_err(|_| ConsentError::invalid("workspace_id", "not a valid workspace id"))?;
+    let family = family
+        .parse()
+        .map_err(|_| ConsentError::Corrupt(format!("event family {family}")))?;
+    Ok(meridian_bus::OutboxEvent::new(
+        workspace_id,
+        family,
+        key,
+        payload,
+    ))
+}
+
 /// An identifier's subject (the identity seam).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubjectRow {
@@ -119,10 +181,37 @@ pub trait ConsentStore: Send + Sync {
     ) -> Result<Option<SubjectRow>, ConsentError>;
     /// Links identifiers to a subject; an identifier already linked keeps its subject.
     async fn link_subject(&self, workspace: &str, rows: &[SubjectRow]) -> Result<(), ConsentError>;
+    /// Every subject with a linked identifier in the workspace.
+    async fn workspace_subject_ids(&self, workspace: &str) -> Result<Vec<String>, ConsentError>;
+    /// Blind indexes of every identifier linked to a subject.
+    async fn subject_blind_indexes(
+        &self,
+        workspace: &str,
+        subject_id: &str,
+    ) -> Result<Vec<Vec<u8>>, ConsentError>;
+    /// Erasure: removes the subject's identifier links and its consent projection (the
+    /// ledger keeps its entries under the pseudonymous ref). Returns the rows removed.
+    async fn unlink_subject(
+        &self,
+        workspace: &str,
+        subject_id: &str,
+        subject_ref: &str,
+    ) -> Result<u64, ConsentError>;
+    /// Given consents whose validity ended at or before `now` (`workspace`, `subject_ref`,
+    /// state), oldest expiry first.
+    async fn due_expiries(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String, StateRow)>, ConsentError>;
 
     // ---- the ledger ----
     /// Chains `batch` after the workspace head, signs its last entry, applies the projection
     /// updates and records the idempotency key, in one transaction.
+    ///
+    /// With `change`, a `ConsentChanged` event (family `consent`) naming the batch's last
+    /// sequence is written to the outbox in the same transaction: it is published if and
+    /// only if the entries exist.
     async fn append(
         &self,
         workspace: &str,
@@ -130,6 +219,7 @@ pub trait ConsentStore: Send + Sync {
         updates: Vec<StateUpdate>,
         idempotency_key: Option<&str>,
         signer: &dyn BatchSigner,
+        change: Option<&ChangeNotice>,
     ) -> Result<AppendOutcome, ConsentError>;
     /// Entries with `first <= sequence <= last`, in order.
     async fn entries_between(
@@ -189,6 +279,12 @@ pub trait ConsentStore: Send + Sync {
         workspace: &str,
         request_id: &str,
     ) -> Result<Option<(DsrRow, Vec<DsrHistoryRow>)>, ConsentError>;
+    /// The request submitted earlier with this idempotency key, if any.
+    async fn request_by_idempotency_key(
+        &self,
+        workspace: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<DsrRow>, ConsentError>;
     /// Saves status, deadline and detail; appends `change` to the audit trail.
     async fn update_request(
         &self,
@@ -201,6 +297,12 @@ pub trait ConsentStore: Send + Sync {
         workspace: &str,
         filter: &DsrFilter,
     ) -> Result<Vec<(DsrRow, Vec<DsrHistoryRow>)>, ConsentError>;
+    /// Open requests (every workspace): `(open, due in [now, horizon), due before now)`.
+    async fn deadline_counts(
+        &self,
+        now: i64,
+        horizon: i64,
+    ) -> Result<(u64, u64, u64), ConsentError>;
 }
 
 impl From<sqlx::Error> for ConsentError {
@@ -330,7 +432,7 @@ macro_rules! on_pool {
 
 /// The body of `append` for one backend (a transaction type and a bulk insert).
 macro_rules! append_tx {
-    ($pool:expr, $workspace:expr, $batch:expr, $updates:expr, $key:expr, $signer:expr, $lock:expr, $insert:ident) => {{
+    ($pool:expr, $workspace:expr, $batch:expr, $updates:expr, $key:expr, $signer:expr, $change:expr, $lock:expr, $insert:ident) => {{
         $signer.prepare($workspace).await?;
         let mut tx = $pool.begin().await?;
         // A write first: takes the workspace's append lock (row lock on PostgreSQL, the
@@ -416,6 +518,12 @@ macro_rules! append_tx {
             .bind(to_i64(last_seq))
             .execute(&mut *tx)
             .await?;
+        }
+        if let Some(change) = $change {
+            let event = change.event($workspace, last_seq)?;
+            meridian_bus::enqueue(&mut tx, &event)
+                .await
+                .map_err(|e| ConsentError::Storage(Box::new(e)))?;
         }
         let new_head = chained.last().map(|e| e.hash.clone()).unwrap_or_default();
         sqlx::query("UPDATE consent_ledger_heads SET sequence = $2, hash = $3 WHERE workspace_id = $1")
@@ -644,6 +752,86 @@ impl ConsentStore for SqlConsentStore {
         Ok(())
     }
 
+    async fn workspace_subject_ids(&self, workspace: &str) -> Result<Vec<String>, ConsentError> {
+        let out = on_pool!(self, pool => sqlx::query_scalar(
+            "SELECT DISTINCT subject_id FROM consent_subjects WHERE workspace_id = $1 ORDER BY subject_id",
+        )
+        .bind(workspace)
+        .fetch_all(pool)
+        .await?);
+        Ok(out)
+    }
+
+    async fn subject_blind_indexes(
+        &self,
+        workspace: &str,
+        subject_id: &str,
+    ) -> Result<Vec<Vec<u8>>, ConsentError> {
+        let out = on_pool!(self, pool => sqlx::query_scalar(
+            "SELECT blind_index FROM consent_subjects WHERE workspace_id = $1 AND subject_id = $2 ORDER BY blind_index",
+        )
+        .bind(workspace)
+        .bind(subject_id)
+        .fetch_all(pool)
+        .await?);
+        Ok(out)
+    }
+
+    async fn unlink_subject(
+        &self,
+        workspace: &str,
+        subject_id: &str,
+        subject_ref: &str,
+    ) -> Result<u64, ConsentError> {
+        macro_rules! unlink {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                let links = sqlx::query(
+                    "DELETE FROM consent_subjects WHERE workspace_id = $1 AND subject_id = $2",
+                )
+                .bind(workspace)
+                .bind(subject_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let states = sqlx::query(
+                    "DELETE FROM consent_state WHERE workspace_id = $1 AND subject_ref = $2",
+                )
+                .bind(workspace)
+                .bind(subject_ref)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(links + states)
+            }};
+        }
+        match &self.0 {
+            Store::Postgres(pool) => unlink!(pool),
+            Store::Sqlite(pool) => unlink!(pool),
+        }
+    }
+
+    async fn due_expiries(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String, StateRow)>, ConsentError> {
+        let out = on_pool!(self, pool => sqlx::query(
+            "SELECT workspace_id, subject_ref, purpose, decision, lawful_basis, entry_id, sequence, decided_at, expires_at, time_zone
+             FROM consent_state WHERE decision = 'given' AND expires_at <= $1
+             ORDER BY expires_at, workspace_id, subject_ref, purpose LIMIT $2",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("workspace_id")?, r.try_get("subject_ref")?, state_from_row(r)?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?);
+        Ok(out)
+    }
+
     async fn append(
         &self,
         workspace: &str,
@@ -651,6 +839,7 @@ impl ConsentStore for SqlConsentStore {
         updates: Vec<StateUpdate>,
         idempotency_key: Option<&str>,
         signer: &dyn BatchSigner,
+        change: Option<&ChangeNotice>,
     ) -> Result<AppendOutcome, ConsentError> {
         match &self.0 {
             Store::Postgres(pool) => append_tx!(
@@ -660,6 +849,7 @@ impl ConsentStore for SqlConsentStore {
                 updates,
                 idempotency_key,
                 signer,
+                change,
                 LOCK_PG,
                 insert_pg
             ),
@@ -670,6 +860,7 @@ impl ConsentStore for SqlConsentStore {
                 updates,
                 idempotency_key,
                 signer,
+                change,
                 LOCK_SQLITE,
                 insert_sqlite
             ),
@@ -893,6 +1084,32 @@ impl ConsentStore for SqlConsentStore {
         }
     }
 
+    async fn request_by_idempotency_key(
+        &self,
+        workspace: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<DsrRow>, ConsentError> {
+        const SELECT: &str =
+            "SELECT * FROM dsr_requests WHERE workspace_id = $1 AND idempotency_key = $2";
+        let row = match &self.0 {
+            Store::Postgres(pool) => sqlx::query(SELECT)
+                .bind(workspace)
+                .bind(idempotency_key)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| dsr_from_row(&r))
+                .transpose()?,
+            Store::Sqlite(pool) => sqlx::query(SELECT)
+                .bind(workspace)
+                .bind(idempotency_key)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| dsr_from_row(&r))
+                .transpose()?,
+        };
+        Ok(row)
+    }
+
     async fn get_request(
         &self,
         workspace: &str,
@@ -963,6 +1180,14 @@ impl ConsentStore for SqlConsentStore {
         }
     }
 
+    async fn deadline_counts(
+        &self,
+        now: i64,
+        horizon: i64,
+    ) -> Result<(u64, u64, u64), ConsentError> {
+        self.deadline_counts_impl(now, horizon).await
+    }
+
     async fn list_requests(
         &self,
         workspace: &str,
@@ -1001,6 +1226,27 @@ impl ConsentStore for SqlConsentStore {
 }
 
 impl SqlConsentStore {
+    async fn deadline_counts_impl(
+        &self,
+        now: i64,
+        horizon: i64,
+    ) -> Result<(u64, u64, u64), ConsentError> {
+        let row = on_pool!(self, pool => {
+            let r = sqlx::query(
+                "SELECT COUNT(*) AS open,
+                        COALESCE(SUM(CASE WHEN due_at >= $1 AND due_at < $2 THEN 1 ELSE 0 END), 0) AS nearing,
+                        COALESCE(SUM(CASE WHEN due_at < $1 THEN 1 ELSE 0 END), 0) AS overdue
+                 FROM dsr_requests WHERE status IN ('received', 'in_progress')",
+            )
+            .bind(now)
+            .bind(horizon)
+            .fetch_one(pool)
+            .await?;
+            (r.try_get::<i64, _>("open")?, r.try_get::<i64, _>("nearing")?, r.try_get::<i64, _>("overdue")?)
+        });
+        Ok((to_u64(row.0), to_u64(row.1), to_u64(row.2)))
+    }
+
     async fn history(
         &self,
         workspace: &str,

@@ -302,17 +302,23 @@ async fn every_rpc_over_the_wire(mut c: Client) {
         .request
         .unwrap();
     assert_eq!(submitted.regime, "gdpr");
-    assert_eq!(submitted.status, pb::RequestStatus::Received as i32);
+    assert_eq!(submitted.status, pb::RequestStatus::InProgress as i32);
     assert_eq!(
         submitted.deadline.as_ref().unwrap().time_zone,
         "Europe/Berlin"
     );
+    // no worker runs here: the saga's steps wait, in order, crypto-shredding last
     assert!(
         submitted
             .steps
             .iter()
             .all(|s| s.state == pb::StepState::Pending as i32)
     );
+    assert_eq!(
+        submitted.steps.last().map(|s| s.name.as_str()),
+        Some("crypto_shred")
+    );
+    assert!(submitted.receipt_json.is_empty());
     let got = c
         .dsr
         .get_request(c.req(pb::GetRequestRequest {

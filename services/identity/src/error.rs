@@ -25,4 +25,15 @@ pub enum IdentityError {
     Vault(#[from] meridian_vault::VaultError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("bus: {0}")]
+    Bus(#[from] meridian_bus::BusError),
+    /// Another writer moved the workspace's graph since it was cached (retried internally).
+    #[error("the cached identity graph is stale")]
+    StaleGraph,
+    /// A feature that needs a collaborator the room was built without.
+    #[error("{0} is not configured")]
+    NotConfigured(&'static str),
+    /// A collaborator (the profile event source) failed; the text names no personal data.
+    #[error("{0}")]
+    Collaborator(String),
 }

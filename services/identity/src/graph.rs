@@ -206,6 +206,10 @@ pub struct Changes {
     pub created_profiles: Vec<(ProfileId, DateTime<Utc>)>,
     /// Profiles absorbed by a merge: (absorbed, into, when).
     pub merged_profiles: Vec<(ProfileId, ProfileId, DateTime<Utc>)>,
+    /// Profiles split by a removal: (the profile that kept its id, the new parts).
+    pub split_profiles: Vec<(ProfileId, Vec<ProfileId>)>,
+    /// Profiles that lost an identifier (removal, shared value detached).
+    pub shrunk_profiles: Vec<ProfileId>,
     /// Links applied (edges that joined or reinforced a profile).
     pub links: u64,
 }
@@ -230,6 +234,8 @@ impl Changes {
 pub struct ObserveOutcome {
     /// The profile of the event's anchor identifier, if any.
     pub profile: Option<ProfileId>,
+    /// The event's anchor: its highest-priority usable identifier.
+    pub anchor: Option<NodeKey>,
     pub links: u64,
     pub conflicts: u64,
 }
@@ -449,6 +455,7 @@ impl Graph {
             .comps
             .get(&self.rep[anchor as usize])
             .map(|c| c.profile);
+        out.anchor = Some(self.nodes[anchor as usize].key);
         out
     }
 
@@ -730,6 +737,7 @@ impl Graph {
             return Vec::new();
         };
         self.by_profile.remove(&comp.profile);
+        changes.shrunk_profiles.push(comp.profile);
         let members: Vec<Ix> = comp.members.into_iter().filter(|m| *m != ix).collect();
         let mut parts = self.split(&members, comp.profile, at, changes);
         if !drop_node {
@@ -738,6 +746,14 @@ impl Graph {
             changes.created_profiles.push((profile, at));
             changes.nodes.insert(self.nodes[ix as usize].key);
             parts.push(profile);
+        }
+        let new_parts: Vec<ProfileId> = parts
+            .iter()
+            .copied()
+            .filter(|p| *p != comp.profile)
+            .collect();
+        if !new_parts.is_empty() {
+            changes.split_profiles.push((comp.profile, new_parts));
         }
         parts
     }

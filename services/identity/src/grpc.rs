@@ -6,6 +6,7 @@ use meridian_proto::v1;
 use prost_types::Timestamp;
 use tonic::{Request, Response, Status};
 
+use crate::computed::AiplStage;
 use crate::error::IdentityError;
 use crate::explain::MergeTree;
 use crate::graph::{Conflict, Edge, ProfileId};
@@ -22,9 +23,15 @@ impl From<IdentityError> for Status {
                 status::invalid_argument(*field, *reason)
             }
             IdentityError::ProfileNotFound => Status::not_found("profile not found"),
-            IdentityError::InvalidRules(_)
+            IdentityError::NotConfigured(what) => {
+                Status::failed_precondition(format!("{what} is not configured on this server"))
+            }
+            IdentityError::StaleGraph => Status::unavailable("the identity graph moved; retry"),
+            IdentityError::Bus(_)
+            | IdentityError::InvalidRules(_)
             | IdentityError::Setup(_)
             | IdentityError::Corrupt(_)
+            | IdentityError::Collaborator(_)
             | IdentityError::Vault(_)
             | IdentityError::Database(_) => status::internal(&err),
         }
@@ -101,7 +108,59 @@ fn profile(view: &ProfileView) -> v1::Profile {
             .collect(),
         created_at: Some(timestamp(view.profile.created_at)),
         updated_at: Some(timestamp(view.profile.updated_at)),
+        traits: (!view.traits.0.is_empty()).then(|| json_struct(&view.traits.0)),
+        computed_traits: view.computed.as_ref().map(computed_traits),
         ..Default::default()
+    }
+}
+
+fn json_value(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(json_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(json_struct(o)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+/// A JSON object as a `google.protobuf.Struct`.
+pub fn json_struct(map: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map
+            .iter()
+            .map(|(k, v)| (k.clone(), json_value(v)))
+            .collect(),
+    }
+}
+
+fn computed_traits(c: &crate::store::ComputedRow) -> v1::ComputedTraits {
+    let stage = match c.stage {
+        AiplStage::None => v1::AiplStage::Unspecified,
+        AiplStage::Awareness => v1::AiplStage::Awareness,
+        AiplStage::Interest => v1::AiplStage::Interest,
+        AiplStage::Purchase => v1::AiplStage::Purchase,
+        AiplStage::Loyalty => v1::AiplStage::Loyalty,
+    };
+    // The currency the profile ordered most in (rows come ordered that way).
+    let rfm = c.rfm.first().map(|r| v1::Rfm {
+        recency_score: u32::from(r.recency_score),
+        frequency_score: u32::from(r.frequency_score),
+        monetary_score: u32::from(r.monetary_score),
+        currency: r.figures.currency.clone(),
+        orders: r.figures.orders,
+        monetary_minor_units: r.figures.monetary_minor,
+        last_order_at: chrono::DateTime::from_timestamp_micros(r.figures.last_order_micros)
+            .map(timestamp),
+    });
+    v1::ComputedTraits {
+        rfm,
+        aipl_stage: stage as i32,
     }
 }
 
@@ -198,11 +257,32 @@ impl v1::identity_service_server::IdentityService for IdentityRoom {
         Ok(Response::new(explain_response(&ex)))
     }
 
+    #[tracing::instrument(skip_all, name = "IdentityService.ListProfileEvents")]
     async fn list_profile_events(
         &self,
         request: Request<v1::ListProfileEventsRequest>,
     ) -> Result<Response<v1::ListProfileEventsResponse>, Status> {
-        // Needs the events ingestion stores; served once ingest persists them.
-        meridian_edge::not_served_yet(&request, "IdentityService.ListProfileEvents")
+        let ws = workspace(&request)?;
+        let body = request.get_ref();
+        let id = profile_id(&body.profile_id)?;
+        let page = self
+            .profile_events(ws.as_str(), id, body.page_size, &body.page_token)
+            .await?;
+        Ok(Response::new(v1::ListProfileEventsResponse {
+            events: page
+                .events
+                .iter()
+                .map(|e| v1::ProfileEvent {
+                    message_id: e.message_id.clone(),
+                    r#type: e.event_type.clone(),
+                    event: e.event.clone(),
+                    name: e.name.clone(),
+                    properties: Some(json_struct(&e.properties)),
+                    timestamp: Some(timestamp(e.timestamp)),
+                    received_at: Some(timestamp(e.received_at)),
+                })
+                .collect(),
+            next_page_token: page.next_page_token,
+        }))
     }
 }

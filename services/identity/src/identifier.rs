@@ -296,6 +296,13 @@ impl CompiledRules {
         self.shared_value_max_user_ids
     }
 
+    /// The values blocked outright, normalized, per type.
+    pub fn blocked_values(&self) -> impl Iterator<Item = (IdentifierType, &str)> {
+        IdentifierType::ALL
+            .into_iter()
+            .flat_map(move |t| self.blocked[t.slot()].iter().map(move |v| (t, v.as_str())))
+    }
+
     /// Whether a normalized value is blocked outright.
     pub fn is_blocked(&self, t: IdentifierType, normalized: &str) -> bool {
         if self.blocked[t.slot()].contains(normalized) {

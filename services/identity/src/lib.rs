@@ -13,18 +13,32 @@
 //!   `meridian.v1.IdentityService` (`IdentityRoom::into_server`).
 //! - [`quality`]: the synthetic storefront as input, pairwise precision/recall.
 //! - [`bench::run`]: `meridian bench identity`.
+//! - [`traits`]: profile traits from identify events (source priority, then latest wins);
+//!   [`computed`]: AIPL stage and RFM quintiles per workspace and currency.
+//! - [`accepted`]: the bus consumer of `ingest-event` ([`IngestConsumer`]).
+//! - [`events`]: the [`ProfileEventSource`] seam behind `ListProfileEvents`.
 //!
-//! Wiring: `IdentityRoom::from_store(&store, vault, Rules::default().validate()?)` then
-//! `.into_server()`; feed it `IdentifierObservation`s (event id, time, rule, raw identifiers)
-//! with [`IdentityRoom::ingest`], one writer per workspace; erasure and corrections call
-//! [`IdentityRoom::remove_identifier`].
+//! Wiring: `IdentityRoom::from_store(&store, vault, Rules::default().validate()?)` (or
+//! [`IdentityRoom::with_profile_rules`]) then `.into_server()`; run
+//! `meridian_bus::run_consumer(bus, IngestConsumer::subscription(), IngestConsumer::new(room), ..)`
+//! so accepted events are stitched, in the consumer's transaction, idempotently per event.
+//! Direct writers: [`IdentityRoom::ingest`] (raw identifier observations, the benchmark) and
+//! [`IdentityRoom::remove_identifier`]. The erasure saga calls
+//! [`IdentityRoom::subject_profile`] and [`IdentityRoom::erase_profile`], then forgets the
+//! identifiers and vault subjects it returns. `ListProfileEvents` needs
+//! [`IdentityRoom::with_event_source`] (FAILED_PRECONDITION without one).
 //!
-//! Not built yet: profile traits (identify events, latest-wins with source priority),
-//! computed traits (RFM, AIPL stage), profile-changed events on the bus, and
-//! `ListProfileEvents` (UNIMPLEMENTED) — they need the events ingestion stores.
+//! Every write bumps the workspace's graph version in its transaction; a replica whose
+//! cached graph is behind (another writer, or a rolled-back consumer transaction) reloads.
+//! Every change writes `ProfileChanged` (family `profile`) to the outbox in the same
+//! transaction. Computed traits live in clear in `identity_computed_traits` and
+//! `identity_rfm`: the read model audience segments filter on (migration 0008).
 
+pub mod accepted;
 pub mod bench;
+pub mod computed;
 pub mod error;
+pub mod events;
 pub mod explain;
 pub mod graph;
 pub mod grpc;
@@ -34,8 +48,12 @@ pub mod room;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod traits;
 
+pub use accepted::IngestConsumer;
+pub use computed::{AiplRules, AiplStage};
 pub use error::IdentityError;
+pub use events::{ProfileEvent, ProfileEventPage, ProfileEventSource};
 pub use explain::{MergeTree, merge_tree};
 pub use graph::{
     Changes, Conflict, ConflictReason, Edge, Graph, LinkRule, NodeState, Observation,
@@ -45,8 +63,12 @@ pub use identifier::{
     CompiledRules, IdentifierObservation, IdentifierType, Intake, NodeKey, Normalized, Prepared,
     RawIdentifier, Rules, prepare,
 };
-pub use room::{Explanation, IdentifierView, IdentityRoom, IngestReport, ProfileView};
-pub use store::{
-    ChangeBatch, IdentifierRow, IdentityStore, ProfileRow, SealedValue, StoreIdentity,
-    identity_store,
+pub use room::{
+    AppliedEvent, ErasedProfile, Explanation, IdentifierView, IdentityRoom, IngestReport,
+    ProfileRules, ProfileView, SubjectRef, TraitsView,
 };
+pub use store::{
+    ActivityRow, ChangeBatch, ComputedRow, IdentifierRow, IdentityStore, ProfileRow, RfmRow,
+    SealedValue, StoreIdentity, TraitPayloadRow, identity_store,
+};
+pub use traits::TraitRules;

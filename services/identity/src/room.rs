@@ -1,42 +1,71 @@
 //! [`IdentityRoom`]: the identity graph behind a store and the vault.
 //!
-//! Writes ([`IdentityRoom::ingest`], [`IdentityRoom::remove_identifier`]) go through the
-//! in-memory graph of the workspace (loaded from the store on first use) and persist each
-//! batch's changes in one transaction. Reads (profile, lookup, explain) go to the store, so
-//! any replica answers them. One writer per workspace is assumed (the bus partitions
-//! observations by workspace); if a write fails, the cached graph is dropped and reloaded.
+//! Writes ([`IdentityRoom::ingest`], [`IdentityRoom::remove_identifier`],
+//! [`IdentityRoom::erase_profile`], and consumed events through
+//! [`IdentityRoom::apply_accepted`]) go through the in-memory graph of the workspace
+//! (loaded from the store on first use) and persist each batch's changes in one
+//! transaction, which also bumps the workspace's graph version: a cached graph not at the
+//! version before the write is reloaded (another replica wrote, or a consumer transaction
+//! it wrote in rolled back), so several writers stay correct. Reads (profile, lookup,
+//! explain) go to the store, so any replica answers them.
 //!
-//! Sealed copies: each new identifier is sealed under the vault subject named by the profile
-//! id it first joined (`sealed_subject`); erasing a profile means forgetting every subject
-//! its identifiers name, and removing the identifiers ([`IdentityRoom::remove_identifier`]).
+//! Sealed copies: an identifier the room itself seals (direct ingest) is sealed under its
+//! own vault subject (`Vault::identifier_subjects`, keys by `Vault::subject_keys`, two
+//! round trips per batch); a consumed event's identifiers keep the copy ingest sealed under
+//! the event's subject (no vault write in the consumer's transaction). Trait payloads stay
+//! sealed as ingest sealed them. Erasure returns every subject and identifier to forget.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use meridian_vault::{SubjectKey, Vault, VaultError};
+use meridian_bus::{EventFamily, OutboxEvent, Tx};
+use meridian_vault::{BlindIndex, Vault, VaultError};
+use prost::Message;
+use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use crate::computed::AiplRules;
 use crate::error::IdentityError;
+use crate::events::{ProfileEventPage, ProfileEventSource};
 use crate::explain::{MergeTree, merge_tree};
 use crate::graph::{Changes, Conflict, Edge, Graph, ProfileId};
 use crate::identifier::{
     CompiledRules, IdentifierObservation, Intake, NodeKey, Normalized, RawIdentifier, intake,
     prepare,
 };
-use crate::store::{ChangeBatch, IdentifierRow, IdentityStore, ProfileRow, SealedValue};
+use crate::store::{
+    ChangeBatch, ComputedRow, IdentifierRow, IdentityStore, ProfileRow, SealedValue,
+};
+use crate::traits::{TraitPayload, TraitRules, merge_traits, parse_traits};
 
-/// Data keys loaded or created at once while sealing a batch.
-const KEY_LOAD_CONCURRENCY: usize = 32;
+/// The field name the room's own sealed copies are bound to.
+pub(crate) const OWN_SEALED_FIELD: &str = "value";
 
-/// The field name sealed values are bound to.
-const SEALED_FIELD: &str = "value";
-
-/// The record id a sealed identifier is bound to (type and blind index).
-fn record_id(key: &NodeKey) -> String {
+/// The record id the room's own sealed copy of an identifier is bound to.
+pub(crate) fn own_record_id(key: &NodeKey) -> String {
     format!("identity:{}:{}", key.kind.code(), key.index.to_hex())
+}
+
+/// Write attempts when another writer moved the graph meanwhile.
+const STALE_RETRIES: usize = 3;
+
+/// Profile rules from configuration: trait source priorities and the AIPL definitions.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfileRules {
+    pub traits: TraitRules,
+    pub aipl: AiplRules,
+}
+
+impl ProfileRules {
+    pub fn validate(self) -> Result<Self, IdentityError> {
+        Ok(ProfileRules {
+            traits: self.traits,
+            aipl: self.aipl.validate()?,
+        })
+    }
 }
 
 /// What an ingest batch did.
@@ -99,11 +128,24 @@ impl std::fmt::Debug for IdentifierView {
     }
 }
 
-/// A profile and its identifiers.
+/// A profile: its identifiers (opened), traits (opened, merged) and computed traits.
 #[derive(Debug, Clone)]
 pub struct ProfileView {
     pub profile: ProfileRow,
     pub identifiers: Vec<IdentifierView>,
+    /// Merged traits; `Debug` of a JSON map would print values, so it is skipped below.
+    pub traits: TraitsView,
+    pub computed: Option<ComputedRow>,
+}
+
+/// A profile's merged traits. `Debug` prints the names only.
+#[derive(Clone, Default)]
+pub struct TraitsView(pub serde_json::Map<String, serde_json::Value>);
+
+impl std::fmt::Debug for TraitsView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 /// Why a profile is what it is.
@@ -126,13 +168,54 @@ impl Explanation {
     }
 }
 
-type GraphSlot = Arc<tokio::sync::Mutex<Option<Graph>>>;
+/// How the erasure saga names a subject.
+#[derive(Debug, Clone)]
+pub enum SubjectRef {
+    Profile(ProfileId),
+    /// Raw identifiers (normalized and blind-indexed here).
+    Identifiers(Vec<RawIdentifier>),
+    /// Blind indexes, of any identifier type.
+    BlindIndexes(Vec<BlindIndex>),
+}
+
+/// What [`IdentityRoom::erase_profile`] deleted: what the saga must forget in the vault
+/// (last, once every room deleted its rows).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErasedProfile {
+    /// The live profile erased (and the id asked for, if it had been merged into it).
+    pub profile_ids: Vec<ProfileId>,
+    /// Its identifiers: `Vault::forget_identifier` on each.
+    pub identifiers: Vec<NodeKey>,
+    /// Vault subjects its sealed copies and trait payloads were sealed under:
+    /// `Vault::forget` on each.
+    pub vault_subjects: Vec<String>,
+}
+
+/// What applying one consumed event did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppliedEvent {
+    /// False for an event applied before (or whose subject was erased meanwhile).
+    pub applied: bool,
+    pub links: u64,
+    pub conflicts: u64,
+}
+
+struct CachedGraph {
+    graph: Graph,
+    /// The stored version the graph reflects.
+    version: i64,
+}
+
+type GraphSlot = Arc<tokio::sync::Mutex<Option<CachedGraph>>>;
 
 struct Inner {
     store: Arc<dyn IdentityStore>,
     vault: Arc<Vault>,
     rules: CompiledRules,
+    profile_rules: ProfileRules,
     graphs: Mutex<HashMap<String, GraphSlot>>,
+    blocked_keys: Mutex<HashMap<String, Arc<HashSet<NodeKey>>>>,
+    event_source: Option<Arc<dyn ProfileEventSource>>,
 }
 
 /// The identity room. Cheap to clone.
@@ -147,15 +230,52 @@ impl std::fmt::Debug for IdentityRoom {
     }
 }
 
+/// The graph changes, sealed copies and profile rows one write produces.
+struct Draft {
+    changes: Changes,
+    /// Sealed copies of identifiers, with their source.
+    sealed: HashMap<NodeKey, (SealedValue, String)>,
+    trait_payloads: Vec<crate::store::TraitPayloadRow>,
+    activity: Vec<crate::store::ActivityRow>,
+    deleted_profiles: Vec<ProfileId>,
+}
+
+impl Draft {
+    fn new(changes: Changes) -> Self {
+        Draft {
+            changes,
+            sealed: HashMap::new(),
+            trait_payloads: Vec::new(),
+            activity: Vec::new(),
+            deleted_profiles: Vec::new(),
+        }
+    }
+}
+
 impl IdentityRoom {
-    /// A room over a store (see [`crate::identity_store`]), the vault and validated rules.
+    /// A room over a store (see [`crate::identity_store`]), the vault and validated rules,
+    /// with the default [`ProfileRules`] and no event source.
     pub fn new(store: Arc<dyn IdentityStore>, vault: Arc<Vault>, rules: CompiledRules) -> Self {
+        Self::with_profile_rules(store, vault, rules, ProfileRules::default(), None)
+    }
+
+    /// A room with explicit profile rules and (optionally) where `ListProfileEvents` reads.
+    pub fn with_profile_rules(
+        store: Arc<dyn IdentityStore>,
+        vault: Arc<Vault>,
+        rules: CompiledRules,
+        profile_rules: ProfileRules,
+        event_source: Option<Arc<dyn ProfileEventSource>>,
+    ) -> Self {
         IdentityRoom {
             inner: Arc::new(Inner {
                 store,
                 vault,
                 rules,
+                profile_rules,
                 graphs: Mutex::new(HashMap::new()),
+                blocked_keys: Mutex::new(HashMap::new()),
+                event_source,
             }),
         }
     }
@@ -169,8 +289,32 @@ impl IdentityRoom {
         Self::new(crate::store::identity_store(store), vault, rules)
     }
 
+    /// The same room reading profile events from `source`.
+    pub fn with_event_source(self, source: Arc<dyn ProfileEventSource>) -> Self {
+        let inner = &self.inner;
+        IdentityRoom {
+            inner: Arc::new(Inner {
+                store: inner.store.clone(),
+                vault: inner.vault.clone(),
+                rules: inner.rules.clone(),
+                profile_rules: inner.profile_rules.clone(),
+                graphs: Mutex::new(HashMap::new()),
+                blocked_keys: Mutex::new(HashMap::new()),
+                event_source: Some(source),
+            }),
+        }
+    }
+
     pub fn rules(&self) -> &CompiledRules {
         &self.inner.rules
+    }
+
+    pub fn profile_rules(&self) -> &ProfileRules {
+        &self.inner.profile_rules
+    }
+
+    pub(crate) fn vault(&self) -> &Arc<Vault> {
+        &self.inner.vault
     }
 
     fn slot(&self, workspace: &str) -> GraphSlot {
@@ -181,8 +325,8 @@ impl IdentityRoom {
             .clone()
     }
 
-    async fn load(&self, workspace: &str) -> Result<Graph, IdentityError> {
-        let (nodes, edges) = self.inner.store.load_graph(workspace).await?;
+    fn build_graph(&self, stored: crate::store::StoredGraph) -> CachedGraph {
+        let (nodes, edges, version) = stored;
         let mut graph = Graph::new(self.inner.rules.clone());
         for n in nodes {
             graph.restore_node(n);
@@ -190,43 +334,107 @@ impl IdentityRoom {
         for e in edges {
             graph.restore_edge(e);
         }
-        Ok(graph)
+        CachedGraph { graph, version }
     }
 
-    /// Runs `f` on the workspace's graph and persists what it changed; on a failed write the
-    /// cached graph is dropped (the next call reloads it from the store).
+    /// Blind indexes of the values blocked outright, per workspace (consumed events carry
+    /// blind indexes, so blocked values are matched by index too).
+    pub(crate) async fn blocked_keys(
+        &self,
+        workspace: &str,
+    ) -> Result<Arc<HashSet<NodeKey>>, IdentityError> {
+        if let Some(keys) = self
+            .inner
+            .blocked_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(workspace)
+        {
+            return Ok(keys.clone());
+        }
+        let indexer = self.inner.vault.blind_indexer(workspace).await?;
+        let keys: HashSet<NodeKey> = self
+            .inner
+            .rules
+            .blocked_values()
+            .filter_map(|(kind, value)| {
+                crate::identifier::normalize(kind, value, "", "")
+                    .ok()
+                    .map(|n| crate::identifier::blind_index(&indexer, &n))
+            })
+            .collect();
+        let keys = Arc::new(keys);
+        self.inner
+            .blocked_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(workspace.to_owned(), keys.clone());
+        Ok(keys)
+    }
+
+    /// Runs `draft` on the workspace's graph, seals the new values it returns, and persists
+    /// everything in one transaction at the cached graph's version; when another writer
+    /// moved the graph, reloads it and runs `draft` again.
     async fn write<T>(
         &self,
         workspace: &str,
-        new_values: impl FnOnce(&mut Graph, &mut Changes) -> (T, HashMap<NodeKey, Normalized>),
+        mut draft: impl FnMut(&mut Graph) -> (T, Draft, HashMap<NodeKey, Normalized>),
     ) -> Result<(T, Timings), IdentityError> {
         let slot = self.slot(workspace);
         let mut guard = slot.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.load(workspace).await?);
+        for _ in 0..STALE_RETRIES {
+            if guard.is_none() {
+                *guard = Some(self.build_graph(self.inner.store.load_graph(workspace).await?));
+            }
+            let Some(cached) = guard.as_mut() else {
+                return Err(IdentityError::Corrupt("graph not loaded".into()));
+            };
+            let mut timings = Timings::default();
+            let started = Instant::now();
+            let (out, mut d, values) = draft(&mut cached.graph);
+            timings.graph_micros = micros(started);
+            let started = Instant::now();
+            let sealed = self.seal(workspace, &cached.graph, values).await;
+            timings.seal_micros = micros(started);
+            let batch = match sealed {
+                Ok(sealed) => {
+                    d.sealed.extend(sealed);
+                    self.assemble(workspace, &cached.graph, d)
+                }
+                Err(e) => Err(e),
+            };
+            let started = Instant::now();
+            let result = match batch {
+                Ok(batch) => {
+                    self.inner
+                        .store
+                        .apply(
+                            workspace,
+                            &batch,
+                            &self.inner.profile_rules.aipl,
+                            cached.version,
+                        )
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            timings.store_micros = micros(started);
+            match result {
+                Ok(version) => {
+                    cached.version = version;
+                    return Ok((out, timings));
+                }
+                Err(IdentityError::StaleGraph) => {
+                    tracing::debug!(workspace, "identity graph moved; reloading");
+                    *guard = None;
+                }
+                Err(e) => {
+                    *guard = None;
+                    return Err(e);
+                }
+            }
         }
-        let Some(graph) = guard.as_mut() else {
-            return Err(IdentityError::Corrupt("graph not loaded".into()));
-        };
-        let mut timings = Timings::default();
-        let started = Instant::now();
-        let mut changes = Changes::default();
-        let (out, values) = new_values(graph, &mut changes);
-        timings.graph_micros = micros(started);
-        let started = Instant::now();
-        let batch = self.batch(workspace, graph, &changes, values).await;
-        timings.seal_micros = micros(started);
-        let started = Instant::now();
-        let result = match batch {
-            Ok(batch) => self.inner.store.apply(workspace, &batch).await,
-            Err(e) => Err(e),
-        };
-        timings.store_micros = micros(started);
-        if let Err(e) = result {
-            *guard = None;
-            return Err(e);
-        }
-        Ok((out, timings))
+        Err(IdentityError::StaleGraph)
     }
 
     /// Applies identifier observations (one batch, one transaction).
@@ -237,31 +445,101 @@ impl IdentityRoom {
     ) -> Result<IngestReport, IdentityError> {
         let indexer = self.inner.vault.blind_indexer(workspace).await?;
         let rules = &self.inner.rules;
-        self.write(workspace, |graph, changes| {
-            let mut report = IngestReport::default();
-            let mut values: HashMap<NodeKey, Normalized> = HashMap::new();
-            for obs in observations {
-                let p = prepare(rules, &indexer, obs);
-                report.observations += 1;
-                report.invalid += p.invalid;
-                report.identifiers += p.normalized.len() as u64;
-                for (key, n) in p.normalized {
-                    if graph.profile_of(&key).is_none() {
-                        values.entry(key).or_insert(n);
-                    }
-                }
-                let out = graph.observe(&p.observation, changes);
-                report.links += out.links;
-                report.conflicts += out.conflicts;
-            }
-            report.identifiers_written = changes.nodes.len() as u64;
-            (report, values)
+        self.write(workspace, |graph| {
+            draft_ingest(rules, &indexer, graph, observations)
         })
         .await
         .map(|(mut report, timings)| {
             report.timings = timings;
             report
         })
+    }
+
+    /// Applies batches of observations in order, one transaction each, as a two-stage
+    /// pipeline: while batch N is written to the store, batch N + 1 goes through the graph
+    /// and the vault (its new identifiers' subjects and data keys). For bulk loads (the
+    /// benchmark, backfills). Another writer moving the graph meanwhile fails the call
+    /// (nothing of the failed batch is written; the cached graph is reloaded next time).
+    pub async fn ingest_pipelined(
+        &self,
+        workspace: &str,
+        batches: &[&[IdentifierObservation]],
+    ) -> Result<Vec<IngestReport>, IdentityError> {
+        let indexer = self.inner.vault.blind_indexer(workspace).await?;
+        let slot = self.slot(workspace);
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.build_graph(self.inner.store.load_graph(workspace).await?));
+        }
+        let Some(cached) = guard.as_mut() else {
+            return Err(IdentityError::Corrupt("graph not loaded".into()));
+        };
+        let result = self.pipeline(workspace, &indexer, cached, batches).await;
+        if result.is_err() {
+            *guard = None;
+        }
+        result
+    }
+
+    async fn pipeline(
+        &self,
+        workspace: &str,
+        indexer: &meridian_vault::BlindIndexer,
+        cached: &mut CachedGraph,
+        batches: &[&[IdentifierObservation]],
+    ) -> Result<Vec<IngestReport>, IdentityError> {
+        let aipl = &self.inner.profile_rules.aipl;
+        let mut reports: Vec<IngestReport> = Vec::with_capacity(batches.len());
+        let mut pending: Option<ChangeBatch> = None;
+        for observations in batches {
+            let started = Instant::now();
+            let (mut report, mut draft, values) =
+                draft_ingest(&self.inner.rules, indexer, &mut cached.graph, observations);
+            report.timings.graph_micros = micros(started);
+            let version = cached.version;
+            let graph = &cached.graph;
+            let seal = async {
+                let started = Instant::now();
+                let sealed = self.seal(workspace, graph, values).await;
+                (sealed, micros(started))
+            };
+            let apply = async {
+                let started = Instant::now();
+                let applied = match &pending {
+                    Some(batch) => self
+                        .inner
+                        .store
+                        .apply(workspace, batch, aipl, version)
+                        .await
+                        .map(Some),
+                    None => Ok(None),
+                };
+                (applied, micros(started))
+            };
+            let ((sealed, seal_micros), (applied, store_micros)) = tokio::join!(seal, apply);
+            report.timings.seal_micros = seal_micros;
+            if let Some(previous) = reports.last_mut() {
+                previous.timings.store_micros = store_micros;
+            }
+            if let Some(version) = applied? {
+                cached.version = version;
+            }
+            draft.sealed.extend(sealed?);
+            pending = Some(self.assemble(workspace, &cached.graph, draft)?);
+            reports.push(report);
+        }
+        if let Some(batch) = pending {
+            let started = Instant::now();
+            cached.version = self
+                .inner
+                .store
+                .apply(workspace, &batch, aipl, cached.version)
+                .await?;
+            if let Some(last) = reports.last_mut() {
+                last.timings.store_micros = micros(started);
+            }
+        }
+        Ok(reports)
     }
 
     /// Removes an identifier (erasure, correction): deletes it, its edges and the conflicts
@@ -274,9 +552,10 @@ impl IdentityRoom {
         at: DateTime<Utc>,
     ) -> Result<Vec<ProfileId>, IdentityError> {
         let key = self.key_of(workspace, identifier).await?;
-        self.write(workspace, |graph, changes| {
-            let parts = graph.remove(&key, at, changes).unwrap_or_default();
-            (parts, HashMap::new())
+        self.write(workspace, |graph| {
+            let mut changes = Changes::default();
+            let parts = graph.remove(&key, at, &mut changes).unwrap_or_default();
+            (parts, Draft::new(changes), HashMap::new())
         })
         .await
         .map(|(parts, _)| parts)
@@ -293,41 +572,61 @@ impl IdentityRoom {
         })
     }
 
-    /// Turns graph changes into a store batch, sealing new identifiers.
-    async fn batch(
+    /// Seals new identifiers' normalized values, each under its own vault subject (the
+    /// vault's subject of its blind index), with batched vault round trips.
+    async fn seal(
         &self,
         workspace: &str,
         graph: &Graph,
-        changes: &Changes,
-        mut values: HashMap<NodeKey, Normalized>,
-    ) -> Result<ChangeBatch, IdentityError> {
-        let now = Utc::now();
-        // Data keys of the profiles receiving new identifiers, loaded (or created) with
-        // bounded concurrency: creating a key is a store round trip with its own commit.
-        let mut wanted: Vec<ProfileId> = values
-            .keys()
-            .filter_map(|k| graph.profile_of(k))
-            .collect::<HashSet<_>>()
+        values: HashMap<NodeKey, Normalized>,
+    ) -> Result<HashMap<NodeKey, (SealedValue, String)>, IdentityError> {
+        let values: Vec<(NodeKey, Normalized)> = values
             .into_iter()
+            .filter(|(k, _)| graph.profile_of(k).is_some())
             .collect();
-        wanted.sort_unstable();
-        let vault = &self.inner.vault;
-        let loaded: Vec<Result<(ProfileId, SubjectKey), VaultError>> =
-            futures::stream::iter(wanted)
-                .map(|p| async move {
-                    vault
-                        .subject_key(workspace, &p.to_string())
-                        .await
-                        .map(|k| (p, k))
-                })
-                .buffer_unordered(KEY_LOAD_CONCURRENCY)
-                .collect()
-                .await;
-        let mut keys: HashMap<ProfileId, SubjectKey> = HashMap::with_capacity(loaded.len());
-        for entry in loaded {
-            let (p, k) = entry?;
-            keys.insert(p, k);
+        if values.is_empty() {
+            return Ok(HashMap::new());
         }
+        let vault = &self.inner.vault;
+        let indexes: Vec<BlindIndex> = values.iter().map(|(k, _)| k.index).collect();
+        let subjects = vault.identifier_subjects(workspace, &indexes).await?;
+        let names: Vec<&str> = subjects.iter().map(String::as_str).collect();
+        let keys = vault.subject_keys(workspace, &names).await?;
+        let mut out = HashMap::with_capacity(values.len());
+        for (((key, n), subject), data_key) in values.into_iter().zip(subjects).zip(keys) {
+            let record = own_record_id(&key);
+            let bytes = data_key.seal(&record, OWN_SEALED_FIELD, n.display_value().as_bytes())?;
+            out.insert(
+                key,
+                (
+                    SealedValue {
+                        subject,
+                        record,
+                        field: OWN_SEALED_FIELD.to_owned(),
+                        bytes,
+                    },
+                    n.source.clone(),
+                ),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Turns a draft into a store batch, with the `ProfileChanged` events it announces.
+    fn assemble(
+        &self,
+        workspace: &str,
+        graph: &Graph,
+        d: Draft,
+    ) -> Result<ChangeBatch, IdentityError> {
+        let Draft {
+            changes,
+            mut sealed,
+            trait_payloads,
+            activity,
+            deleted_profiles,
+        } = d;
+        let now = Utc::now();
         let mut identifiers = Vec::with_capacity(changes.nodes.len());
         let mut touched: HashSet<ProfileId> = HashSet::new();
         for key in &changes.nodes {
@@ -335,25 +634,9 @@ impl IdentityRoom {
                 continue;
             };
             touched.insert(state.profile);
-            let (source, sealed) = match values.remove(key) {
-                Some(n) => {
-                    let subject = keys.get(&state.profile).ok_or_else(|| {
-                        IdentityError::Corrupt("no data key loaded for a new identifier".into())
-                    })?;
-                    let bytes = subject.seal(
-                        &record_id(key),
-                        SEALED_FIELD,
-                        n.display_value().as_bytes(),
-                    )?;
-                    (
-                        n.source.clone(),
-                        Some(SealedValue {
-                            subject: state.profile.to_string(),
-                            bytes,
-                        }),
-                    )
-                }
-                None => (String::new(), None),
+            let (sealed, source) = match sealed.remove(key) {
+                Some((s, source)) => (Some(s), source),
+                None => (None, String::new()),
             };
             identifiers.push(IdentifierRow {
                 state,
@@ -364,7 +647,10 @@ impl IdentityRoom {
         // Profiles born and absorbed within this batch were never visible: skip them.
         let absorbed: HashSet<ProfileId> = changes.merged_profiles.iter().map(|m| m.0).collect();
         let created: HashSet<ProfileId> = changes.created_profiles.iter().map(|c| c.0).collect();
-        Ok(ChangeBatch {
+        let mut rehome: BTreeSet<ProfileId> = absorbed.iter().copied().collect();
+        rehome.extend(changes.split_profiles.iter().map(|s| s.0));
+        rehome.extend(changes.shrunk_profiles.iter().copied());
+        let mut batch = ChangeBatch {
             identifiers,
             removed_identifiers: changes.removed_nodes.clone(),
             new_edges: changes.new_edges.clone(),
@@ -384,7 +670,127 @@ impl IdentityRoom {
                 .collect(),
             touched_profiles: touched.into_iter().collect(),
             at: now,
-        })
+            trait_payloads,
+            activity,
+            rehome: rehome.into_iter().collect(),
+            deleted_profiles,
+            events: Vec::new(),
+        };
+        batch.events = profile_changed_events(workspace, graph, &changes, &batch)?;
+        Ok(batch)
+    }
+
+    // ---- consumed events --------------------------------------------------------------
+
+    /// Applies one accepted event inside the consumer's transaction `tx`: stitches its
+    /// identifiers (alias events with rule `alias`), keeps its sealed traits (identify) and
+    /// activity (orders, AIPL stages), and writes `ProfileChanged` to the outbox, all in
+    /// `tx`. Idempotent on the event id. Never writes to the vault (on SQLite, the
+    /// consumer's transaction holds the only write lock).
+    pub async fn apply_accepted(
+        &self,
+        tx: &mut Tx<'_>,
+        event: &meridian_proto::bus::v1::EventAccepted,
+    ) -> Result<AppliedEvent, IdentityError> {
+        let workspace = event.workspace_id.as_str();
+        let decoded = crate::accepted::decode(self, event).await?;
+        if !self
+            .inner
+            .store
+            .mark_applied(tx, workspace, &event.event_id, Utc::now())
+            .await?
+        {
+            return Ok(AppliedEvent::default());
+        }
+        let Some(decoded) = decoded else {
+            // Its subject was erased after ingest accepted it: nothing to keep.
+            return Ok(AppliedEvent::default());
+        };
+        // Activity below a stage the profile already reached adds nothing.
+        let slot = self.slot(workspace);
+        let mut guard = slot.lock().await;
+        let version = self.inner.store.bump_version(tx, workspace).await?;
+        if guard.as_ref().is_none_or(|c| c.version != version - 1) {
+            let loaded = self.inner.store.load_graph_in(tx, workspace).await;
+            match loaded {
+                Ok(stored) => {
+                    let mut cached = self.build_graph(stored);
+                    cached.version = version - 1;
+                    *guard = Some(cached);
+                }
+                Err(e) => {
+                    *guard = None;
+                    return Err(e);
+                }
+            }
+        }
+        let Some(cached) = guard.as_mut() else {
+            return Err(IdentityError::Corrupt("graph not loaded".into()));
+        };
+        let mut changes = Changes::default();
+        let out = cached.graph.observe(&decoded.observation, &mut changes);
+        let mut draft = Draft::new(changes);
+        if let (Some(anchor), Some(profile)) = (out.anchor, out.profile) {
+            for (key, copy) in decoded.sealed {
+                if cached.graph.profile_of(&key) == Some(profile) {
+                    draft.sealed.insert(key, copy);
+                }
+            }
+            if let Some((subject, bytes)) = decoded.sealed_traits {
+                draft.trait_payloads.push(crate::store::TraitPayloadRow {
+                    event_id: event.event_id.clone(),
+                    profile,
+                    anchor,
+                    source: event.storefront_id.clone(),
+                    observed_micros: decoded.at.timestamp_micros(),
+                    sealed_subject: subject,
+                    sealed_traits: bytes,
+                });
+            }
+            if let Some(activity) = decoded.activity {
+                let needed = activity.order.is_some()
+                    || self
+                        .inner
+                        .store
+                        .computed_of(workspace, profile)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_none_or(|c| c.stage < activity.stage);
+                if needed {
+                    draft.activity.push(crate::store::ActivityRow {
+                        event_id: event.event_id.clone(),
+                        profile,
+                        anchor,
+                        activity,
+                    });
+                }
+            }
+        }
+        let batch = self.assemble(workspace, &cached.graph, draft);
+        let result = match batch {
+            Ok(batch) => {
+                self.inner
+                    .store
+                    .apply_in(tx, workspace, &batch, &self.inner.profile_rules.aipl)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                cached.version = version;
+                Ok(AppliedEvent {
+                    applied: true,
+                    links: out.links,
+                    conflicts: out.conflicts,
+                })
+            }
+            Err(e) => {
+                *guard = None;
+                Err(e)
+            }
+        }
     }
 
     // ---- reads ----------------------------------------------------------------------------
@@ -424,14 +830,17 @@ impl IdentityRoom {
                     .open(
                         workspace,
                         &sealed.subject,
-                        &record_id(&row.state.key),
-                        SEALED_FIELD,
+                        &sealed.record,
+                        &sealed.field,
                         &sealed.bytes,
                     )
                     .await
                 {
                     Ok(plain) => {
-                        value = Zeroizing::new(String::from_utf8_lossy(&plain).into_owned());
+                        // Ingest's copies of storefront ids may hold `source ‖ 0x00 ‖ id`.
+                        value = Zeroizing::new(
+                            String::from_utf8_lossy(&plain).replacen('\u{0}', ":", 1),
+                        );
                     }
                     // Crypto-shredded: the value is gone for good.
                     Err(VaultError::SubjectForgotten | VaultError::NoSubjectKey) => {}
@@ -448,7 +857,51 @@ impl IdentityRoom {
         Ok(out)
     }
 
-    /// A profile (following merges) with its identifiers opened.
+    /// A profile's traits: its identify payloads opened and merged.
+    async fn traits(
+        &self,
+        workspace: &str,
+        profile: ProfileId,
+    ) -> Result<TraitsView, IdentityError> {
+        let rows = self
+            .inner
+            .store
+            .trait_payloads_of(workspace, profile)
+            .await?;
+        let mut payloads = Vec::with_capacity(rows.len());
+        for row in rows {
+            let plain = match self
+                .inner
+                .vault
+                .open(
+                    workspace,
+                    &row.sealed_subject,
+                    &row.event_id,
+                    crate::accepted::TRAITS_FIELD,
+                    &row.sealed_traits,
+                )
+                .await
+            {
+                Ok(plain) => plain,
+                Err(VaultError::SubjectForgotten | VaultError::NoSubjectKey) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(traits) = parse_traits(&plain) {
+                payloads.push(TraitPayload {
+                    event_id: row.event_id,
+                    source: row.source,
+                    observed_micros: row.observed_micros,
+                    traits,
+                });
+            }
+        }
+        Ok(TraitsView(merge_traits(
+            &self.inner.profile_rules.traits,
+            payloads,
+        )))
+    }
+
+    /// A profile (following merges) with its identifiers and traits opened.
     pub async fn profile(
         &self,
         workspace: &str,
@@ -465,6 +918,8 @@ impl IdentityRoom {
         }
         Ok(ProfileView {
             identifiers: self.open(workspace, rows).await?,
+            traits: self.traits(workspace, row.profile).await?,
+            computed: self.inner.store.computed_of(workspace, row.profile).await?,
             profile: row,
         })
     }
@@ -483,6 +938,127 @@ impl IdentityRoom {
             .await?
             .ok_or(IdentityError::ProfileNotFound)?;
         self.profile(workspace, row.state.profile).await
+    }
+
+    /// The profile of a subject (for access requests and the erasure saga): named by
+    /// profile id, raw identifiers or blind indexes; the first identifier that resolves
+    /// names it. `None` when nothing is known.
+    pub async fn subject_profile(
+        &self,
+        workspace: &str,
+        subject: &SubjectRef,
+    ) -> Result<Option<ProfileView>, IdentityError> {
+        let candidates: Vec<ProfileId> = match subject {
+            SubjectRef::Profile(id) => vec![*id],
+            SubjectRef::Identifiers(raws) => {
+                let mut out = Vec::new();
+                for raw in raws {
+                    let Ok(key) = self.key_of(workspace, raw).await else {
+                        continue;
+                    };
+                    if let Some(row) = self.inner.store.identifier(workspace, &key).await? {
+                        out.push(row.state.profile);
+                    }
+                }
+                out
+            }
+            SubjectRef::BlindIndexes(indexes) => {
+                let mut out = Vec::new();
+                for index in indexes {
+                    for row in self
+                        .inner
+                        .store
+                        .identifiers_by_index(workspace, index)
+                        .await?
+                    {
+                        out.push(row.state.profile);
+                    }
+                }
+                out
+            }
+        };
+        for id in candidates {
+            match self.profile(workspace, id).await {
+                Ok(view) => return Ok(Some(view)),
+                Err(IdentityError::ProfileNotFound) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Erases a profile: deletes its identifiers (nodes, edges, conflicts, sealed copies),
+    /// trait payloads, activity, computed traits and profile rows, in one transaction with
+    /// a `ProfileChanged` for it. Returns what the saga must then forget in the vault.
+    /// Idempotent: a profile already erased (or unknown) returns an empty receipt.
+    pub async fn erase_profile(
+        &self,
+        workspace: &str,
+        profile: ProfileId,
+    ) -> Result<ErasedProfile, IdentityError> {
+        let row = match self.resolve(workspace, profile).await {
+            Ok(row) => row,
+            Err(IdentityError::ProfileNotFound) => return Ok(ErasedProfile::default()),
+            Err(e) => return Err(e),
+        };
+        let live = row.profile;
+        let rows = self.inner.store.identifiers_of(workspace, live).await?;
+        let payloads = self.inner.store.trait_payloads_of(workspace, live).await?;
+        let mut subjects: BTreeSet<String> = rows
+            .iter()
+            .filter_map(|r| r.sealed.as_ref().map(|s| s.subject.clone()))
+            .collect();
+        subjects.extend(payloads.into_iter().map(|p| p.sealed_subject));
+        let keys: Vec<NodeKey> = rows.iter().map(|r| r.state.key).collect();
+        let mut deleted = vec![live];
+        if profile != live {
+            deleted.push(profile);
+        }
+        let at = Utc::now();
+        self.write(workspace, |graph| {
+            let mut changes = Changes::default();
+            for key in &keys {
+                graph.remove(key, at, &mut changes);
+            }
+            let mut draft = Draft::new(changes);
+            draft.deleted_profiles = deleted.clone();
+            ((), draft, HashMap::new())
+        })
+        .await?;
+        Ok(ErasedProfile {
+            profile_ids: deleted,
+            identifiers: keys,
+            vault_subjects: subjects.into_iter().collect(),
+        })
+    }
+
+    /// A page of a profile's events, from the configured [`ProfileEventSource`].
+    pub async fn profile_events(
+        &self,
+        workspace: &str,
+        id: ProfileId,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<ProfileEventPage, IdentityError> {
+        let page_size = crate::events::page_size(page_size)?;
+        let source = self
+            .inner
+            .event_source
+            .as_ref()
+            .ok_or(IdentityError::NotConfigured("the profile event source"))?;
+        let row = self.resolve(workspace, id).await?;
+        let rows = self
+            .inner
+            .store
+            .identifiers_of(workspace, row.profile)
+            .await?;
+        if rows.is_empty() {
+            return Err(IdentityError::ProfileNotFound);
+        }
+        let anchors: Vec<BlindIndex> = rows.iter().map(|r| r.state.key.index).collect();
+        source
+            .events(workspace, &anchors, page_size, page_token)
+            .await
     }
 
     /// The merge tree, applied links and refused links of a profile.
@@ -510,7 +1086,7 @@ impl IdentityRoom {
     pub async fn cached_profile_of(&self, workspace: &str, key: &NodeKey) -> Option<ProfileId> {
         let slot = self.slot(workspace);
         let guard = slot.lock().await;
-        guard.as_ref().and_then(|g| g.profile_of(key))
+        guard.as_ref().and_then(|g| g.graph.profile_of(key))
     }
 
     /// Graph keys of raw identifiers in a workspace (normalized and blind-indexed).
@@ -537,4 +1113,157 @@ impl IdentityRoom {
             .unwrap_or_else(|e| e.into_inner())
             .remove(workspace);
     }
+}
+
+/// Intake and the graph for a batch of observations: the report, the draft, and the
+/// normalized values of identifiers new to the graph (to seal).
+fn draft_ingest(
+    rules: &CompiledRules,
+    indexer: &meridian_vault::BlindIndexer,
+    graph: &mut Graph,
+    observations: &[IdentifierObservation],
+) -> (IngestReport, Draft, HashMap<NodeKey, Normalized>) {
+    let mut changes = Changes::default();
+    let mut report = IngestReport::default();
+    let mut values: HashMap<NodeKey, Normalized> = HashMap::new();
+    for obs in observations {
+        let p = prepare(rules, indexer, obs);
+        report.observations += 1;
+        report.invalid += p.invalid;
+        report.identifiers += p.normalized.len() as u64;
+        for (key, n) in p.normalized {
+            if graph.profile_of(&key).is_none() {
+                values.entry(key).or_insert(n);
+            }
+        }
+        let out = graph.observe(&p.observation, &mut changes);
+        report.links += out.links;
+        report.conflicts += out.conflicts;
+    }
+    report.identifiers_written = changes.nodes.len() as u64;
+    (report, Draft::new(changes), values)
+}
+
+/// The `ProfileChanged` events of a batch: one per live profile it changed, naming the
+/// profiles merged into it and split off it.
+fn profile_changed_events(
+    workspace: &str,
+    graph: &Graph,
+    changes: &Changes,
+    batch: &ChangeBatch,
+) -> Result<Vec<OutboxEvent>, IdentityError> {
+    #[derive(Default)]
+    struct Entry {
+        merged: BTreeSet<ProfileId>,
+        split: BTreeSet<ProfileId>,
+        changed: BTreeSet<&'static str>,
+    }
+    // Where each absorbed profile ended up (merges chain within a batch).
+    let into: HashMap<ProfileId, ProfileId> = changes
+        .merged_profiles
+        .iter()
+        .map(|(a, i, _)| (*a, *i))
+        .collect();
+    let live = |mut p: ProfileId| {
+        for _ in 0..into.len() + 1 {
+            match into.get(&p) {
+                Some(next) => p = *next,
+                None => break,
+            }
+        }
+        p
+    };
+    let mut entries: BTreeMap<ProfileId, Entry> = BTreeMap::new();
+    for p in &batch.touched_profiles {
+        entries
+            .entry(live(*p))
+            .or_default()
+            .changed
+            .insert("identifiers");
+    }
+    for (absorbed, _, _) in &batch.merged_profiles {
+        let e = entries.entry(live(*absorbed)).or_default();
+        e.merged.insert(*absorbed);
+        e.changed
+            .extend(["identifiers", "traits", "computed_traits"]);
+    }
+    for (old, parts) in &changes.split_profiles {
+        let e = entries.entry(live(*old)).or_default();
+        e.split.extend(parts.iter().map(|p| live(*p)));
+        e.changed
+            .extend(["identifiers", "traits", "computed_traits"]);
+        for p in parts {
+            entries.entry(live(*p)).or_default().changed.extend([
+                "identifiers",
+                "traits",
+                "computed_traits",
+            ]);
+        }
+    }
+    for p in &changes.shrunk_profiles {
+        entries.entry(live(*p)).or_default().changed.extend([
+            "identifiers",
+            "traits",
+            "computed_traits",
+        ]);
+    }
+    for p in &batch.trait_payloads {
+        entries
+            .entry(live(p.profile))
+            .or_default()
+            .changed
+            .insert("traits");
+    }
+    for a in &batch.activity {
+        entries
+            .entry(live(a.profile))
+            .or_default()
+            .changed
+            .insert("computed_traits");
+    }
+    for p in &batch.deleted_profiles {
+        entries
+            .entry(*p)
+            .or_default()
+            .changed
+            .extend(["identifiers", "traits", "computed_traits"]);
+    }
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let workspace_id: meridian_domain::WorkspaceId =
+        workspace
+            .parse()
+            .map_err(|_| IdentityError::InvalidArgument {
+                field: "workspace_id",
+                reason: "not a workspace id",
+            })?;
+    let family: EventFamily = "profile"
+        .parse()
+        .map_err(|_| IdentityError::Corrupt("event family".into()))?;
+    let at = prost_types::Timestamp {
+        seconds: batch.at.timestamp(),
+        nanos: i32::try_from(batch.at.timestamp_subsec_nanos()).unwrap_or(0),
+    };
+    // A profile erased or emptied in this batch still gets its event (its members left).
+    let _ = graph;
+    Ok(entries
+        .into_iter()
+        .map(|(profile, e)| {
+            let payload = meridian_proto::bus::v1::ProfileChanged {
+                workspace_id: workspace.to_owned(),
+                profile_id: profile.to_string(),
+                merged_profile_ids: e.merged.iter().map(ToString::to_string).collect(),
+                split_profile_ids: e.split.iter().map(ToString::to_string).collect(),
+                changed: e.changed.iter().map(|c| (*c).to_owned()).collect(),
+                changed_at: Some(at),
+            };
+            OutboxEvent::new(
+                workspace_id.clone(),
+                family.clone(),
+                profile.to_string(),
+                payload.encode_to_vec(),
+            )
+        })
+        .collect())
 }

@@ -3,23 +3,30 @@
 //! blind indexes plus a sealed copy. PostgreSQL writes a batch with a handful of `UNNEST`
 //! statements in one transaction; SQLite loops over prepared statements in one transaction.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use meridian_bus::Tx;
 use meridian_store::Store;
-use meridian_store::sqlx::{self, PgPool, Row, SqlitePool};
+use meridian_store::sqlx::{self, PgConnection, PgPool, Row, SqliteConnection, SqlitePool};
 use meridian_vault::BlindIndex;
 use uuid::Uuid;
 
+use crate::computed::{Activity, AiplRules, AiplStage, RfmBoundaries, RfmFigures, summarize};
 use crate::error::IdentityError;
 use crate::graph::{Conflict, ConflictReason, Edge, LinkRule, NodeState, ProfileId};
 use crate::identifier::{IdentifierType, NodeKey};
 
-/// A copy of the normalized value sealed by the vault under `subject`.
+/// A copy of the normalized value sealed by the vault under `subject`, bound to `record`
+/// and `field` (the room's own copies: `identity:<kind>:<index hex>` / `value`; copies
+/// ingest sealed: the event id / `identifiers.<position>`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct SealedValue {
     pub subject: String,
+    pub record: String,
+    pub field: String,
     pub bytes: Vec<u8>,
 }
 
@@ -68,17 +75,132 @@ pub struct ChangeBatch {
     pub touched_profiles: Vec<ProfileId>,
     /// When the batch was applied.
     pub at: DateTime<Utc>,
+    /// Sealed identify payloads to keep (traits).
+    pub trait_payloads: Vec<TraitPayloadRow>,
+    /// Activity rows to keep (computed traits).
+    pub activity: Vec<ActivityRow>,
+    /// Profiles whose anchored rows (trait payloads, activity) must follow their anchors
+    /// (absorbed, split or shrunk profiles); rows whose anchor is gone are deleted.
+    pub rehome: Vec<ProfileId>,
+    /// Profile rows to delete (erasure).
+    pub deleted_profiles: Vec<ProfileId>,
+    /// Events announcing the change (`ProfileChanged`), written to the outbox.
+    pub events: Vec<meridian_bus::OutboxEvent>,
 }
+
+/// The sealed traits of one identify event, anchored at the identifier that carried it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TraitPayloadRow {
+    pub event_id: String,
+    pub profile: ProfileId,
+    pub anchor: NodeKey,
+    /// The storefront (source) that sent the event, for source priority.
+    pub source: String,
+    pub observed_micros: i64,
+    pub sealed_subject: String,
+    pub sealed_traits: Vec<u8>,
+}
+
+impl std::fmt::Debug for TraitPayloadRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraitPayloadRow")
+            .field("event_id", &self.event_id)
+            .field("profile", &self.profile)
+            .field("source", &self.source)
+            .field("observed_micros", &self.observed_micros)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One activity of a profile (an order, or the first event of an AIPL stage).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityRow {
+    pub event_id: String,
+    pub profile: ProfileId,
+    pub anchor: NodeKey,
+    pub activity: Activity,
+}
+
+/// RFM of a profile in one currency, with its scores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RfmRow {
+    pub figures: RfmFigures,
+    pub recency_score: u8,
+    pub frequency_score: u8,
+    pub monetary_score: u8,
+}
+
+/// A profile's computed traits, as stored (the audience read model).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComputedRow {
+    pub profile: ProfileId,
+    pub stage: AiplStage,
+    pub orders: u64,
+    pub last_order_micros: Option<i64>,
+    pub rfm: Vec<RfmRow>,
+}
+
+/// The whole graph of a workspace: nodes, edges in `seq` order, and its version.
+pub type StoredGraph = (Vec<NodeState>, Vec<Edge>, i64);
 
 #[async_trait]
 pub trait IdentityStore: Send + Sync {
-    /// Writes a batch atomically.
-    async fn apply(&self, workspace: &str, batch: &ChangeBatch) -> Result<(), IdentityError>;
-    /// The whole graph of a workspace: nodes and edges (edges in `seq` order).
-    async fn load_graph(
+    /// Writes a batch atomically in its own transaction if the workspace's graph is still at
+    /// `expected_version`; returns the new version, or [`IdentityError::StaleGraph`] (nothing
+    /// written) when another writer moved it.
+    async fn apply(
         &self,
         workspace: &str,
-    ) -> Result<(Vec<NodeState>, Vec<Edge>), IdentityError>;
+        batch: &ChangeBatch,
+        rules: &AiplRules,
+        expected_version: i64,
+    ) -> Result<i64, IdentityError>;
+    /// Writes a batch inside the caller's transaction (a bus consumer's); bump the version
+    /// first with [`IdentityStore::bump_version`].
+    async fn apply_in(
+        &self,
+        tx: &mut Tx<'_>,
+        workspace: &str,
+        batch: &ChangeBatch,
+        rules: &AiplRules,
+    ) -> Result<(), IdentityError>;
+    /// Bumps the workspace's graph version inside `tx` (locking it until commit) and
+    /// returns the new version.
+    async fn bump_version(&self, tx: &mut Tx<'_>, workspace: &str) -> Result<i64, IdentityError>;
+    /// Records an ingested event as applied; `false` when it already was.
+    async fn mark_applied(
+        &self,
+        tx: &mut Tx<'_>,
+        workspace: &str,
+        event_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, IdentityError>;
+    /// The whole graph of a workspace.
+    async fn load_graph(&self, workspace: &str) -> Result<StoredGraph, IdentityError>;
+    /// The whole graph of a workspace, read inside `tx` (sees its uncommitted writes).
+    async fn load_graph_in(
+        &self,
+        tx: &mut Tx<'_>,
+        workspace: &str,
+    ) -> Result<StoredGraph, IdentityError>;
+    /// The identifiers (of any type) with this blind index.
+    async fn identifiers_by_index(
+        &self,
+        workspace: &str,
+        index: &BlindIndex,
+    ) -> Result<Vec<IdentifierRow>, IdentityError>;
+    /// The sealed identify payloads a profile's traits are read from.
+    async fn trait_payloads_of(
+        &self,
+        workspace: &str,
+        profile: ProfileId,
+    ) -> Result<Vec<TraitPayloadRow>, IdentityError>;
+    /// A profile's computed traits (`None` before any counted activity).
+    async fn computed_of(
+        &self,
+        workspace: &str,
+        profile: ProfileId,
+    ) -> Result<Option<ComputedRow>, IdentityError>;
     async fn identifier(
         &self,
         workspace: &str,
@@ -159,9 +281,12 @@ macro_rules! identifier_from_row {
         let profile: Uuid = row.try_get(2)?;
         let subject: Option<String> = row.try_get(4)?;
         let sealed: Option<Vec<u8>> = row.try_get(5)?;
+        let record: Option<String> = row.try_get(9)?;
+        let field: Option<String> = row.try_get(10)?;
+        let key = key_of(kind, &index)?;
         Ok::<_, IdentityError>(IdentifierRow {
             state: NodeState {
-                key: key_of(kind, &index)?,
+                key,
                 profile: ProfileId(profile),
                 first_seen: row.try_get(6)?,
                 shared: row.try_get(7)?,
@@ -169,7 +294,12 @@ macro_rules! identifier_from_row {
             },
             source: row.try_get(3)?,
             sealed: match (subject, sealed) {
-                (Some(subject), Some(bytes)) => Some(SealedValue { subject, bytes }),
+                (Some(subject), Some(bytes)) => Some(SealedValue {
+                    subject,
+                    record: record.unwrap_or_else(|| crate::room::own_record_id(&key)),
+                    field: field.unwrap_or_else(|| crate::room::OWN_SEALED_FIELD.to_owned()),
+                    bytes,
+                }),
                 _ => None,
             },
         })
@@ -227,11 +357,11 @@ macro_rules! conflict_from_row {
     }};
 }
 
-const SELECT_IDENTIFIER: &str = "SELECT kind, blind_index, profile_id, source, sealed_subject, sealed_value, first_seen_at, shared, seen_user_ids \
+const SELECT_IDENTIFIER: &str = "SELECT kind, blind_index, profile_id, source, sealed_subject, sealed_value, first_seen_at, shared, seen_user_ids, sealed_record, sealed_field \
      FROM identity_identifiers WHERE workspace_id = $1 AND kind = $2 AND blind_index = $3";
-const SELECT_IDENTIFIERS_OF: &str = "SELECT kind, blind_index, profile_id, source, sealed_subject, sealed_value, first_seen_at, shared, seen_user_ids \
+const SELECT_IDENTIFIERS_OF: &str = "SELECT kind, blind_index, profile_id, source, sealed_subject, sealed_value, first_seen_at, shared, seen_user_ids, sealed_record, sealed_field \
      FROM identity_identifiers WHERE workspace_id = $1 AND profile_id = $2 ORDER BY first_seen_at, kind, blind_index";
-const SELECT_ALL_IDENTIFIERS: &str = "SELECT kind, blind_index, profile_id, source, sealed_subject, sealed_value, first_seen_at, shared, seen_user_ids \
+const SELECT_ALL_IDENTIFIERS: &str = "SELECT kind, blind_index, profile_id, source, sealed_subject, sealed_value, first_seen_at, shared, seen_user_ids, sealed_record, sealed_field \
      FROM identity_identifiers WHERE workspace_id = $1";
 const EDGE_COLUMNS: &str =
     "e.seq, e.from_kind, e.from_index, e.to_kind, e.to_index, e.rule, e.event_id, e.linked_at";
@@ -258,19 +388,23 @@ const SELECT_CONFLICTS_OF: &str = "SELECT c.from_kind, c.from_index, c.to_kind, 
      ORDER BY c.conflict_id";
 
 const UPSERT_IDENTIFIER_SQLITE: &str = "INSERT INTO identity_identifiers \
-     (workspace_id, kind, blind_index, profile_id, source, sealed_subject, sealed_value, first_seen_at, shared, seen_user_ids) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+     (workspace_id, kind, blind_index, profile_id, source, sealed_subject, sealed_value, first_seen_at, shared, seen_user_ids, sealed_record, sealed_field) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
      ON CONFLICT (workspace_id, kind, blind_index) DO UPDATE SET profile_id = excluded.profile_id, \
        shared = excluded.shared, seen_user_ids = excluded.seen_user_ids, \
        sealed_subject = COALESCE(identity_identifiers.sealed_subject, excluded.sealed_subject), \
-       sealed_value = COALESCE(identity_identifiers.sealed_value, excluded.sealed_value)";
+       sealed_value = COALESCE(identity_identifiers.sealed_value, excluded.sealed_value), \
+       sealed_record = CASE WHEN identity_identifiers.sealed_value IS NULL THEN excluded.sealed_record ELSE identity_identifiers.sealed_record END, \
+       sealed_field = CASE WHEN identity_identifiers.sealed_value IS NULL THEN excluded.sealed_field ELSE identity_identifiers.sealed_field END";
 const UPSERT_IDENTIFIERS_PG: &str = "INSERT INTO identity_identifiers \
-     (workspace_id, kind, blind_index, profile_id, source, sealed_subject, sealed_value, first_seen_at, shared, seen_user_ids) \
-     SELECT $1, * FROM UNNEST($2::int2[], $3::bytea[], $4::uuid[], $5::text[], $6::text[], $7::bytea[], $8::timestamptz[], $9::bool[], $10::bytea[]) \
+     (workspace_id, kind, blind_index, profile_id, source, sealed_subject, sealed_value, first_seen_at, shared, seen_user_ids, sealed_record, sealed_field) \
+     SELECT $1, * FROM UNNEST($2::int2[], $3::bytea[], $4::uuid[], $5::text[], $6::text[], $7::bytea[], $8::timestamptz[], $9::bool[], $10::bytea[], $11::text[], $12::text[]) \
      ON CONFLICT (workspace_id, kind, blind_index) DO UPDATE SET profile_id = excluded.profile_id, \
        shared = excluded.shared, seen_user_ids = excluded.seen_user_ids, \
        sealed_subject = COALESCE(identity_identifiers.sealed_subject, excluded.sealed_subject), \
-       sealed_value = COALESCE(identity_identifiers.sealed_value, excluded.sealed_value)";
+       sealed_value = COALESCE(identity_identifiers.sealed_value, excluded.sealed_value), \
+       sealed_record = CASE WHEN identity_identifiers.sealed_value IS NULL THEN excluded.sealed_record ELSE identity_identifiers.sealed_record END, \
+       sealed_field = CASE WHEN identity_identifiers.sealed_value IS NULL THEN excluded.sealed_field ELSE identity_identifiers.sealed_field END";
 const INSERT_EDGE_SQLITE: &str = "INSERT INTO identity_edges \
      (workspace_id, seq, from_kind, from_index, to_kind, to_index, rule, event_id, linked_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
@@ -309,8 +443,11 @@ fn seq_i64(seq: u64) -> Result<i64, IdentityError> {
 }
 
 impl StoreIdentity {
-    async fn apply_postgres(pool: &PgPool, ws: &str, b: &ChangeBatch) -> Result<(), IdentityError> {
-        let mut tx = pool.begin().await?;
+    async fn apply_postgres(
+        tx: &mut PgConnection,
+        ws: &str,
+        b: &ChangeBatch,
+    ) -> Result<(), IdentityError> {
         if !b.created_profiles.is_empty() {
             let (ids, ats): (Vec<Uuid>, Vec<DateTime<Utc>>) =
                 b.created_profiles.iter().map(|(p, t)| (p.0, *t)).unzip();
@@ -362,6 +499,7 @@ impl StoreIdentity {
                 Vec::with_capacity(n),
                 Vec::with_capacity(n),
             );
+            let (mut records, mut fields) = (Vec::with_capacity(n), Vec::with_capacity(n));
             for r in &b.identifiers {
                 kinds.push(r.state.key.kind.code());
                 idx.push(r.state.key.index.0.to_vec());
@@ -372,6 +510,8 @@ impl StoreIdentity {
                 firsts.push(r.state.first_seen);
                 shared.push(r.state.shared);
                 users.push(users_to_bytes(&r.state.seen_user_ids));
+                records.push(r.sealed.as_ref().map(|s| s.record.as_str()));
+                fields.push(r.sealed.as_ref().map(|s| s.field.as_str()));
             }
             sqlx::query(UPSERT_IDENTIFIERS_PG)
                 .bind(ws)
@@ -384,6 +524,8 @@ impl StoreIdentity {
                 .bind(firsts)
                 .bind(shared)
                 .bind(users)
+                .bind(records)
+                .bind(fields)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -472,16 +614,14 @@ impl StoreIdentity {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
     async fn apply_sqlite(
-        pool: &SqlitePool,
+        tx: &mut SqliteConnection,
         ws: &str,
         b: &ChangeBatch,
     ) -> Result<(), IdentityError> {
-        let mut tx = pool.begin().await?;
         for (p, at) in &b.created_profiles {
             sqlx::query(INSERT_PROFILE_SQLITE)
                 .bind(ws)
@@ -523,6 +663,8 @@ impl StoreIdentity {
                 .bind(r.state.first_seen)
                 .bind(r.state.shared)
                 .bind(users_to_bytes(&r.state.seen_user_ids))
+                .bind(r.sealed.as_ref().map(|s| s.record.as_str()))
+                .bind(r.sealed.as_ref().map(|s| s.field.as_str()))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -571,9 +713,79 @@ impl StoreIdentity {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
         Ok(())
     }
+}
+
+/// Runs the same query text on whichever connection a transaction holds (`$conn` is a
+/// `&mut PgConnection` or `&mut SqliteConnection`).
+macro_rules! on_tx {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match $tx {
+            Tx::Postgres(c) => {
+                let $conn: &mut PgConnection = &mut **c;
+                $body
+            }
+            Tx::Sqlite(c) => {
+                let $conn: &mut SqliteConnection = &mut **c;
+                $body
+            }
+        }
+    };
+}
+
+macro_rules! trait_payload_from_row {
+    ($row:expr) => {{
+        let row = $row;
+        Ok::<_, IdentityError>(TraitPayloadRow {
+            event_id: row.try_get(0)?,
+            profile: ProfileId(row.try_get(1)?),
+            anchor: key_of(row.try_get::<i16, _>(2)?, &row.try_get::<Vec<u8>, _>(3)?)?,
+            source: row.try_get(4)?,
+            observed_micros: row.try_get(5)?,
+            sealed_subject: row.try_get(6)?,
+            sealed_traits: row.try_get(7)?,
+        })
+    }};
+}
+
+macro_rules! rfm_from_row {
+    ($row:expr) => {{
+        let row = $row;
+        let score = |v: i16| u8::try_from(v).unwrap_or(0);
+        Ok::<_, IdentityError>(RfmRow {
+            figures: RfmFigures {
+                currency: row.try_get(0)?,
+                orders: u64::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0),
+                monetary_minor: row.try_get(2)?,
+                last_order_micros: row.try_get(3)?,
+            },
+            recency_score: score(row.try_get(4)?),
+            frequency_score: score(row.try_get(5)?),
+            monetary_score: score(row.try_get(6)?),
+        })
+    }};
+}
+
+macro_rules! activity_from_row {
+    ($row:expr) => {{
+        let row = $row;
+        let micros: i64 = row.try_get(1)?;
+        let is_order: bool = row.try_get(3)?;
+        Ok::<_, IdentityError>((
+            ProfileId(row.try_get(0)?),
+            Activity {
+                occurred_at: DateTime::from_timestamp_micros(micros)
+                    .ok_or_else(|| IdentityError::Corrupt("activity time".into()))?,
+                stage: AiplStage::from_code(i64::from(row.try_get::<i16, _>(2)?)),
+                order: if is_order {
+                    Some((row.try_get(4)?, row.try_get(5)?))
+                } else {
+                    None
+                },
+            },
+        ))
+    }};
 }
 
 /// Runs the same query text on whichever pool the store holds.
@@ -588,24 +800,149 @@ macro_rules! on_pool {
 
 #[async_trait]
 impl IdentityStore for StoreIdentity {
-    async fn apply(&self, workspace: &str, batch: &ChangeBatch) -> Result<(), IdentityError> {
+    async fn apply(
+        &self,
+        workspace: &str,
+        batch: &ChangeBatch,
+        rules: &AiplRules,
+        expected_version: i64,
+    ) -> Result<i64, IdentityError> {
         match self {
-            StoreIdentity::Postgres(pool) => Self::apply_postgres(pool, workspace, batch).await,
-            StoreIdentity::Sqlite(pool) => Self::apply_sqlite(pool, workspace, batch).await,
+            StoreIdentity::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let mut conn = Tx::Postgres(&mut tx);
+                let version = bump_version(&mut conn, workspace).await?;
+                if version != expected_version + 1 {
+                    return Err(IdentityError::StaleGraph);
+                }
+                apply_in(&mut conn, workspace, batch, rules).await?;
+                tx.commit().await?;
+                Ok(version)
+            }
+            StoreIdentity::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let mut conn = Tx::Sqlite(&mut tx);
+                let version = bump_version(&mut conn, workspace).await?;
+                if version != expected_version + 1 {
+                    return Err(IdentityError::StaleGraph);
+                }
+                apply_in(&mut conn, workspace, batch, rules).await?;
+                tx.commit().await?;
+                Ok(version)
+            }
         }
     }
 
-    async fn load_graph(
+    async fn apply_in(
+        &self,
+        tx: &mut Tx<'_>,
+        workspace: &str,
+        batch: &ChangeBatch,
+        rules: &AiplRules,
+    ) -> Result<(), IdentityError> {
+        apply_in(tx, workspace, batch, rules).await
+    }
+
+    async fn bump_version(&self, tx: &mut Tx<'_>, workspace: &str) -> Result<i64, IdentityError> {
+        bump_version(tx, workspace).await
+    }
+
+    async fn mark_applied(
+        &self,
+        tx: &mut Tx<'_>,
+        workspace: &str,
+        event_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, IdentityError> {
+        let sql = "INSERT INTO identity_applied_events (workspace_id, event_id, applied_at) \
+                   VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+        let affected = on_tx!(tx, conn => sqlx::query(sql)
+            .bind(workspace)
+            .bind(event_id)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected());
+        Ok(affected == 1)
+    }
+
+    async fn load_graph(&self, workspace: &str) -> Result<StoredGraph, IdentityError> {
+        match self {
+            StoreIdentity::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                load_graph_in(&mut Tx::Postgres(&mut conn), workspace).await
+            }
+            StoreIdentity::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                load_graph_in(&mut Tx::Sqlite(&mut conn), workspace).await
+            }
+        }
+    }
+
+    async fn load_graph_in(
+        &self,
+        tx: &mut Tx<'_>,
+        workspace: &str,
+    ) -> Result<StoredGraph, IdentityError> {
+        load_graph_in(tx, workspace).await
+    }
+
+    async fn identifiers_by_index(
         &self,
         workspace: &str,
-    ) -> Result<(Vec<NodeState>, Vec<Edge>), IdentityError> {
-        let edges_sql = select_all_edges();
+        index: &BlindIndex,
+    ) -> Result<Vec<IdentifierRow>, IdentityError> {
         on_pool!(self, pool => {
-            let rows = sqlx::query(SELECT_ALL_IDENTIFIERS).bind(workspace).fetch_all(pool).await?;
-            let nodes = rows.iter().map(|r| identifier_from_row!(r).map(|i| i.state)).collect::<Result<Vec<_>, _>>()?;
-            let rows = sqlx::query(&edges_sql).bind(workspace).fetch_all(pool).await?;
-            let edges = rows.iter().map(|r| edge_from_row!(r)).collect::<Result<Vec<_>, _>>()?;
-            Ok((nodes, edges))
+            let rows = sqlx::query(SELECT_IDENTIFIERS_BY_INDEX)
+                .bind(workspace)
+                .bind(index.0.as_slice())
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|r| identifier_from_row!(r)).collect()
+        })
+    }
+
+    async fn trait_payloads_of(
+        &self,
+        workspace: &str,
+        profile: ProfileId,
+    ) -> Result<Vec<TraitPayloadRow>, IdentityError> {
+        on_pool!(self, pool => {
+            let rows = sqlx::query(SELECT_TRAIT_PAYLOADS_OF)
+                .bind(workspace)
+                .bind(profile.0)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|r| trait_payload_from_row!(r)).collect()
+        })
+    }
+
+    async fn computed_of(
+        &self,
+        workspace: &str,
+        profile: ProfileId,
+    ) -> Result<Option<ComputedRow>, IdentityError> {
+        on_pool!(self, pool => {
+            let Some(row) = sqlx::query(SELECT_COMPUTED_OF)
+                .bind(workspace)
+                .bind(profile.0)
+                .fetch_optional(pool)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let rfm = sqlx::query(SELECT_RFM_OF)
+                .bind(workspace)
+                .bind(profile.0)
+                .fetch_all(pool)
+                .await?;
+            Ok(Some(ComputedRow {
+                profile,
+                stage: AiplStage::from_code(i64::from(row.try_get::<i16, _>(0)?)),
+                orders: u64::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0),
+                last_order_micros: row.try_get(2)?,
+                rfm: rfm.iter().map(|r| rfm_from_row!(r)).collect::<Result<Vec<_>, _>>()?,
+            }))
         })
     }
 
@@ -689,6 +1026,414 @@ impl IdentityStore for StoreIdentity {
             rows.iter().map(|r| conflict_from_row!(r)).collect()
         })
     }
+}
+
+const SELECT_IDENTIFIERS_BY_INDEX: &str = "SELECT kind, blind_index, profile_id, source, sealed_subject, sealed_value, first_seen_at, shared, seen_user_ids, sealed_record, sealed_field \
+     FROM identity_identifiers WHERE workspace_id = $1 AND kind IN (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11) AND blind_index = $2 ORDER BY kind";
+const SELECT_TRAIT_PAYLOADS_OF: &str = "SELECT event_id, profile_id, anchor_kind, anchor_index, source, observed_micros, sealed_subject, sealed_traits \
+     FROM identity_trait_payloads WHERE workspace_id = $1 AND profile_id = $2 ORDER BY observed_micros, event_id";
+const SELECT_COMPUTED_OF: &str = "SELECT aipl_stage, orders, last_order_micros FROM identity_computed_traits \
+     WHERE workspace_id = $1 AND profile_id = $2";
+const SELECT_RFM_OF: &str = "SELECT currency, orders, monetary_minor, last_order_micros, recency_score, frequency_score, monetary_score \
+     FROM identity_rfm WHERE workspace_id = $1 AND profile_id = $2 ORDER BY orders DESC, currency";
+const BUMP_VERSION: &str = "INSERT INTO identity_graph_versions (workspace_id, version) VALUES ($1, 1) \
+     ON CONFLICT (workspace_id) DO UPDATE SET version = identity_graph_versions.version + 1 RETURNING version";
+const INSERT_TRAIT_PAYLOAD: &str = "INSERT INTO identity_trait_payloads \
+     (workspace_id, event_id, profile_id, anchor_kind, anchor_index, source, observed_micros, sealed_subject, sealed_traits) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING";
+const INSERT_ACTIVITY: &str = "INSERT INTO identity_activity \
+     (workspace_id, event_id, profile_id, anchor_kind, anchor_index, occurred_micros, stage, is_order, currency, minor_units) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING";
+const INSERT_COMPUTED: &str = "INSERT INTO identity_computed_traits \
+     (workspace_id, profile_id, aipl_stage, orders, last_order_micros, updated_at) VALUES ($1, $2, $3, $4, $5, $6)";
+const INSERT_RFM: &str = "INSERT INTO identity_rfm (workspace_id, profile_id, currency, orders, monetary_minor, \
+     last_order_micros, recency_score, frequency_score, monetary_score) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+const SELECT_BOUNDARIES: &str = "SELECT recency_cuts, frequency_cuts, monetary_cuts, population, computed_at \
+     FROM identity_rfm_boundaries WHERE workspace_id = $1 AND currency = $2";
+const UPSERT_BOUNDARIES: &str = "INSERT INTO identity_rfm_boundaries \
+     (workspace_id, currency, recency_cuts, frequency_cuts, monetary_cuts, population, computed_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (workspace_id, currency) DO UPDATE SET \
+     recency_cuts = excluded.recency_cuts, frequency_cuts = excluded.frequency_cuts, \
+     monetary_cuts = excluded.monetary_cuts, population = excluded.population, computed_at = excluded.computed_at";
+const SELECT_POPULATION: &str = "SELECT last_order_micros, orders, monetary_minor FROM identity_rfm \
+     WHERE workspace_id = $1 AND currency = $2";
+const COUNT_POPULATION: &str =
+    "SELECT COUNT(*) FROM identity_rfm WHERE workspace_id = $1 AND currency = $2";
+/// Rescores a whole workspace and currency in one statement: 1 + the cuts exceeded.
+const RESCORE: &str = "UPDATE identity_rfm SET \
+     recency_score = 1 + CASE WHEN last_order_micros > $3 THEN 1 ELSE 0 END + CASE WHEN last_order_micros > $4 THEN 1 ELSE 0 END \
+       + CASE WHEN last_order_micros > $5 THEN 1 ELSE 0 END + CASE WHEN last_order_micros > $6 THEN 1 ELSE 0 END, \
+     frequency_score = 1 + CASE WHEN orders > $7 THEN 1 ELSE 0 END + CASE WHEN orders > $8 THEN 1 ELSE 0 END \
+       + CASE WHEN orders > $9 THEN 1 ELSE 0 END + CASE WHEN orders > $10 THEN 1 ELSE 0 END, \
+     monetary_score = 1 + CASE WHEN monetary_minor > $11 THEN 1 ELSE 0 END + CASE WHEN monetary_minor > $12 THEN 1 ELSE 0 END \
+       + CASE WHEN monetary_minor > $13 THEN 1 ELSE 0 END + CASE WHEN monetary_minor > $14 THEN 1 ELSE 0 END \
+     WHERE workspace_id = $1 AND currency = $2";
+
+async fn bump_version(tx: &mut Tx<'_>, ws: &str) -> Result<i64, IdentityError> {
+    on_tx!(tx, conn => Ok(sqlx::query_scalar::<_, i64>(BUMP_VERSION)
+        .bind(ws)
+        .fetch_one(&mut *conn)
+        .await?))
+}
+
+async fn load_graph_in(tx: &mut Tx<'_>, ws: &str) -> Result<StoredGraph, IdentityError> {
+    let edges_sql = select_all_edges();
+    on_tx!(tx, conn => {
+        let rows = sqlx::query(SELECT_ALL_IDENTIFIERS).bind(ws).fetch_all(&mut *conn).await?;
+        let nodes = rows
+            .iter()
+            .map(|r| identifier_from_row!(r).map(|i| i.state))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = sqlx::query(&edges_sql).bind(ws).fetch_all(&mut *conn).await?;
+        let edges = rows.iter().map(|r| edge_from_row!(r)).collect::<Result<Vec<_>, _>>()?;
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM identity_graph_versions WHERE workspace_id = $1")
+                .bind(ws)
+                .fetch_optional(&mut *conn)
+                .await?;
+        Ok((nodes, edges, version.unwrap_or(0)))
+    })
+}
+
+/// Profiles per statement when a query names a set of profiles: PostgreSQL binds one
+/// array; SQLite binds each id (at most 32766 parameters a statement).
+fn chunk_size(tx: &Tx<'_>) -> usize {
+    match tx {
+        Tx::Postgres(_) => usize::MAX,
+        Tx::Sqlite(_) => 500,
+    }
+}
+
+/// Runs `template` with `{IDS}` standing for "is one of `ids`" (bound from `$2` on), in
+/// chunks; returns the first column of returned rows (for `RETURNING profile_id`).
+async fn for_profiles(
+    tx: &mut Tx<'_>,
+    template: &str,
+    ws: &str,
+    ids: &[ProfileId],
+) -> Result<Vec<ProfileId>, IdentityError> {
+    let mut out = Vec::new();
+    for chunk in ids.chunks(chunk_size(tx)) {
+        match tx {
+            Tx::Postgres(conn) => {
+                let sql = template.replace("{IDS}", "= ANY($2::uuid[])");
+                let v: Vec<Uuid> = chunk.iter().map(|p| p.0).collect();
+                let rows = sqlx::query(&sql)
+                    .bind(ws)
+                    .bind(v)
+                    .fetch_all(&mut **conn)
+                    .await?;
+                for r in rows {
+                    out.push(ProfileId(r.try_get(0)?));
+                }
+            }
+            Tx::Sqlite(conn) => {
+                let list = (0..chunk.len())
+                    .map(|i| format!("${}", i + 2))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = template.replace("{IDS}", &format!("IN ({list})"));
+                let mut q = sqlx::query(&sql).bind(ws);
+                for p in chunk {
+                    q = q.bind(p.0);
+                }
+                for r in q.fetch_all(&mut **conn).await? {
+                    out.push(ProfileId(r.try_get(0)?));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Activity rows of a set of profiles.
+async fn activity_of(
+    tx: &mut Tx<'_>,
+    ws: &str,
+    ids: &[ProfileId],
+) -> Result<Vec<(ProfileId, Activity)>, IdentityError> {
+    const TEMPLATE: &str = "SELECT profile_id, occurred_micros, stage, is_order, currency, minor_units \
+         FROM identity_activity WHERE workspace_id = $1 AND profile_id {IDS}";
+    let mut out = Vec::new();
+    for chunk in ids.chunks(chunk_size(tx)) {
+        match tx {
+            Tx::Postgres(conn) => {
+                let sql = TEMPLATE.replace("{IDS}", "= ANY($2::uuid[])");
+                let v: Vec<Uuid> = chunk.iter().map(|p| p.0).collect();
+                let rows = sqlx::query(&sql)
+                    .bind(ws)
+                    .bind(v)
+                    .fetch_all(&mut **conn)
+                    .await?;
+                for r in &rows {
+                    out.push(activity_from_row!(r)?);
+                }
+            }
+            Tx::Sqlite(conn) => {
+                let list = (0..chunk.len())
+                    .map(|i| format!("${}", i + 2))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = TEMPLATE.replace("{IDS}", &format!("IN ({list})"));
+                let mut q = sqlx::query(&sql).bind(ws);
+                for p in chunk {
+                    q = q.bind(p.0);
+                }
+                for r in &q.fetch_all(&mut **conn).await? {
+                    out.push(activity_from_row!(r)?);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a batch inside `tx`: the graph, the anchored rows, the computed traits of every
+/// profile whose activity or membership changed, and the outbox events.
+async fn apply_in(
+    tx: &mut Tx<'_>,
+    ws: &str,
+    b: &ChangeBatch,
+    rules: &AiplRules,
+) -> Result<(), IdentityError> {
+    match tx {
+        Tx::Postgres(conn) => StoreIdentity::apply_postgres(conn, ws, b).await?,
+        Tx::Sqlite(conn) => StoreIdentity::apply_sqlite(conn, ws, b).await?,
+    }
+    for p in &b.trait_payloads {
+        on_tx!(tx, conn => { sqlx::query(INSERT_TRAIT_PAYLOAD)
+            .bind(ws)
+            .bind(&p.event_id)
+            .bind(p.profile.0)
+            .bind(p.anchor.kind.code())
+            .bind(p.anchor.index.0.as_slice())
+            .bind(&p.source)
+            .bind(p.observed_micros)
+            .bind(&p.sealed_subject)
+            .bind(p.sealed_traits.as_slice())
+            .execute(&mut *conn)
+            .await?; });
+    }
+    for a in &b.activity {
+        let (is_order, currency, minor) = match &a.activity.order {
+            Some((c, m)) => (true, c.as_str(), *m),
+            None => (false, "", 0),
+        };
+        on_tx!(tx, conn => { sqlx::query(INSERT_ACTIVITY)
+            .bind(ws)
+            .bind(&a.event_id)
+            .bind(a.profile.0)
+            .bind(a.anchor.kind.code())
+            .bind(a.anchor.index.0.as_slice())
+            .bind(a.activity.occurred_at.timestamp_micros())
+            .bind(a.activity.stage.code())
+            .bind(is_order)
+            .bind(currency)
+            .bind(minor)
+            .execute(&mut *conn)
+            .await?; });
+    }
+    upkeep(tx, ws, b, rules).await?;
+    if !b.deleted_profiles.is_empty() {
+        for_profiles(
+            tx,
+            "DELETE FROM identity_profiles WHERE workspace_id = $1 AND (profile_id {IDS} OR merged_into {IDS})",
+            ws,
+            &b.deleted_profiles,
+        )
+        .await?;
+    }
+    meridian_bus::enqueue_all(tx, &b.events).await?;
+    Ok(())
+}
+
+/// Re-homes anchored rows of changed profiles and recomputes computed traits.
+async fn upkeep(
+    tx: &mut Tx<'_>,
+    ws: &str,
+    b: &ChangeBatch,
+    rules: &AiplRules,
+) -> Result<(), IdentityError> {
+    let mut recompute: BTreeSet<ProfileId> = b.activity.iter().map(|a| a.profile).collect();
+    if !b.rehome.is_empty() {
+        recompute.extend(b.rehome.iter().copied());
+        for table in ["identity_trait_payloads", "identity_activity"] {
+            let anchor_exists = format!(
+                "SELECT 1 FROM identity_identifiers i WHERE i.workspace_id = {table}.workspace_id \
+                 AND i.kind = {table}.anchor_kind AND i.blind_index = {table}.anchor_index"
+            );
+            for_profiles(
+                tx,
+                &format!(
+                    "DELETE FROM {table} WHERE workspace_id = $1 AND profile_id {{IDS}} \
+                     AND NOT EXISTS ({anchor_exists}) RETURNING profile_id"
+                ),
+                ws,
+                &b.rehome,
+            )
+            .await?;
+            let moved = for_profiles(
+                tx,
+                &format!(
+                    "UPDATE {table} SET profile_id = i.profile_id FROM identity_identifiers i \
+                     WHERE {table}.workspace_id = $1 AND {table}.profile_id {{IDS}} \
+                     AND i.workspace_id = {table}.workspace_id AND i.kind = {table}.anchor_kind \
+                     AND i.blind_index = {table}.anchor_index AND i.profile_id <> {table}.profile_id \
+                     RETURNING {table}.profile_id"
+                ),
+                ws,
+                &b.rehome,
+            )
+            .await?;
+            if table == "identity_activity" {
+                recompute.extend(moved);
+            }
+        }
+    }
+    if recompute.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<ProfileId> = recompute.into_iter().collect();
+    let mut per_profile: BTreeMap<ProfileId, Vec<Activity>> = BTreeMap::new();
+    for (p, a) in activity_of(tx, ws, &ids).await? {
+        per_profile.entry(p).or_default().push(a);
+    }
+    for table in ["identity_computed_traits", "identity_rfm"] {
+        for_profiles(
+            tx,
+            &format!(
+                "DELETE FROM {table} WHERE workspace_id = $1 AND profile_id {{IDS}} RETURNING profile_id"
+            ),
+            ws,
+            &ids,
+        )
+        .await?;
+    }
+    let mut currencies: BTreeMap<String, Vec<(ProfileId, RfmFigures)>> = BTreeMap::new();
+    for (p, activity) in &per_profile {
+        let s = summarize(rules, activity);
+        if s.stage == AiplStage::None && s.orders == 0 {
+            continue;
+        }
+        on_tx!(tx, conn => { sqlx::query(INSERT_COMPUTED)
+            .bind(ws)
+            .bind(p.0)
+            .bind(s.stage.code())
+            .bind(i64::try_from(s.orders).unwrap_or(i64::MAX))
+            .bind(s.last_order_micros)
+            .bind(b.at)
+            .execute(&mut *conn)
+            .await?; });
+        for f in s.rfm {
+            currencies
+                .entry(f.currency.clone())
+                .or_default()
+                .push((*p, f));
+        }
+    }
+    for (currency, figures) in currencies {
+        let bounds = load_boundaries(tx, ws, &currency).await?;
+        for (p, f) in &figures {
+            let (r, fr, m) = bounds.as_ref().map_or((1, 1, 1), |b| b.scores(f));
+            on_tx!(tx, conn => { sqlx::query(INSERT_RFM)
+                .bind(ws)
+                .bind(p.0)
+                .bind(&f.currency)
+                .bind(i64::try_from(f.orders).unwrap_or(i64::MAX))
+                .bind(f.monetary_minor)
+                .bind(f.last_order_micros)
+                .bind(i16::from(r))
+                .bind(i16::from(fr))
+                .bind(i16::from(m))
+                .execute(&mut *conn)
+                .await?; });
+        }
+        let population: i64 = on_tx!(tx, conn => sqlx::query_scalar(COUNT_POPULATION)
+            .bind(ws)
+            .bind(&currency)
+            .fetch_one(&mut *conn)
+            .await?);
+        let population = u64::try_from(population).unwrap_or(0);
+        if bounds.is_none_or(|old| old.stale(population, b.at)) {
+            rescore(tx, ws, &currency, b.at).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn load_boundaries(
+    tx: &mut Tx<'_>,
+    ws: &str,
+    currency: &str,
+) -> Result<Option<RfmBoundaries>, IdentityError> {
+    let row = on_tx!(tx, conn => {
+        let row = sqlx::query(SELECT_BOUNDARIES)
+            .bind(ws)
+            .bind(currency)
+            .fetch_optional(&mut *conn)
+            .await?;
+        match row {
+            Some(r) => Some((
+                r.try_get::<String, _>(0)?,
+                r.try_get::<String, _>(1)?,
+                r.try_get::<String, _>(2)?,
+                r.try_get::<i64, _>(3)?,
+                r.try_get::<DateTime<Utc>, _>(4)?,
+            )),
+            None => None,
+        }
+    });
+    let Some((r, f, m, population, computed_at)) = row else {
+        return Ok(None);
+    };
+    let cuts = |t: &str| {
+        RfmBoundaries::decode(t).ok_or_else(|| IdentityError::Corrupt("rfm cut points".into()))
+    };
+    Ok(Some(RfmBoundaries {
+        recency: cuts(&r)?,
+        frequency: cuts(&f)?,
+        monetary: cuts(&m)?,
+        population: u64::try_from(population).unwrap_or(0),
+        computed_at,
+    }))
+}
+
+/// Recomputes the cut points of a workspace and currency and rescores all its profiles.
+async fn rescore(
+    tx: &mut Tx<'_>,
+    ws: &str,
+    currency: &str,
+    at: DateTime<Utc>,
+) -> Result<(), IdentityError> {
+    let population: Vec<(i64, i64, i64)> = on_tx!(tx, conn => {
+        let rows = sqlx::query(SELECT_POPULATION)
+            .bind(ws)
+            .bind(currency)
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter()
+            .map(|r| Ok::<_, IdentityError>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<Vec<_>, _>>()?
+    });
+    let b = RfmBoundaries::compute(&population, at);
+    on_tx!(tx, conn => {
+        let mut q = sqlx::query(RESCORE).bind(ws).bind(currency);
+        for c in b.recency.iter().chain(&b.frequency).chain(&b.monetary) {
+            q = q.bind(*c);
+        }
+        q.execute(&mut *conn).await?;
+        sqlx::query(UPSERT_BOUNDARIES)
+            .bind(ws)
+            .bind(currency)
+            .bind(RfmBoundaries::encode(&b.recency))
+            .bind(RfmBoundaries::encode(&b.frequency))
+            .bind(RfmBoundaries::encode(&b.monetary))
+            .bind(i64::try_from(b.population).unwrap_or(i64::MAX))
+            .bind(b.computed_at)
+            .execute(&mut *conn)
+            .await?;
+    });
+    Ok(())
 }
 
 #[cfg(test)]

@@ -481,6 +481,64 @@ async fn shared_devices_are_detached_in_the_store(h: Harness) {
     );
 }
 
+async fn two_replicas_writing_one_workspace_stay_consistent(h: Harness) {
+    let other = h.fresh_room();
+    h.room
+        .ingest(
+            WS,
+            &[obs("r1", 1, vec![anon("anon-r1"), email("r1@example.com")])],
+        )
+        .await
+        .unwrap();
+    // The other replica loads the graph and links a user id to the email.
+    other
+        .ingest(
+            WS,
+            &[obs("r2", 2, vec![email("r1@example.com"), user("user-r1")])],
+        )
+        .await
+        .unwrap();
+    // The first replica's cached graph is behind: its write reloads, then links on top.
+    h.room
+        .ingest(WS, &[obs("r3", 3, vec![user("user-r1"), anon("anon-r3")])])
+        .await
+        .unwrap();
+    let p = h.room.lookup(WS, &anon("anon-r3")).await.unwrap();
+    assert_eq!(p.identifiers.len(), 4);
+    assert_eq!(
+        other
+            .lookup(WS, &anon("anon-r1"))
+            .await
+            .unwrap()
+            .profile
+            .profile,
+        p.profile.profile
+    );
+    assert_eq!(h.count("identity_edges").await, 3);
+    assert_eq!(h.count("identity_identifiers").await, 4);
+    // A pipelined bulk load on a stale replica is refused rather than applied on a stale
+    // graph; the next write reloads and succeeds.
+    other
+        .ingest(WS, &[obs("r4", 4, vec![anon("anon-r4")])])
+        .await
+        .unwrap();
+    let batch = [obs("r5", 5, vec![anon("anon-r4"), user("user-r1")])];
+    assert!(matches!(
+        h.room.ingest_pipelined(WS, &[&batch[..]]).await,
+        Err(IdentityError::StaleGraph)
+    ));
+    h.room.ingest_pipelined(WS, &[&batch[..]]).await.unwrap();
+    assert_eq!(
+        h.room
+            .lookup(WS, &anon("anon-r4"))
+            .await
+            .unwrap()
+            .profile
+            .profile,
+        p.profile.profile
+    );
+}
+
 async fn pg(pool: PgPool) -> Harness {
     sqlx::query("INSERT INTO workspaces (workspace_id, home_region, time_zone) VALUES ($1, 'eu', 'Europe/Paris')")
         .bind(WS)
@@ -559,4 +617,5 @@ conformance!(
     merged_profile_ids_resolve_to_the_survivor,
     blocked_values_and_limits_are_recorded_not_linked,
     shared_devices_are_detached_in_the_store,
+    two_replicas_writing_one_workspace_stay_consistent,
 );

@@ -1,29 +1,42 @@
-//! The ingestion room: accepts batches of events from storefront backends,
-//! validates them, applies the collection policy and stores them durably.
+//! The ingestion room: accepts batches of events from storefront backends (gRPC
+//! `meridian.v1.IngestService` and the Segment-compatible HTTP API), validates them, applies
+//! the consent gate and the collection policy, seals personal fields, and stores each
+//! accepted event with its `EventAccepted` outbox row in one transaction.
 //!
-//! Exposes the gRPC service implementations; RPCs not built yet answer
-//! UNIMPLEMENTED after the caller's workspace is checked.
+//! - [`event`]: decoded events ([`RawEvent`]), validation, limits, clock-skew correction.
+//! - [`gate`]: jurisdiction, [`ConsentLookup`] + [`ConsentCache`], per purpose and field
+//!   category policy decisions (drop / strip).
+//! - [`store`]: [`EventStore`] on PostgreSQL (monthly partitions) and SQLite; idempotency on
+//!   (workspace, message_id).
+//! - [`IngestRoom`]: the pipeline; `events_of` (opened, paginated) and `purge` for the
+//!   identity room and the erasure saga; `apply_retention`.
+//! - [`grpc`] (`IngestRoom::into_server`), [`segment::router`] (HTTP), [`consent_adapter`]
+//!   (the consent room as a [`ConsentLookup`], the `ConsentChanged` cache invalidation).
+//! - [`bench`]: `meridian bench ingest`.
+//!
+//! Identifier normalization, blind indexing, priority and blocked values are identity's
+//! (`meridian_identity::identifier`), so both rooms reach the same blind indexes.
 
-use meridian_edge::not_served_yet;
-use meridian_proto::v1::*;
-use tonic::{Request, Response, Status};
+pub mod bench;
+pub mod consent_adapter;
+pub mod error;
+pub mod event;
+pub mod gate;
+pub mod grpc;
+mod metrics;
+pub mod room;
+pub mod segment;
+pub mod store;
 
-/// `meridian.v1.IngestService`.
-#[derive(Debug, Default, Clone)]
-pub struct IngestApi;
-
-impl IngestApi {
-    pub fn into_server(self) -> ingest_service_server::IngestServiceServer<Self> {
-        ingest_service_server::IngestServiceServer::new(self)
-    }
-}
-
-#[tonic::async_trait]
-impl ingest_service_server::IngestService for IngestApi {
-    async fn ingest(
-        &self,
-        request: Request<IngestRequest>,
-    ) -> Result<Response<IngestResponse>, Status> {
-        not_served_yet(&request, "IngestService.Ingest")
-    }
-}
+pub use consent_adapter::{ConsentInvalidation, ConsentRoomLookup};
+pub use error::IngestError;
+pub use event::{EventKind, RawEvent, Violation};
+pub use gate::{
+    ConsentCache, ConsentLookup, ConsentSnapshot, NoRecordedConsent, SubjectIdentifier,
+};
+pub use grpc::IngestGrpc;
+pub use room::{
+    EVENT_FAMILY, EventPage, EventResult, IngestConfig, IngestReport, IngestRoom, OpenedEvent,
+    Outcome, RetentionReport, Summary,
+};
+pub use store::EventStore;

@@ -79,6 +79,16 @@ pub(crate) async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> 
             .await?;
             print(args.json, &report)
         }
+        BenchTarget::Erasure => {
+            let StoreLocation::Postgres { url, .. } = &config.store else {
+                anyhow::bail!("bench erasure measures PostgreSQL: set DATABASE_URL");
+            };
+            let report = meridian_consent::bench_erasure::run(
+                &meridian_consent::bench_erasure::ErasureBenchOptions::new(url.clone()),
+            )
+            .await?;
+            print(args.json, &report)
+        }
         BenchTarget::Identity => {
             let scratch = ScratchStore::create(config).await?;
             let result = meridian_identity::bench::run(
@@ -99,6 +109,7 @@ pub(crate) async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> 
                 meridian_vault::bench::run(&meridian_vault::bench::BenchOptions::default()).await?;
             print(args.json, &report)
         }
+        BenchTarget::Audience => print(args.json, &crate::hash::bench().await?),
         BenchTarget::Policy => {
             let engine = crate::policy::load(config.policy_dir.as_deref())?;
             // The measurement loop is CPU-bound: keep it off the async workers.
@@ -108,6 +119,20 @@ pub(crate) async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> 
                     &meridian_policy::bench::BenchOptions::default(),
                 )
             })
+            .await?;
+            print(args.json, &report)
+        }
+        BenchTarget::Ingest => {
+            let report = crate::bench_ingest::run(
+                config,
+                crate::bench_ingest::IngestBenchOptions {
+                    events: args.events,
+                    batch: args.batch,
+                    concurrency: args.concurrency,
+                    grpc_addr: args.grpc_addr.clone(),
+                    api_key: args.api_key.clone(),
+                },
+            )
             .await?;
             print(args.json, &report)
         }

@@ -56,8 +56,37 @@ pub(crate) enum Command {
     Consent(ConsentCommand),
     /// Benchmarks: each starts what it needs (PostgreSQL/NATS when DATABASE_URL/NATS_URL are set).
     Bench(BenchArgs),
+    /// Prints each stdin line's normalized SHA-256 for an ad platform.
+    Hash(crate::hash::HashArgs),
+    /// A cross-border storefront in one command: consent, events, stitching, an audience
+    /// synced to a file, an access and an erasure request, through the public API.
+    Demo(DemoArgs),
     /// Prints the version.
     Version,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// How many shoppers to generate.
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    pub(crate) shoppers: usize,
+    /// Seed of the generated storefront (the same seed gives the same shoppers).
+    #[arg(long, default_value_t = 2026)]
+    pub(crate) seed: u64,
+    /// Use a running platform instead of starting one embedded.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) grpc_addr: Option<String>,
+    /// An admin API key of the running platform's workspace (with --grpc-addr).
+    #[arg(
+        long,
+        env = "MERIDIAN_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub(crate) api_key: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +192,9 @@ pub(crate) struct ExplainArgs {
 pub(crate) enum BenchTarget {
     /// Signed, chained, durable ledger appends/s and verified entries/s (PostgreSQL).
     Ledger,
+    /// Erasure request → signed receipt latency (p50/p99) over 1,000 erasures with four
+    /// destinations on loopback fakes (PostgreSQL).
+    Erasure,
     /// Identifier links per second through the identity room, and stitching precision/recall
     /// on the synthetic storefront (in a scratch database).
     Identity,
@@ -172,6 +204,10 @@ pub(crate) enum BenchTarget {
     Vault,
     /// Memoized policy decisions per second per core, and uncached Cedar latency.
     Policy,
+    /// Events/s and ack latency through `serve ingest` over gRPC, next to plain COPY.
+    Ingest,
+    /// A 1 M-member audience normalized, hashed, batched and sent to the Meta fake over HTTP.
+    Audience,
 }
 
 #[derive(Debug, Args)]
@@ -181,6 +217,21 @@ pub(crate) struct BenchArgs {
     /// Print one JSON object whose keys name their units.
     #[arg(long)]
     pub(crate) json: bool,
+    /// bench ingest: events to send at the maximum rate.
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) events: usize,
+    /// bench ingest: events per Ingest call.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) batch: usize,
+    /// bench ingest: concurrent clients.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) concurrency: usize,
+    /// bench ingest: target a running server instead of starting one (needs --api-key).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) grpc_addr: Option<String>,
+    /// bench ingest: an API key with the ingest scope, for --grpc-addr.
+    #[arg(long, value_name = "KEY")]
+    pub(crate) api_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum)]

@@ -28,6 +28,9 @@ pub(crate) struct Settings {
     pub(crate) api_key_pepper: Option<String>,
     pub(crate) shutdown_grace_seconds: Option<u64>,
     pub(crate) policy_dir: Option<PathBuf>,
+    pub(crate) shopify_app_secret: Option<String>,
+    pub(crate) shopify_shops: Option<String>,
+    pub(crate) erasure_lease_seconds: Option<u64>,
 }
 
 impl Settings {
@@ -61,6 +64,10 @@ impl Settings {
             api_key_pepper: var("MERIDIAN_API_KEY_PEPPER"),
             shutdown_grace_seconds: None,
             policy_dir: var("MERIDIAN_POLICY_DIR").map(PathBuf::from),
+            shopify_app_secret: var("MERIDIAN_SHOPIFY_APP_SECRET"),
+            shopify_shops: var("MERIDIAN_SHOPIFY_SHOPS"),
+            erasure_lease_seconds: var("MERIDIAN_ERASURE_LEASE_SECONDS")
+                .and_then(|v| v.parse().ok()),
         }
     }
 
@@ -83,6 +90,9 @@ impl Settings {
             api_key_pepper: over.api_key_pepper.or(self.api_key_pepper),
             shutdown_grace_seconds: over.shutdown_grace_seconds.or(self.shutdown_grace_seconds),
             policy_dir: over.policy_dir.or(self.policy_dir),
+            shopify_app_secret: over.shopify_app_secret.or(self.shopify_app_secret),
+            shopify_shops: over.shopify_shops.or(self.shopify_shops),
+            erasure_lease_seconds: over.erasure_lease_seconds.or(self.erasure_lease_seconds),
         }
     }
 }
@@ -117,6 +127,26 @@ pub(crate) struct Config {
     pub(crate) shutdown_grace: std::time::Duration,
     /// Policies to run with instead of the built-in set.
     pub(crate) policy_dir: Option<PathBuf>,
+    /// Shopify's privacy webhooks: the app's client secret (HMAC key) and the shops bound
+    /// to workspaces; both set or neither.
+    pub(crate) shopify: Option<ShopifySettings>,
+    /// How long an erasure worker holds a saga before another may take it over.
+    pub(crate) erasure_lease: std::time::Duration,
+}
+
+/// The Shopify app whose privacy webhooks this process receives.
+#[derive(Clone)]
+pub(crate) struct ShopifySettings {
+    pub(crate) app_secret: String,
+    pub(crate) shops: std::collections::HashMap<String, meridian_consent::shopify::ShopBinding>,
+}
+
+impl std::fmt::Debug for ShopifySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShopifySettings")
+            .field("shops", &self.shops.len())
+            .finish_non_exhaustive()
+    }
 }
 
 pub(crate) const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
@@ -224,7 +254,36 @@ impl Config {
             }
             other => other,
         };
+        let shopify = match (settings.shopify_app_secret, settings.shopify_shops) {
+            (None, None) => None,
+            (Some(app_secret), Some(shops)) => Some(ShopifySettings {
+                app_secret,
+                shops: meridian_consent::shopify::parse_shop_bindings(&shops)
+                    .map_err(|e| invalid("shopify_shops (MERIDIAN_SHOPIFY_SHOPS)", e))?,
+            }),
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "shopify_app_secret (MERIDIAN_SHOPIFY_APP_SECRET)",
+                    "required with shopify_shops: the webhooks' HMAC key",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "shopify_shops (MERIDIAN_SHOPIFY_SHOPS)",
+                    "required with shopify_app_secret: shop.myshopify.com=workspace:JURISDICTION,…",
+                ));
+            }
+        };
+        let erasure_lease_seconds = settings.erasure_lease_seconds.unwrap_or(45);
+        if erasure_lease_seconds == 0 {
+            return Err(invalid(
+                "erasure_lease_seconds (MERIDIAN_ERASURE_LEASE_SECONDS)",
+                "must be at least 1",
+            ));
+        }
         Ok(Config {
+            shopify,
+            erasure_lease: std::time::Duration::from_secs(erasure_lease_seconds),
             grpc_addr,
             http_addr,
             data_dir,

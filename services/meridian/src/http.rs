@@ -1,5 +1,5 @@
-//! The HTTP listener: liveness and readiness probes now; the Segment-compatible
-//! API and webhooks are mounted here by their rooms.
+//! The HTTP listener: liveness and readiness probes, and the routes the rooms mount
+//! (the Segment-compatible API of the ingestion room; webhooks later).
 
 use std::future::Future;
 
@@ -13,12 +13,14 @@ use tokio::net::TcpListener;
 pub(crate) async fn serve(
     listener: TcpListener,
     store: Store,
+    rooms: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(store);
+        .with_state(store)
+        .merge(rooms);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -1,14 +1,21 @@
 //! `meridian`: one binary that runs any service (`meridian serve ingest`) or
 //! all of them (`meridian serve`), and carries the operator commands.
 
+mod adapters;
 mod bench;
+mod bench_ingest;
 mod cli;
 mod config;
+mod demo;
+mod hash;
 mod http;
+mod identity;
+mod ingest;
 mod keys;
 mod ledger;
 mod outbox;
 mod policy;
+mod privacy;
 mod serve;
 
 use std::process::ExitCode;
@@ -37,6 +44,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         // Policy commands read files only: no store, no runtime.
         Command::Policy(command) => return policy::run(command),
+        Command::Hash(args) => return hash::run(args),
         Command::Consent(ConsentCommand::Decode { json, signal }) => {
             let decoded = meridian_consent_signals::decode(&signal)?;
             let value = decoded.to_json();
@@ -55,6 +63,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let config = Config::resolve(file.merge(Settings::from_env()).merge(cli.flag_settings()))?;
 
+    // The demo starts its own embedded platform: only an explicit --data-dir is its own.
+    let demo_data_dir = cli.store.data_dir.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -90,6 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 keys::revoke_key(&config, &key_id).await
             }
             Command::Bench(args) => bench::run(&config, args).await,
+            Command::Demo(args) => demo::run(args, demo_data_dir).await,
             Command::Outbox(OutboxCommand::DeadLetters {
                 workspace,
                 consumer,
@@ -100,7 +111,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Ledger(LedgerCommand::Verify { workspace }) => {
                 ledger::verify(&config, workspace.as_deref()).await
             }
-            Command::Version | Command::Policy(_) | Command::Consent(_) => Ok(()),
+            Command::Version | Command::Policy(_) | Command::Consent(_) | Command::Hash(_) => {
+                Ok(())
+            }
         }
     })
 }

@@ -85,31 +85,100 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
         )
     };
 
+    // The rooms as libraries over this region's store: a process serves some of them and
+    // calls the others (the erasure saga reaches every room; profiles list their events).
+    let ingest_room = crate::ingest::room(&store, vault.clone(), policies.clone())?;
+    let rooms = crate::privacy::OtherRooms {
+        identity: meridian_identity::IdentityRoom::from_store(
+            &store,
+            vault.clone(),
+            identity_rules.clone(),
+        )
+        .with_event_source(Arc::new(crate::adapters::IngestedEvents(
+            ingest_room.clone(),
+        ))),
+        ingest: ingest_room,
+        audience: meridian_audience::AudienceRoom::new(
+            meridian_audience::store::AudienceStore::new(store.clone()),
+        ),
+    };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut routes = RoutesBuilder::default();
+    let mut http_routes = axum::Router::new();
+    let mut room_tasks = Vec::new();
     for service in &services {
         match service {
             ServiceName::Ingest => {
-                routes.add_service(meridian_ingest::IngestApi.into_server());
+                let room = rooms.ingest.clone();
+                room_tasks
+                    .extend(crate::ingest::start(&room, bus.clone(), shutdown_rx.clone()).await?);
+                http_routes = http_routes.merge(meridian_ingest::segment::router(
+                    room.clone(),
+                    authenticator.clone(),
+                ));
+                routes.add_service(room.into_server());
             }
             ServiceName::Identity => {
-                let room = meridian_identity::IdentityRoom::from_store(
-                    &store,
-                    vault.clone(),
-                    identity_rules.clone(),
-                );
+                let room = rooms.identity.clone();
+                room_tasks.push(crate::identity::spawn_consumer(
+                    bus.clone(),
+                    room.clone(),
+                    shutdown_rx.clone(),
+                ));
                 routes.add_service(room.into_server());
             }
             ServiceName::Consent => {
-                let room = meridian_consent::ConsentRoom::new(
-                    store.clone(),
+                let room = crate::privacy::consent_room(
+                    &config,
+                    &store,
                     vault.clone(),
                     policies.clone(),
+                    &rooms,
                 );
                 routes.add_service(room.consent_api().into_server());
                 routes.add_service(room.dsr_api().into_server());
+                http_routes = http_routes.merge(crate::privacy::http_routes(&config, &room));
+                let shutdown = shutdown_rx.clone();
+                room_tasks.push(tokio::spawn(async move {
+                    room.run_background(Default::default(), shutdown).await
+                }));
             }
             ServiceName::Audience => {
-                routes.add_service(meridian_audience::AudienceApi.into_server());
+                let room = rooms.audience.clone();
+                // The read model segments run over follows profiles and events on the bus.
+                // Not on SQLite yet: the bus holds SQLite's one write lock while a handler
+                // runs, and this handler writes through its own connections (it would wait
+                // out the busy timeout on every event). Embedded previews count nothing.
+                let follow_bus = matches!(store, meridian_store::Store::Postgres(_));
+                if !follow_bus {
+                    tracing::warn!(
+                        "audience read model not fed on the embedded store yet: segment previews count no members"
+                    );
+                }
+                let read_model = Arc::new(meridian_audience::profiles::ReadModelConsumer {
+                    room: room.clone(),
+                    source: Arc::new(crate::adapters::IdentityProfiles(rooms.identity.clone())),
+                });
+                for (consumer, family) in [
+                    ("audience-profiles", "profile"),
+                    ("audience-events", "ingest-event"),
+                ]
+                .into_iter()
+                .filter(|_| follow_bus)
+                {
+                    room_tasks.push(tokio::spawn(meridian_bus::run_consumer(
+                        bus.clone(),
+                        meridian_bus::Subscription::new(
+                            consumer.parse().context("consumer name")?,
+                            family.parse().context("event family")?,
+                        ),
+                        read_model.clone(),
+                        meridian_bus::LoopSettings::default(),
+                        shutdown_rx.clone(),
+                    )));
+                }
+                routes.add_service(meridian_audience::AudienceApi::new(room).into_server());
             }
         }
     }
@@ -130,13 +199,17 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
             .context("building gRPC reflection")?,
     );
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let grpc_shutdown = wait_for(shutdown_rx.clone());
     let grpc_server = tonic::transport::Server::builder()
         .layer(EdgeLayer::new(authenticator))
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), grpc_shutdown);
-    let http_server = http::serve(http_listener, store.clone(), wait_for(shutdown_rx.clone()));
+    let http_server = http::serve(
+        http_listener,
+        store.clone(),
+        http_routes,
+        wait_for(shutdown_rx.clone()),
+    );
 
     let mut signals = ShutdownSignals::install()?;
     // Scripts read these two lines to find the ports.
@@ -181,6 +254,9 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
         let grpc = grpc_task.await;
         let http = http_task.await;
         let relay = relay_task.await;
+        for task in room_tasks {
+            let _ = task.await;
+        }
         (grpc, http, relay)
     })
     .await;

@@ -15,6 +15,7 @@ use crate::kek::{BoxFuture, KekVersion, WrappedKey};
 struct State {
     subjects: BTreeMap<(String, String), Option<StoredSubjectKey>>,
     workspaces: BTreeMap<(String, WorkspaceKeyPurpose, u32), StoredWorkspaceKey>,
+    identifiers: BTreeMap<(String, [u8; 32]), String>,
 }
 
 /// Key store in process memory (benchmarks, unit tests).
@@ -79,6 +80,96 @@ impl KeyStore for MemoryKeyStore {
                 .entry((workspace.to_owned(), subject.to_owned()))
                 .or_insert_with(|| Some(key.clone()));
             Ok(Self::subject_state(&state, workspace, subject))
+        })
+    }
+
+    fn subject_keys<'a>(
+        &'a self,
+        workspace: &'a str,
+        subjects: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<(String, SubjectKeyState)>, StoreError>> {
+        Box::pin(async move {
+            let state = self.lock();
+            Ok(subjects
+                .iter()
+                .map(|s| ((*s).to_owned(), Self::subject_state(&state, workspace, s)))
+                .filter(|(_, st)| *st != SubjectKeyState::Absent)
+                .collect())
+        })
+    }
+
+    fn insert_subject_keys<'a>(
+        &'a self,
+        workspace: &'a str,
+        keys: &'a [(&'a str, StoredSubjectKey)],
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            let mut stored = 0;
+            for (subject, key) in keys {
+                let k = (workspace.to_owned(), (*subject).to_owned());
+                if let std::collections::btree_map::Entry::Vacant(e) = state.subjects.entry(k) {
+                    e.insert(Some(key.clone()));
+                    stored += 1;
+                }
+            }
+            Ok(stored)
+        })
+    }
+
+    fn identifier_subjects<'a>(
+        &'a self,
+        workspace: &'a str,
+        indexes: &'a [[u8; 32]],
+    ) -> BoxFuture<'a, Result<Vec<super::IdentifierSubject>, StoreError>> {
+        Box::pin(async move {
+            let state = self.lock();
+            Ok(indexes
+                .iter()
+                .filter_map(|i| {
+                    state
+                        .identifiers
+                        .get(&(workspace.to_owned(), *i))
+                        .map(|s| (*i, s.clone()))
+                })
+                .collect())
+        })
+    }
+
+    fn insert_identifier_subjects<'a>(
+        &'a self,
+        workspace: &'a str,
+        rows: &'a [super::IdentifierSubject],
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            let mut stored = 0;
+            for (index, subject) in rows {
+                let k = (workspace.to_owned(), *index);
+                if let std::collections::btree_map::Entry::Vacant(e) = state.identifiers.entry(k) {
+                    e.insert(subject.clone());
+                    stored += 1;
+                }
+            }
+            Ok(stored)
+        })
+    }
+
+    fn delete_identifier_subject<'a>(
+        &'a self,
+        workspace: &'a str,
+        index: &'a [u8; 32],
+        subject: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            let key = (workspace.to_owned(), *index);
+            if state.identifiers.get(&key).map(String::as_str) == Some(subject) {
+                state.identifiers.remove(&key);
+                Ok(true)
+            } else {
+                Ok(false)
+            }
         })
     }
 

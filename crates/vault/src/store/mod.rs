@@ -1,11 +1,13 @@
 //! Where wrapped keys live: the [`KeyStore`] trait and its backends (PostgreSQL, SQLite,
 //! memory). Stores only ever see keys wrapped by the KEK, never a usable key.
 //!
-//! Tables (migrations `0002_vault.sql`):
+//! Tables (migrations `0002_vault.sql`, `0006_vault_identifiers.sql`):
 //! - `vault_subject_keys`: one row per subject; either an active wrapped data key, or a
 //!   tombstone (`forgotten_at` set, key columns NULL) once the subject was forgotten. A
 //!   tombstoned subject never gets a new key. Forget and first-key creation are serialized by
 //!   the primary key, so a key created concurrently with a forget is destroyed too.
+//! - `vault_identifier_subjects` (`0006_vault_identifiers.sql`): the subject of each identifier
+//!   (by blind index), deleted once that subject is forgotten.
 //! - `vault_workspace_keys`: per workspace and purpose (`blind_index`, `ledger_signing`),
 //!   wrapped; the signing key's public half in clear.
 
@@ -35,6 +37,9 @@ pub fn key_store_for(store: &meridian_store::Store) -> std::sync::Arc<dyn KeySto
         }
     }
 }
+
+/// An identifier's blind index and the vault subject recorded for it.
+pub type IdentifierSubject = ([u8; 32], String);
 
 /// A subject's wrapped data key as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +148,44 @@ pub trait KeyStore: Send + Sync {
         subject: &'a str,
         key: &'a StoredSubjectKey,
     ) -> BoxFuture<'a, Result<SubjectKeyState, StoreError>>;
+
+    /// The state of each of `subjects` that has a row; subjects without one are left out.
+    fn subject_keys<'a>(
+        &'a self,
+        workspace: &'a str,
+        subjects: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<(String, SubjectKeyState)>, StoreError>>;
+
+    /// Stores each key whose subject has no row yet, in one round trip; returns how many were
+    /// stored. When fewer than all, the caller re-reads the subjects to learn the winners.
+    fn insert_subject_keys<'a>(
+        &'a self,
+        workspace: &'a str,
+        keys: &'a [(&'a str, StoredSubjectKey)],
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// The subject recorded for each of `indexes` that has one; the others are left out.
+    fn identifier_subjects<'a>(
+        &'a self,
+        workspace: &'a str,
+        indexes: &'a [[u8; 32]],
+    ) -> BoxFuture<'a, Result<Vec<IdentifierSubject>, StoreError>>;
+
+    /// Records a subject for each blind index that has none yet (existing rows win); returns
+    /// how many were recorded.
+    fn insert_identifier_subjects<'a>(
+        &'a self,
+        workspace: &'a str,
+        rows: &'a [IdentifierSubject],
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// Deletes the record of `index` if it still names `subject`; `true` if a row went.
+    fn delete_identifier_subject<'a>(
+        &'a self,
+        workspace: &'a str,
+        index: &'a [u8; 32],
+        subject: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Destroys the subject's wrapped keys and leaves a tombstone.
     fn forget_subject<'a>(

@@ -13,8 +13,10 @@ pub(super) struct Queries {
     pub(super) ws_page: String,
     pub(super) replace_ws: String,
     pub(super) in_use: String,
+    pub(super) delete_identifier: String,
     /// Run on the same connection before a forget (SQLite: overwrite freed content).
     pub(super) before_forget: Option<&'static str>,
+    dialect: Dialect,
 }
 
 #[derive(Clone, Copy)]
@@ -23,15 +25,85 @@ pub(super) enum Dialect {
     Sqlite,
 }
 
-impl Queries {
-    pub(super) fn new(dialect: Dialect) -> Self {
-        let adapt = |sql: &str| match dialect {
+/// Rows per statement in the batch calls: within both backends' bind-parameter limits.
+pub(super) const BATCH_ROWS: usize = 1_000;
+
+impl Dialect {
+    fn adapt(self, sql: &str) -> String {
+        match self {
             Dialect::Postgres => sql.to_owned(),
             Dialect::Sqlite => sql
                 .replace('$', "?")
                 .replace("now()", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
-        };
+        }
+    }
+}
+
+/// `($2, $3, …)`: an `IN` list of `n` placeholders after the workspace's `$1`.
+fn in_list(n: usize) -> String {
+    let items: Vec<String> = (0..n).map(|i| format!("${}", i + 2)).collect();
+    format!("({})", items.join(", "))
+}
+
+/// `($1, $2, …), ($1, …)`: `rows` value rows, each the workspace's `$1` then `width`
+/// placeholders of its own.
+fn workspace_rows(rows: usize, width: usize) -> String {
+    let rows: Vec<String> = (0..rows)
+        .map(|r| {
+            let own: Vec<String> = (0..width)
+                .map(|c| format!("${}", 2 + r * width + c))
+                .collect();
+            format!("($1, {})", own.join(", "))
+        })
+        .collect();
+    rows.join(", ")
+}
+
+impl Queries {
+    /// Subject key rows of `n` subjects (`$1` workspace, `$2…` subjects).
+    pub(super) fn select_subjects(&self, n: usize) -> String {
+        self.dialect.adapt(&format!(
+            "SELECT subject_id, key_id, kek_version, wrapped_key FROM vault_subject_keys \
+             WHERE workspace_id = $1 AND subject_id IN {}",
+            in_list(n)
+        ))
+    }
+
+    /// Inserts `n` subject keys (`$1` workspace, then subject, key id, KEK version, wrapped key).
+    pub(super) fn insert_subjects(&self, n: usize) -> String {
+        let values = workspace_rows(n, 4);
+        self.dialect.adapt(&format!(
+            "INSERT INTO vault_subject_keys (workspace_id, subject_id, key_id, kek_version, wrapped_key) \
+             VALUES {values} ON CONFLICT (workspace_id, subject_id) DO NOTHING"
+        ))
+    }
+
+    /// Identifier subjects of `n` blind indexes (`$1` workspace, `$2…` indexes).
+    pub(super) fn select_identifiers(&self, n: usize) -> String {
+        self.dialect.adapt(&format!(
+            "SELECT blind_index, subject_id FROM vault_identifier_subjects \
+             WHERE workspace_id = $1 AND blind_index IN {}",
+            in_list(n)
+        ))
+    }
+
+    /// Records `n` identifier subjects (`$1` workspace, then blind index, subject).
+    pub(super) fn insert_identifiers(&self, n: usize) -> String {
+        let values = workspace_rows(n, 2);
+        self.dialect.adapt(&format!(
+            "INSERT INTO vault_identifier_subjects (workspace_id, blind_index, subject_id) \
+             VALUES {values} ON CONFLICT (workspace_id, blind_index) DO NOTHING"
+        ))
+    }
+
+    pub(super) fn new(dialect: Dialect) -> Self {
+        let adapt = |sql: &str| dialect.adapt(sql);
         Queries {
+            dialect,
+            delete_identifier: adapt(
+                "DELETE FROM vault_identifier_subjects \
+                 WHERE workspace_id = $1 AND blind_index = $2 AND subject_id = $3",
+            ),
             select_subject: adapt(
                 "SELECT key_id, kek_version, wrapped_key FROM vault_subject_keys \
                  WHERE workspace_id = $1 AND subject_id = $2",
@@ -131,6 +203,121 @@ macro_rules! sql_key_store {
                         .execute(&self.pool)
                         .await?;
                     self.subject_key(workspace, subject).await
+                })
+            }
+
+            fn subject_keys<'a>(
+                &'a self,
+                workspace: &'a str,
+                subjects: &'a [&'a str],
+            ) -> $crate::kek::BoxFuture<
+                'a,
+                Result<Vec<(String, $crate::store::SubjectKeyState)>, $crate::error::StoreError>,
+            > {
+                Box::pin(async move {
+                    use sqlx::Row as _;
+                    let mut out = Vec::with_capacity(subjects.len());
+                    for chunk in subjects.chunks($crate::store::sql::BATCH_ROWS) {
+                        let sql = self.q.select_subjects(chunk.len());
+                        let mut query = sqlx::query(&sql).bind(workspace);
+                        for subject in chunk {
+                            query = query.bind(*subject);
+                        }
+                        for row in query.fetch_all(&self.pool).await? {
+                            let subject: String = row.try_get("subject_id")?;
+                            out.push((subject, $crate::store::sql::subject_state(&row)?));
+                        }
+                    }
+                    Ok(out)
+                })
+            }
+
+            fn insert_subject_keys<'a>(
+                &'a self,
+                workspace: &'a str,
+                keys: &'a [(&'a str, $crate::store::StoredSubjectKey)],
+            ) -> $crate::kek::BoxFuture<'a, Result<u64, $crate::error::StoreError>> {
+                Box::pin(async move {
+                    let mut stored = 0;
+                    for chunk in keys.chunks($crate::store::sql::BATCH_ROWS) {
+                        let sql = self.q.insert_subjects(chunk.len());
+                        let mut query = sqlx::query(&sql).bind(workspace);
+                        for (subject, key) in chunk {
+                            query = query
+                                .bind(*subject)
+                                .bind(key.key_id)
+                                .bind($crate::store::version_to_db(key.wrapped.kek_version))
+                                .bind(&key.wrapped.bytes);
+                        }
+                        stored += query.execute(&self.pool).await?.rows_affected();
+                    }
+                    Ok(stored)
+                })
+            }
+
+            fn identifier_subjects<'a>(
+                &'a self,
+                workspace: &'a str,
+                indexes: &'a [[u8; 32]],
+            ) -> $crate::kek::BoxFuture<
+                'a,
+                Result<Vec<$crate::store::IdentifierSubject>, $crate::error::StoreError>,
+            > {
+                Box::pin(async move {
+                    use sqlx::Row as _;
+                    let mut out = Vec::with_capacity(indexes.len());
+                    for chunk in indexes.chunks($crate::store::sql::BATCH_ROWS) {
+                        let sql = self.q.select_identifiers(chunk.len());
+                        let mut query = sqlx::query(&sql).bind(workspace);
+                        for index in chunk {
+                            query = query.bind(index.as_slice());
+                        }
+                        for row in query.fetch_all(&self.pool).await? {
+                            let bytes: Vec<u8> = row.try_get("blind_index")?;
+                            let index = <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+                                $crate::error::StoreError::Corrupt("blind index is not 32 bytes")
+                            })?;
+                            out.push((index, row.try_get("subject_id")?));
+                        }
+                    }
+                    Ok(out)
+                })
+            }
+
+            fn insert_identifier_subjects<'a>(
+                &'a self,
+                workspace: &'a str,
+                rows: &'a [$crate::store::IdentifierSubject],
+            ) -> $crate::kek::BoxFuture<'a, Result<u64, $crate::error::StoreError>> {
+                Box::pin(async move {
+                    let mut stored = 0;
+                    for chunk in rows.chunks($crate::store::sql::BATCH_ROWS) {
+                        let sql = self.q.insert_identifiers(chunk.len());
+                        let mut query = sqlx::query(&sql).bind(workspace);
+                        for (index, subject) in chunk {
+                            query = query.bind(index.as_slice()).bind(subject.as_str());
+                        }
+                        stored += query.execute(&self.pool).await?.rows_affected();
+                    }
+                    Ok(stored)
+                })
+            }
+
+            fn delete_identifier_subject<'a>(
+                &'a self,
+                workspace: &'a str,
+                index: &'a [u8; 32],
+                subject: &'a str,
+            ) -> $crate::kek::BoxFuture<'a, Result<bool, $crate::error::StoreError>> {
+                Box::pin(async move {
+                    let n = sqlx::query(&self.q.delete_identifier)
+                        .bind(workspace)
+                        .bind(index.as_slice())
+                        .bind(subject)
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected();
+                    Ok(n > 0)
                 })
             }
 

@@ -1,0 +1,244 @@
+//! Consuming accepted events (family `ingest-event`, payload
+//! `meridian.bus.v1.EventAccepted`): [`IngestConsumer`] is the bus handler; [`decode`]
+//! turns a payload into a graph observation, the sealed copies of its identifiers, its
+//! sealed traits and its activity.
+//!
+//! Identifiers arrive as type + blind index (ingest ran this crate's `normalize` and
+//! `blind_index`) + the normalized value sealed under the event's `sealed_subject` (record
+//! = event id, field `identifiers.<position>`). Blocked values are matched by blind index
+//! (the configured values, indexed under the workspace key) and, for patterns such as
+//! all-zero device ids, on the opened value.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use meridian_bus::{ConsumerName, EventFamily, EventHandler, HandlerError, OutboxEvent, Tx};
+use meridian_proto::bus::v1::EventAccepted;
+use meridian_proto::v1::EventType;
+use meridian_vault::{BlindIndex, VaultError};
+use prost::Message;
+
+use crate::computed::{Activity, AiplStage, EventKind};
+use crate::error::IdentityError;
+use crate::graph::{LinkRule, Observation};
+use crate::identifier::{IdentifierType, NodeKey};
+use crate::room::IdentityRoom;
+use crate::store::SealedValue;
+
+/// The field ingest seals an identify event's traits as.
+pub const TRAITS_FIELD: &str = "traits";
+
+/// The family the consumer reads and its durable name.
+pub const FAMILY: &str = "ingest-event";
+pub const CONSUMER: &str = "identity";
+
+/// The field ingest seals the identifier at `position` as.
+pub fn identifier_field(position: usize) -> String {
+    format!("identifiers.{position}")
+}
+
+/// An accepted event, decoded for the graph.
+pub(crate) struct Decoded {
+    pub(crate) observation: Observation,
+    /// Ingest's sealed copies of the usable identifiers, with their source.
+    pub(crate) sealed: HashMap<NodeKey, (SealedValue, String)>,
+    /// (subject, sealed JSON) of an identify event's traits.
+    pub(crate) sealed_traits: Option<(String, Vec<u8>)>,
+    pub(crate) activity: Option<Activity>,
+    pub(crate) at: DateTime<Utc>,
+}
+
+fn bad(field: &'static str, reason: &'static str) -> IdentityError {
+    IdentityError::InvalidArgument { field, reason }
+}
+
+fn time(t: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+    let t = t?;
+    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+}
+
+fn event_kind(t: i32) -> Option<EventKind> {
+    Some(match EventType::try_from(t).ok()? {
+        EventType::Track => EventKind::Track,
+        EventType::Identify => EventKind::Identify,
+        EventType::Page => EventKind::Page,
+        EventType::Screen => EventKind::Screen,
+        EventType::Group => EventKind::Group,
+        EventType::Alias => EventKind::Alias,
+        EventType::Unspecified => return None,
+    })
+}
+
+/// Decodes a payload; `Ok(None)` when its subject was forgotten since (erased: nothing of
+/// it is kept). Malformed payloads are refused (the bus dead-letters them after retries).
+pub(crate) async fn decode(
+    room: &IdentityRoom,
+    e: &EventAccepted,
+) -> Result<Option<Decoded>, IdentityError> {
+    let workspace = e.workspace_id.as_str();
+    if workspace.is_empty() {
+        return Err(bad("workspace_id", "required"));
+    }
+    if e.event_id.is_empty() {
+        return Err(bad("event_id", "required"));
+    }
+    let kind = event_kind(e.r#type).ok_or(bad("type", "must name an event type"))?;
+    let at = time(e.timestamp.as_ref())
+        .or_else(|| time(e.received_at.as_ref()))
+        .ok_or(bad("timestamp", "required"))?;
+    let blocked_keys = room.blocked_keys(workspace).await?;
+    let rules = room.rules();
+    let mut identifiers = Vec::with_capacity(e.identifiers.len());
+    let mut blocked = Vec::new();
+    let mut sealed = HashMap::new();
+    for (position, id) in e.identifiers.iter().enumerate() {
+        let (Some(kind), Some(index)) = (
+            IdentifierType::from_code(id.r#type),
+            BlindIndex::from_slice(&id.blind_index),
+        ) else {
+            // An identifier this room does not know is skipped, not fatal.
+            continue;
+        };
+        let key = NodeKey { kind, index };
+        if blocked_keys.contains(&key) {
+            blocked.push(key);
+            continue;
+        }
+        if !id.sealed_value.is_empty() && !e.sealed_subject.is_empty() {
+            let field = identifier_field(position);
+            let plain = match room
+                .vault()
+                .open(
+                    workspace,
+                    &e.sealed_subject,
+                    &e.event_id,
+                    &field,
+                    &id.sealed_value,
+                )
+                .await
+            {
+                Ok(plain) => plain,
+                Err(VaultError::SubjectForgotten | VaultError::NoSubjectKey) => return Ok(None),
+                Err(err) => return Err(err.into()),
+            };
+            let value = String::from_utf8_lossy(&plain);
+            let plain_id = match kind {
+                IdentifierType::StorefrontCustomerId => value
+                    .split(['\u{0}', ':'])
+                    .nth(1)
+                    .unwrap_or(value.as_ref())
+                    .to_owned(),
+                _ => value.to_string(),
+            };
+            if rules.is_blocked(kind, &plain_id) || rules.is_blocked(kind, &value) {
+                blocked.push(key);
+                continue;
+            }
+            sealed.insert(
+                key,
+                (
+                    SealedValue {
+                        subject: e.sealed_subject.clone(),
+                        record: e.event_id.clone(),
+                        field,
+                        bytes: id.sealed_value.clone(),
+                    },
+                    id.source.clone(),
+                ),
+            );
+        }
+        identifiers.push(key);
+    }
+    let aipl = &room.profile_rules().aipl;
+    let activity = if aipl.is_order(kind, &e.event) {
+        let (currency, minor) = e
+            .revenue
+            .as_ref()
+            .map(|m| (m.currency.trim().to_ascii_uppercase(), m.minor_units))
+            .unwrap_or_default();
+        Some(Activity {
+            occurred_at: at,
+            stage: AiplStage::Purchase,
+            order: Some((currency, minor)),
+        })
+    } else {
+        match aipl.stage_of(kind, &e.event) {
+            AiplStage::None => None,
+            stage => Some(Activity {
+                occurred_at: at,
+                stage,
+                order: None,
+            }),
+        }
+    };
+    let sealed_traits = (kind == EventKind::Identify
+        && !e.sealed_traits.is_empty()
+        && !e.sealed_subject.is_empty())
+    .then(|| (e.sealed_subject.clone(), e.sealed_traits.clone()));
+    Ok(Some(Decoded {
+        observation: Observation {
+            event_id: e.event_id.clone(),
+            at,
+            rule: if kind == EventKind::Alias {
+                LinkRule::Alias
+            } else {
+                LinkRule::SameEvent
+            },
+            identifiers,
+            blocked,
+        },
+        sealed,
+        sealed_traits,
+        activity,
+        at,
+    }))
+}
+
+/// The bus handler: applies each `EventAccepted` through [`IdentityRoom::apply_accepted`]
+/// in the consumer's transaction.
+#[derive(Debug, Clone)]
+pub struct IngestConsumer {
+    room: IdentityRoom,
+}
+
+impl IngestConsumer {
+    pub fn new(room: IdentityRoom) -> Arc<Self> {
+        Arc::new(IngestConsumer { room })
+    }
+
+    /// The durable subscription (consumer `identity`, family `ingest-event`).
+    pub fn subscription() -> meridian_bus::Subscription {
+        // Both names are valid tokens by construction (checked by a test).
+        let consumer: ConsumerName = CONSUMER
+            .parse()
+            .unwrap_or_else(|_| unreachable!("`identity` is a token"));
+        let family: EventFamily = FAMILY
+            .parse()
+            .unwrap_or_else(|_| unreachable!("`ingest-event` is a token"));
+        meridian_bus::Subscription::new(consumer, family)
+    }
+}
+
+#[async_trait]
+impl EventHandler for IngestConsumer {
+    async fn handle(&self, tx: &mut Tx<'_>, event: &OutboxEvent) -> Result<(), HandlerError> {
+        let payload = EventAccepted::decode(event.payload.as_slice())
+            .map_err(|_| HandlerError::Failed("EventAccepted payload does not decode".into()))?;
+        if payload.workspace_id != event.workspace_id.as_str() {
+            return Err(HandlerError::Failed(
+                "EventAccepted workspace differs from the bus event's".into(),
+            ));
+        }
+        match self.room.apply_accepted(tx, &payload).await {
+            Ok(_) => Ok(()),
+            Err(IdentityError::Database(e)) => Err(HandlerError::Database(e)),
+            // The text names kinds and fields only, never values.
+            Err(e) => {
+                tracing::warn!(error = %e, "identity could not apply an accepted event");
+                Err(HandlerError::Failed(e.to_string()))
+            }
+        }
+    }
+}

@@ -1,0 +1,871 @@
+//! The `ingest-event` consumer, traits, computed traits, `ProfileChanged`, erasure and
+//! `ListProfileEvents`, through the real in-process bus (outbox → relay → consumer) on
+//! PostgreSQL (a fresh database per test) and SQLite. Payloads are built the way ingest
+//! builds them: this crate's `normalize` + `blind_index`, sealed under the vault subject of
+//! the event's highest-priority identifier.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use meridian_bus::{Bus, EventHandler, LocalBus, OutboxEvent, Tx};
+use meridian_identity::identifier::{blind_index, normalize};
+use meridian_identity::{
+    AiplRules, AiplStage, ErasedProfile, IdentifierType, IdentityError, IdentityRoom,
+    IdentityStore, IngestConsumer, ProfileEvent, ProfileEventPage, ProfileEventSource,
+    ProfileRules, RawIdentifier, Rules, StoreIdentity, SubjectRef, TraitRules,
+};
+use meridian_proto::bus::v1::{EventAccepted, Money, ProfileChanged, SealedIdentifier};
+use meridian_proto::v1;
+use meridian_proto::v1::identity_service_server::IdentityService;
+use meridian_store::Store;
+use meridian_store::sqlx::{self, PgPool, SqlitePool};
+use meridian_vault::testing::{dump_postgres, dump_sqlite, find_plaintext};
+use meridian_vault::{BlindIndex, KeyRing, PgKeyStore, SqliteKeyStore, Vault};
+use prost::Message;
+use serde_json::json;
+
+const WS: &str = "acme";
+
+struct Harness {
+    room: IdentityRoom,
+    vault: Arc<Vault>,
+    store: Store,
+    bus: LocalBus,
+    events: Arc<MemoryEvents>,
+}
+
+fn t(s: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_767_225_600 + s, 0).unwrap()
+}
+
+fn ts(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: 0,
+    }
+}
+
+const DAY: i64 = 86_400;
+
+/// An accepted event as ingest would publish it.
+struct Accepted {
+    id: String,
+    kind: v1::EventType,
+    event: String,
+    at: DateTime<Utc>,
+    identifiers: Vec<(IdentifierType, String)>,
+    traits: Option<serde_json::Value>,
+    revenue: Option<(&'static str, i64)>,
+    storefront: &'static str,
+}
+
+fn ev(id: &str, kind: v1::EventType, at: i64, ids: &[(IdentifierType, &str)]) -> Accepted {
+    Accepted {
+        id: id.into(),
+        kind,
+        event: String::new(),
+        at: t(at),
+        identifiers: ids.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        traits: None,
+        revenue: None,
+        storefront: "web",
+    }
+}
+
+fn track(id: &str, name: &str, at: i64, ids: &[(IdentifierType, &str)]) -> Accepted {
+    Accepted {
+        event: name.into(),
+        ..ev(id, v1::EventType::Track, at, ids)
+    }
+}
+
+fn order(
+    id: &str,
+    at: i64,
+    ids: &[(IdentifierType, &str)],
+    cur: &'static str,
+    minor: i64,
+) -> Accepted {
+    Accepted {
+        revenue: Some((cur, minor)),
+        ..track(id, "Order Completed", at, ids)
+    }
+}
+
+fn identify(
+    id: &str,
+    at: i64,
+    ids: &[(IdentifierType, &str)],
+    source: &'static str,
+    traits: serde_json::Value,
+) -> Accepted {
+    Accepted {
+        traits: Some(traits),
+        storefront: source,
+        ..ev(id, v1::EventType::Identify, at, ids)
+    }
+}
+
+use IdentifierType::{AnonymousId as Anon, Email, UserId as User};
+
+impl Harness {
+    /// Seals and publishes events through the outbox, then runs the relay and the
+    /// consumer until both are idle.
+    async fn publish(&self, events: Vec<Accepted>) {
+        let rules = Rules::default().validate().unwrap();
+        let indexer = self.vault.blind_indexer(WS).await.unwrap();
+        let mut outbox = Vec::new();
+        for a in events {
+            let mut ids: Vec<(IdentifierType, BlindIndex, String, String)> = Vec::new();
+            for (kind, value) in &a.identifiers {
+                let n = normalize(*kind, value, "", "").unwrap();
+                let key = blind_index(&indexer, &n);
+                ids.push((*kind, key.index, n.value.to_string(), n.source.clone()));
+            }
+            let anchor = ids
+                .iter()
+                .min_by_key(|(k, ..)| rules.rank(*k))
+                .map(|(_, i, ..)| *i)
+                .unwrap();
+            let subject = self
+                .vault
+                .identifier_subjects(WS, &[anchor])
+                .await
+                .unwrap()
+                .remove(0);
+            let key = self.vault.subject_key(WS, &subject).await.unwrap();
+            let payload = EventAccepted {
+                workspace_id: WS.into(),
+                event_id: a.id.clone(),
+                message_id: format!("m-{}", a.id),
+                r#type: a.kind as i32,
+                event: a.event.clone(),
+                name: String::new(),
+                timestamp: Some(ts(a.at)),
+                received_at: Some(ts(a.at)),
+                jurisdiction: "DE".into(),
+                sealed_subject: subject.clone(),
+                identifiers: ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (kind, index, value, source))| SealedIdentifier {
+                        r#type: i32::from(kind.code()),
+                        source: source.clone(),
+                        blind_index: index.0.to_vec(),
+                        sealed_value: key
+                            .seal(&a.id, &format!("identifiers.{i}"), value.as_bytes())
+                            .unwrap(),
+                    })
+                    .collect(),
+                sealed_traits: a
+                    .traits
+                    .as_ref()
+                    .map(|tr| {
+                        key.seal(&a.id, "traits", tr.to_string().as_bytes())
+                            .unwrap()
+                    })
+                    .unwrap_or_default(),
+                revenue: a.revenue.map(|(currency, minor_units)| Money {
+                    currency: currency.into(),
+                    minor_units,
+                }),
+                storefront_id: a.storefront.into(),
+                age_band: 0,
+            };
+            outbox.push(OutboxEvent::new(
+                WS.parse().unwrap(),
+                "ingest-event".parse().unwrap(),
+                a.id,
+                payload.encode_to_vec(),
+            ));
+        }
+        match &self.store {
+            Store::Postgres(p) => {
+                let mut tx = p.begin().await.unwrap();
+                meridian_bus::enqueue_all(&mut tx, &outbox).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+            Store::Sqlite(p) => {
+                let mut tx = p.begin().await.unwrap();
+                meridian_bus::enqueue_all(&mut tx, &outbox).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        }
+        self.drain().await;
+    }
+
+    async fn drain(&self) {
+        let handler = IngestConsumer::new(self.room.clone());
+        let sub = IngestConsumer::subscription();
+        loop {
+            let relayed = self.bus.relay_batch(1_000).await.unwrap();
+            let stats = self.bus.consume_batch(&sub, &*handler).await.unwrap();
+            assert_eq!(stats.retried + stats.dead_lettered, 0, "{stats:?}");
+            if relayed == 0 && stats.is_idle() {
+                break;
+            }
+        }
+    }
+
+    async fn profile_of(
+        &self,
+        kind: IdentifierType,
+        value: &str,
+    ) -> meridian_identity::ProfileView {
+        self.room
+            .lookup(WS, &RawIdentifier::new(kind, value))
+            .await
+            .unwrap()
+    }
+
+    async fn scalar(&self, sql: &str) -> i64 {
+        match &self.store {
+            Store::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+            Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+        }
+    }
+
+    /// `ProfileChanged` payloads written to the outbox, oldest first.
+    async fn profile_changes(&self) -> Vec<ProfileChanged> {
+        let sql = "SELECT payload FROM outbox_events WHERE family = 'profile' ORDER BY seq";
+        let rows: Vec<Vec<u8>> = match &self.store {
+            Store::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
+            Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
+        };
+        rows.iter()
+            .map(|b| ProfileChanged::decode(b.as_slice()).unwrap())
+            .collect()
+    }
+}
+
+/// An in-memory [`ProfileEventSource`]: events keyed by the anchor that carried them.
+#[derive(Default)]
+struct MemoryEvents {
+    by_anchor: Mutex<BTreeMap<[u8; 32], Vec<ProfileEvent>>>,
+}
+
+#[async_trait]
+impl ProfileEventSource for MemoryEvents {
+    async fn events(
+        &self,
+        _workspace: &str,
+        anchors: &[BlindIndex],
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<ProfileEventPage, IdentityError> {
+        let map = self.by_anchor.lock().unwrap();
+        let mut all: Vec<ProfileEvent> = anchors
+            .iter()
+            .flat_map(|a| map.get(&a.0).cloned().unwrap_or_default())
+            .collect();
+        all.sort_by_key(|e| e.timestamp);
+        let start: usize = page_token.parse().unwrap_or(0);
+        let end = (start + page_size as usize).min(all.len());
+        Ok(ProfileEventPage {
+            events: all[start.min(end)..end].to_vec(),
+            next_page_token: if end < all.len() {
+                end.to_string()
+            } else {
+                String::new()
+            },
+        })
+    }
+}
+
+fn request<T>(body: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(body);
+    r.extensions_mut().insert(meridian_access::Principal {
+        key_id: "key".into(),
+        workspace_id: WS.parse().unwrap(),
+        scopes: meridian_domain::Scopes::new(vec![meridian_domain::Scope::Admin]),
+    });
+    r
+}
+
+fn rules() -> ProfileRules {
+    ProfileRules {
+        traits: TraitRules {
+            source_priority: BTreeMap::from([("shopify-eu".into(), 10)]),
+        },
+        aipl: AiplRules::default(),
+    }
+    .validate()
+    .unwrap()
+}
+
+// ---- checks ---------------------------------------------------------------------------
+
+async fn events_stitch_and_build_traits_and_computed_traits(h: Harness) {
+    h.publish(vec![
+        ev("e1", v1::EventType::Page, 0, &[(Anon, "a-1")]),
+        identify(
+            "e2",
+            10,
+            &[
+                (Anon, "a-1"),
+                (User, "u-1"),
+                (Email, "Ana.Silva@Example.com"),
+            ],
+            "web",
+            json!({"name": "Ana Silva", "plan": "free"}),
+        ),
+        track("e3", "Product Viewed", 20, &[(Anon, "a-1")]),
+    ])
+    .await;
+    let p = h.profile_of(User, "u-1").await;
+    assert_eq!(p.identifiers.len(), 3);
+    assert_eq!(
+        h.profile_of(Anon, "a-1").await.profile.profile,
+        p.profile.profile
+    );
+    let email = p.identifiers.iter().find(|i| i.key.kind == Email).unwrap();
+    assert_eq!(
+        email.value.as_str(),
+        "ana.silva@example.com",
+        "ingest's copy opens"
+    );
+    assert_eq!(p.traits.0["name"], json!("Ana Silva"));
+    assert_eq!(p.computed.as_ref().unwrap().stage, AiplStage::Interest);
+
+    // Traits: a later event of the same source wins; a lower-priority source does not beat
+    // the higher one; the alias links a second anonymous id with rule `alias`.
+    h.publish(vec![
+        identify(
+            "e4",
+            30,
+            &[(User, "u-1")],
+            "shopify-eu",
+            json!({"name": "Ana M. Silva"}),
+        ),
+        identify(
+            "e5",
+            40,
+            &[(User, "u-1")],
+            "web",
+            json!({"name": "ana", "plan": "pro"}),
+        ),
+        Accepted {
+            event: String::new(),
+            ..ev(
+                "e6",
+                v1::EventType::Alias,
+                50,
+                &[(Anon, "a-2"), (User, "u-1")],
+            )
+        },
+        order("e7", 60, &[(Anon, "a-2")], "EUR", 4_500),
+    ])
+    .await;
+    let p = h.profile_of(Anon, "a-2").await;
+    assert_eq!(p.traits.0["name"], json!("Ana M. Silva"));
+    assert_eq!(p.traits.0["plan"], json!("pro"));
+    let c = p.computed.clone().unwrap();
+    assert_eq!(c.stage, AiplStage::Purchase);
+    assert_eq!(c.orders, 1);
+    assert_eq!(c.rfm[0].figures.currency, "EUR");
+    assert_eq!(c.rfm[0].figures.monetary_minor, 4_500);
+    let ex = h.room.explain(WS, p.profile.profile).await.unwrap();
+    assert!(
+        ex.edges
+            .iter()
+            .any(|e| e.rule.as_str() == "alias" && e.event_id == "e6")
+    );
+
+    // Served over gRPC: traits as a Struct, computed traits with RFM.
+    let got = h
+        .room
+        .get_profile(request(v1::GetProfileRequest {
+            workspace_id: WS.into(),
+            profile_id: p.profile.profile.to_string(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .profile
+        .unwrap();
+    let traits = got.traits.unwrap();
+    assert!(matches!(
+        traits.fields["plan"].kind,
+        Some(prost_types::value::Kind::StringValue(ref s)) if s == "pro"
+    ));
+    let computed = got.computed_traits.unwrap();
+    assert_eq!(computed.aipl_stage, v1::AiplStage::Purchase as i32);
+    let rfm = computed.rfm.unwrap();
+    assert_eq!((rfm.orders, rfm.monetary_minor_units), (1, 4_500));
+    assert!((1..=5).contains(&rfm.recency_score));
+
+    // A repeat order within 90 days: loyalty. The same event delivered again (a new outbox
+    // row with the same ingest event id) is not counted twice.
+    h.publish(vec![order(
+        "e8",
+        60 + 30 * DAY,
+        &[(User, "u-1")],
+        "EUR",
+        500,
+    )])
+    .await;
+    h.publish(vec![order(
+        "e8",
+        60 + 30 * DAY,
+        &[(User, "u-1")],
+        "EUR",
+        500,
+    )])
+    .await;
+    let c = h.profile_of(User, "u-1").await.computed.unwrap();
+    assert_eq!(c.stage, AiplStage::Loyalty);
+    assert_eq!(c.orders, 2);
+    assert_eq!(c.rfm[0].figures.monetary_minor, 5_000);
+
+    // Blocked values are recorded, not linked.
+    h.publish(vec![ev(
+        "e9",
+        v1::EventType::Track,
+        70,
+        &[(User, "u-1"), (Email, "test@test.com")],
+    )])
+    .await;
+    let p = h.profile_of(User, "u-1").await;
+    assert_eq!(p.identifiers.len(), 4);
+    let ex = h.room.explain(WS, p.profile.profile).await.unwrap();
+    assert!(
+        ex.conflicts
+            .iter()
+            .any(|c| c.event_id == "e9" && c.reason.code() == "blocked_value")
+    );
+
+    // ProfileChanged went out with the changes.
+    let changes = h.profile_changes().await;
+    let mine: Vec<&ProfileChanged> = changes
+        .iter()
+        .filter(|c| c.profile_id == p.profile.profile.to_string())
+        .collect();
+    assert!(
+        mine.iter()
+            .any(|c| c.changed.contains(&"traits".to_owned()))
+    );
+    assert!(
+        mine.iter()
+            .any(|c| c.changed.contains(&"computed_traits".to_owned()))
+    );
+    assert!(
+        mine.iter()
+            .any(|c| c.changed.contains(&"identifiers".to_owned()))
+    );
+
+    // Nothing personal at rest: the dump holds no email, name or trait value.
+    let dump = match &h.store {
+        Store::Postgres(p) => dump_postgres(p).await.unwrap(),
+        Store::Sqlite(p) => dump_sqlite(p).await.unwrap(),
+    };
+    let found = find_plaintext(
+        &dump.text,
+        ["ana.silva@example.com", "Ana Silva", "Ana M. Silva"],
+    );
+    assert!(found.is_empty(), "{found:?}");
+}
+
+async fn merges_fold_and_splits_rehome_computed_traits(h: Harness) {
+    // Two anonymous shoppers, one order each, 10 days apart.
+    h.publish(vec![
+        order("o1", 0, &[(Anon, "a-1")], "GBP", 1_000),
+        order("o2", 10 * DAY, &[(Anon, "a-2")], "GBP", 3_000),
+    ])
+    .await;
+    let a1 = h.profile_of(Anon, "a-1").await.profile.profile;
+    let a2 = h.profile_of(Anon, "a-2").await.profile.profile;
+    assert_ne!(a1, a2);
+    assert_eq!(
+        h.profile_of(Anon, "a-1").await.computed.unwrap().stage,
+        AiplStage::Purchase
+    );
+    // An email seen with both: one profile with both orders (a repeat within 90 days).
+    h.publish(vec![
+        ev(
+            "i1",
+            v1::EventType::Identify,
+            20 * DAY,
+            &[(Anon, "a-1"), (Email, "bo@example.com")],
+        ),
+        ev(
+            "i2",
+            v1::EventType::Identify,
+            21 * DAY,
+            &[(Anon, "a-2"), (Email, "bo@example.com")],
+        ),
+    ])
+    .await;
+    let merged = h.profile_of(Email, "bo@example.com").await;
+    let c = merged.computed.unwrap();
+    assert_eq!(c.orders, 2);
+    assert_eq!(c.rfm[0].figures.monetary_minor, 4_000);
+    assert_eq!(c.stage, AiplStage::Loyalty);
+    let absorbed = if merged.profile.profile == a1 { a2 } else { a1 };
+    assert!(
+        h.profile_changes()
+            .await
+            .iter()
+            .any(|pc| pc.profile_id == merged.profile.profile.to_string()
+                && pc.merged_profile_ids.contains(&absorbed.to_string()))
+    );
+    // Only live profiles have computed traits (the audience read model).
+    assert_eq!(
+        h.scalar("SELECT COUNT(*) FROM identity_computed_traits")
+            .await,
+        1
+    );
+    // Removing the bridge splits the profile; each part takes its own order back.
+    let parts = h
+        .room
+        .remove_identifier(
+            WS,
+            &RawIdentifier::new(Email, "bo@example.com"),
+            t(22 * DAY),
+        )
+        .await
+        .unwrap();
+    assert_eq!(parts.len(), 2);
+    for (anon, minor) in [("a-1", 1_000), ("a-2", 3_000)] {
+        let c = h.profile_of(Anon, anon).await.computed.unwrap();
+        assert_eq!((c.orders, c.stage), (1, AiplStage::Purchase), "{anon}");
+        assert_eq!(c.rfm[0].figures.monetary_minor, minor);
+    }
+    assert!(
+        h.profile_changes()
+            .await
+            .iter()
+            .any(|pc| !pc.split_profile_ids.is_empty())
+    );
+}
+
+async fn rfm_scores_are_quintiles_per_workspace_and_currency(h: Harness) {
+    // Ten shoppers, one order each: amounts 100..1000 EUR, later orders for bigger spenders.
+    let mut events = Vec::new();
+    for i in 1..=10 {
+        events.push(order(
+            &format!("o{i}"),
+            i * DAY,
+            &[(User, &format!("u-{i}"))],
+            "EUR",
+            i * 10_000,
+        ));
+    }
+    // Another currency is scored on its own.
+    events.push(order("usd", 0, &[(User, "u-usd")], "USD", 1));
+    h.publish(events).await;
+    let mut monetary = Vec::new();
+    for i in 1..=10 {
+        let c = h
+            .profile_of(User, &format!("u-{i}"))
+            .await
+            .computed
+            .unwrap();
+        let r = &c.rfm[0];
+        assert_eq!(r.recency_score, r.monetary_score, "u-{i}");
+        monetary.push(r.monetary_score);
+    }
+    assert_eq!(monetary, [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]);
+    let usd = h.profile_of(User, "u-usd").await.computed.unwrap();
+    assert_eq!(usd.rfm[0].figures.currency, "USD");
+    assert_eq!(usd.rfm[0].monetary_score, 1);
+    // The read model answers a segment query in plain SQL.
+    assert_eq!(
+        h.scalar(
+            "SELECT COUNT(*) FROM identity_rfm WHERE workspace_id = 'acme' AND currency = 'EUR' \
+             AND monetary_score >= 4"
+        )
+        .await,
+        4
+    );
+}
+
+async fn erasing_a_profile_deletes_its_rows_and_reports_what_to_forget(h: Harness) {
+    h.publish(vec![
+        identify(
+            "e1",
+            0,
+            &[(User, "u-9"), (Email, "cy@example.com")],
+            "web",
+            json!({"name": "Cy"}),
+        ),
+        order("e2", 10, &[(User, "u-9")], "EUR", 100),
+        ev("e3", v1::EventType::Page, 5, &[(Anon, "other")]),
+    ])
+    .await;
+    let view = h
+        .room
+        .subject_profile(
+            WS,
+            &SubjectRef::Identifiers(vec![RawIdentifier::new(Email, "cy@example.com")]),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.traits.0["name"], json!("Cy"));
+    let by_index = h
+        .room
+        .subject_profile(
+            WS,
+            &SubjectRef::BlindIndexes(vec![view.identifiers[0].key.index]),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_index.profile.profile, view.profile.profile);
+
+    let erased = h
+        .room
+        .erase_profile(WS, view.profile.profile)
+        .await
+        .unwrap();
+    assert_eq!(erased.identifiers.len(), 2);
+    assert!(!erased.vault_subjects.is_empty());
+    assert_eq!(erased.profile_ids, vec![view.profile.profile]);
+    // Only the other shopper's rows remain.
+    assert_eq!(
+        h.scalar("SELECT COUNT(*) FROM identity_identifiers").await,
+        1
+    );
+    assert_eq!(
+        h.scalar("SELECT COUNT(*) FROM identity_trait_payloads")
+            .await,
+        0
+    );
+    assert_eq!(
+        h.scalar("SELECT COUNT(*) FROM identity_activity").await,
+        1,
+        "the page view of `other`"
+    );
+    assert_eq!(h.scalar("SELECT COUNT(*) FROM identity_rfm").await, 0);
+    assert_eq!(h.scalar("SELECT COUNT(*) FROM identity_edges").await, 0);
+    assert!(matches!(
+        h.room.profile(WS, view.profile.profile).await,
+        Err(IdentityError::ProfileNotFound)
+    ));
+    // Idempotent.
+    assert_eq!(
+        h.room
+            .erase_profile(WS, view.profile.profile)
+            .await
+            .unwrap(),
+        ErasedProfile::default()
+    );
+    assert!(
+        h.room
+            .subject_profile(
+                WS,
+                &SubjectRef::Identifiers(vec![RawIdentifier::new(Email, "cy@example.com")])
+            )
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The saga forgets last; the vault no longer opens anything of them afterwards.
+    for s in &erased.vault_subjects {
+        h.vault.forget(WS, s).await.unwrap();
+    }
+}
+
+async fn list_profile_events_reads_through_the_source(h: Harness) {
+    h.publish(vec![ev(
+        "e1",
+        v1::EventType::Identify,
+        0,
+        &[(User, "u-5"), (Anon, "a-5")],
+    )])
+    .await;
+    let p = h.profile_of(User, "u-5").await;
+    // Without a source: FAILED_PRECONDITION, not UNIMPLEMENTED.
+    let err = h
+        .room
+        .list_profile_events(request(v1::ListProfileEventsRequest {
+            workspace_id: WS.into(),
+            profile_id: p.profile.profile.to_string(),
+            page_size: 0,
+            page_token: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    let room = h.room.clone().with_event_source(h.events.clone());
+    {
+        let mut map = h.events.by_anchor.lock().unwrap();
+        for (i, id) in p.identifiers.iter().enumerate() {
+            for j in 0..3 {
+                map.entry(id.key.index.0).or_default().push(ProfileEvent {
+                    message_id: format!("m-{i}-{j}"),
+                    event_type: "track".into(),
+                    event: "Product Viewed".into(),
+                    name: String::new(),
+                    properties: serde_json::Map::from_iter([("sku".to_owned(), json!(j))]),
+                    timestamp: t(i64::try_from(i * 10 + j).unwrap()),
+                    received_at: t(100),
+                });
+            }
+        }
+        map.entry([9; 32]).or_default().push(ProfileEvent {
+            message_id: "someone-else".into(),
+            event_type: "track".into(),
+            event: String::new(),
+            name: String::new(),
+            properties: Default::default(),
+            timestamp: t(1),
+            received_at: t(1),
+        });
+    }
+    let page = |token: String, size: u32| v1::ListProfileEventsRequest {
+        workspace_id: WS.into(),
+        profile_id: p.profile.profile.to_string(),
+        page_size: size,
+        page_token: token,
+    };
+    let first = room
+        .list_profile_events(request(page(String::new(), 4)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.events.len(), 4);
+    assert!(!first.next_page_token.is_empty());
+    let second = room
+        .list_profile_events(request(page(first.next_page_token, 4)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.events.len(), 2);
+    assert!(second.next_page_token.is_empty());
+    assert!(
+        first
+            .events
+            .iter()
+            .chain(&second.events)
+            .all(|e| e.message_id != "someone-else")
+    );
+    assert!(
+        first.events[0]
+            .properties
+            .as_ref()
+            .unwrap()
+            .fields
+            .contains_key("sku")
+    );
+    let err = room
+        .list_profile_events(request(page(String::new(), 5_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        format!("{:?}", err.details()).contains("page_size") || err.message().contains("page_size")
+    );
+}
+
+async fn malformed_payloads_are_refused_not_applied(h: Harness) {
+    let handler = IngestConsumer::new(h.room.clone());
+    let bad = OutboxEvent::new(
+        WS.parse().unwrap(),
+        "ingest-event".parse().unwrap(),
+        "k",
+        vec![0xff, 0xff, 0xff],
+    );
+    let missing_id = OutboxEvent::new(
+        WS.parse().unwrap(),
+        "ingest-event".parse().unwrap(),
+        "k",
+        EventAccepted {
+            workspace_id: WS.into(),
+            r#type: v1::EventType::Track as i32,
+            timestamp: Some(ts(t(0))),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    );
+    for event in [bad, missing_id] {
+        let result = match &h.store {
+            Store::Postgres(p) => {
+                let mut c = p.acquire().await.unwrap();
+                handler.handle(&mut Tx::Postgres(&mut c), &event).await
+            }
+            Store::Sqlite(p) => {
+                let mut c = p.acquire().await.unwrap();
+                handler.handle(&mut Tx::Sqlite(&mut c), &event).await
+            }
+        };
+        assert!(result.is_err());
+    }
+    assert_eq!(
+        h.scalar("SELECT COUNT(*) FROM identity_identifiers").await,
+        0
+    );
+}
+
+// ---- harness --------------------------------------------------------------------------
+
+async fn harness(store: Store, key_store: Arc<dyn meridian_vault::KeyStore>) -> Harness {
+    let sql = "INSERT INTO workspaces (workspace_id, home_region, time_zone) VALUES ($1, 'eu', 'Europe/Paris')";
+    match &store {
+        Store::Postgres(p) => {
+            sqlx::query(sql).bind(WS).execute(p).await.unwrap();
+        }
+        Store::Sqlite(p) => {
+            sqlx::query(sql).bind(WS).execute(p).await.unwrap();
+        }
+    }
+    let vault = Arc::new(Vault::new(
+        Arc::new(KeyRing::generate(1).unwrap()),
+        key_store,
+    ));
+    let identity: Arc<dyn IdentityStore> = match &store {
+        Store::Postgres(p) => Arc::new(StoreIdentity::Postgres(p.clone())),
+        Store::Sqlite(p) => Arc::new(StoreIdentity::Sqlite(p.clone())),
+    };
+    Harness {
+        room: IdentityRoom::with_profile_rules(
+            identity,
+            vault.clone(),
+            Rules::default().validate().unwrap(),
+            rules(),
+            None,
+        ),
+        vault,
+        bus: LocalBus::new(store.clone()),
+        store,
+        events: Arc::new(MemoryEvents::default()),
+    }
+}
+
+macro_rules! on_both {
+    ($($check:ident),* $(,)?) => {
+        mod postgres {
+            use super::*;
+            $(
+                #[sqlx::test(migrations = "../../migrations/postgres")]
+                async fn $check(pool: PgPool) {
+                    let ks = Arc::new(PgKeyStore::new(pool.clone()));
+                    super::$check(harness(Store::Postgres(pool), ks).await).await;
+                }
+            )*
+        }
+        mod sqlite {
+            use super::*;
+            $(
+                #[sqlx::test(migrations = "../../migrations/sqlite")]
+                async fn $check(pool: SqlitePool) {
+                    let ks = Arc::new(SqliteKeyStore::new(pool.clone()));
+                    super::$check(harness(Store::Sqlite(pool), ks).await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    events_stitch_and_build_traits_and_computed_traits,
+    merges_fold_and_splits_rehome_computed_traits,
+    rfm_scores_are_quintiles_per_workspace_and_currency,
+    erasing_a_profile_deletes_its_rows_and_reports_what_to_forget,
+    list_profile_events_reads_through_the_source,
+    malformed_payloads_are_refused_not_applied,
+);

@@ -1,0 +1,476 @@
+//! `meridian bench ingest`: events/s and ack latency through a running server over real
+//! gRPC (consent gate, policy and sealing on), next to plain `COPY` of the same stored rows
+//! into a scratch PostgreSQL table, measured in the same run.
+//!
+//! Without `--grpc-addr` it starts `meridian serve ingest` (this binary) on a scratch
+//! database next to `DATABASE_URL` and creates its API key; with `--grpc-addr` and
+//! `--api-key` it targets a running server whose database is `DATABASE_URL`.
+//!
+//! Phases: (1) the maximum rate: `--events` events in batches of `--batch` from
+//! `--concurrency` clients, each sending its next batch once the previous is acknowledged;
+//! (2) half that rate, open loop (batches sent on a fixed schedule), for half as many new
+//! events: the ack latency a server not at its limit gives; (3) the baseline: the rows the
+//! server stored, read with `COPY … TO STDOUT` and loaded with `COPY … FROM STDIN` into an
+//! unpartitioned copy of the table.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use meridian_proto::v1::*;
+use meridian_store::{ScratchDatabase, StoreLocation};
+use serde::Serialize;
+use sqlx::postgres::PgPoolCopyExt as _;
+use tokio::io::AsyncBufReadExt;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+use crate::config::Config;
+
+#[derive(Debug, Clone)]
+pub(crate) struct IngestBenchOptions {
+    pub(crate) events: usize,
+    pub(crate) batch: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) grpc_addr: Option<String>,
+    pub(crate) api_key: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Phase {
+    pub(crate) events: usize,
+    pub(crate) accepted: usize,
+    pub(crate) seconds: f64,
+    pub(crate) events_per_s: f64,
+    pub(crate) p50_ack_ms: f64,
+    pub(crate) p99_ack_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct IngestBenchReport {
+    pub(crate) batch: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) distinct_shoppers: usize,
+    /// The maximum rate (closed loop).
+    pub(crate) max: Phase,
+    /// Open loop at half the maximum rate.
+    pub(crate) half_rate_target_events_per_s: f64,
+    pub(crate) half_rate: Phase,
+    /// The same stored rows through plain `COPY … FROM STDIN`.
+    pub(crate) copy_rows: u64,
+    pub(crate) copy_seconds: f64,
+    pub(crate) copy_events_per_s: f64,
+    /// `max.events_per_s / copy_events_per_s` (goal ≥ 0.6).
+    pub(crate) ratio_to_copy: f64,
+    pub(crate) goal_ratio: f64,
+    pub(crate) goal_p99_ack_ms_at_half_rate: f64,
+}
+
+/// A server this benchmark started (killed when dropped) and its scratch database.
+struct OwnServer {
+    child: tokio::process::Child,
+    _stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    database: ScratchDatabase,
+    _data_dir: tempfile::TempDir,
+}
+
+async fn start_server(admin_url: &str) -> anyhow::Result<(OwnServer, String, String, String)> {
+    let database = ScratchDatabase::create(admin_url, "meridian_bench_ingest")
+        .await
+        .context("creating the scratch database")?;
+    let data_dir = tempfile::tempdir()?;
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let command = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(&exe);
+        c.arg("--data-dir")
+            .arg(data_dir.path())
+            .env("DATABASE_URL", database.url())
+            .env("MERIDIAN_LOG", "warn")
+            .args(args)
+            .kill_on_drop(true);
+        c
+    };
+    let out = command(&["migrate"]).output().await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "migrate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = command(&[
+        "keys",
+        "create-api-key",
+        "--workspace",
+        "bench",
+        "--scopes",
+        "ingest",
+        "--region",
+        "us",
+        "--time-zone",
+        "America/Los_Angeles",
+    ])
+    .output()
+    .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "create-api-key failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout)?.trim().to_owned();
+    let mut child = command(&[
+        "serve",
+        "ingest",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::from(std::fs::File::create(
+        data_dir.path().join("server.log"),
+    )?))
+    .spawn()
+    .context("starting meridian serve ingest")?;
+    let stdout = child.stdout.take().context("server stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut addr = None;
+    // Read both address lines: the server must not write into a closed pipe.
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .context("the server did not start within 60 s")??
+    {
+        if let Some(a) = line.strip_prefix("grpc listening on ") {
+            addr = Some(a.to_owned());
+        }
+        if line.starts_with("http listening on ") {
+            break;
+        }
+    }
+    let addr = addr.context("the server exited before listening")?;
+    let url = database.url();
+    Ok((
+        OwnServer {
+            child,
+            _stdout: lines,
+            database,
+            _data_dir: data_dir,
+        },
+        addr,
+        key,
+        url,
+    ))
+}
+
+fn string(v: &str) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(v.into())),
+    }
+}
+
+fn number(v: f64) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::NumberValue(v)),
+    }
+}
+
+/// A storefront event of shopper `shopper`: a product view or an order, with an email on
+/// one in four.
+fn event(run: &str, n: usize, shopper: usize) -> Event {
+    let order = n.is_multiple_of(5);
+    let mut identifiers = Vec::new();
+    if n.is_multiple_of(4) {
+        identifiers.push(Identifier {
+            r#type: IdentifierType::Email as i32,
+            value: format!("shopper{shopper}@bench.example"),
+            ..Default::default()
+        });
+    }
+    Event {
+        message_id: format!("{run}-{n}"),
+        r#type: EventType::Track as i32,
+        anonymous_id: format!("anon-{shopper:08}"),
+        user_id: if shopper.is_multiple_of(2) {
+            format!("user-{shopper:08}")
+        } else {
+            String::new()
+        },
+        identifiers,
+        event: if order {
+            "Order Completed".into()
+        } else {
+            "Product Viewed".into()
+        },
+        properties: Some(prost_types::Struct {
+            fields: [
+                ("product_id".to_owned(), string(&format!("sku-{}", n % 997))),
+                ("name".to_owned(), string("Linen shirt")),
+                ("price".to_owned(), number(39.9)),
+                ("currency".to_owned(), string("USD")),
+                ("revenue".to_owned(), number(if order { 79.8 } else { 0.0 })),
+                (
+                    "url".to_owned(),
+                    string("https://shop.example/p/linen-shirt"),
+                ),
+            ]
+            .into(),
+        }),
+        context: Some(Context {
+            ip: "203.0.113.10".into(),
+            user_agent: "Mozilla/5.0 (X11; Linux x86_64) Bench/1.0".into(),
+            locale: "en-US".into(),
+            timezone: "America/Los_Angeles".into(),
+            storefront: Some(Storefront {
+                id: "store-1".into(),
+                platform: "custom".into(),
+                country: "US-CA".into(),
+                currency: "USD".into(),
+            }),
+            ..Default::default()
+        }),
+        timestamp: Some(prost_types::Timestamp {
+            seconds: chrono::Utc::now().timestamp(),
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+fn batches(run: &str, events: usize, batch: usize, shoppers: usize) -> Vec<Vec<Event>> {
+    (0..events)
+        .map(|n| event(run, n, (n * 7919) % shoppers))
+        .collect::<Vec<_>>()
+        .chunks(batch)
+        .map(<[Event]>::to_vec)
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn phase(events: usize, accepted: usize, seconds: f64, mut latencies: Vec<Duration>) -> Phase {
+    latencies.sort_unstable();
+    Phase {
+        events,
+        accepted,
+        seconds,
+        events_per_s: accepted as f64 / seconds.max(1e-9),
+        p50_ack_ms: percentile(&latencies, 0.50),
+        p99_ack_ms: percentile(&latencies, 0.99),
+    }
+}
+
+async fn send(
+    client: &mut ingest_service_client::IngestServiceClient<Channel>,
+    key: &MetadataValue<tonic::metadata::Ascii>,
+    events: Vec<Event>,
+) -> anyhow::Result<usize> {
+    let mut request = tonic::Request::new(IngestRequest {
+        events,
+        ..Default::default()
+    });
+    request.metadata_mut().insert("authorization", key.clone());
+    let resp = client.ingest(request).await.context("Ingest")?.into_inner();
+    let summary = resp.summary.unwrap_or_default();
+    anyhow::ensure!(
+        summary.rejected == 0 && summary.dropped == 0,
+        "the server rejected or dropped benchmark events: {:?}",
+        resp.results.iter().find(|r| !r.reason.is_empty())
+    );
+    Ok(summary.accepted as usize)
+}
+
+pub(crate) async fn run(
+    config: &Config,
+    opts: IngestBenchOptions,
+) -> anyhow::Result<IngestBenchReport> {
+    let StoreLocation::Postgres { url, .. } = &config.store else {
+        anyhow::bail!("bench ingest compares with PostgreSQL COPY: set DATABASE_URL");
+    };
+    anyhow::ensure!(
+        opts.batch >= 1 && opts.batch <= 1000,
+        "--batch must be 1 to 1000"
+    );
+    anyhow::ensure!(opts.concurrency >= 1, "--concurrency must be at least 1");
+    let (own, addr, key, db_url) = match (&opts.grpc_addr, &opts.api_key) {
+        (Some(addr), Some(key)) => (None, addr.clone(), key.clone(), url.clone()),
+        (Some(_), None) => anyhow::bail!("--grpc-addr needs --api-key"),
+        _ => {
+            let (own, addr, key, db_url) = start_server(url).await?;
+            (Some(own), addr, key, db_url)
+        }
+    };
+    let result = measure(&opts, &addr, &key, &db_url).await;
+    if let Some(mut own) = own {
+        let _ = own.child.kill().await;
+        own.database
+            .drop_now()
+            .await
+            .context("dropping the scratch database")?;
+    }
+    result
+}
+
+async fn measure(
+    opts: &IngestBenchOptions,
+    addr: &str,
+    key: &str,
+    db_url: &str,
+) -> anyhow::Result<IngestBenchReport> {
+    let channel = Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await
+        .context("connecting to the server")?;
+    let bearer: MetadataValue<_> = format!("Bearer {key}").parse()?;
+    let shoppers = (opts.events / 10).max(1);
+    let run = format!("r{}", uuid::Uuid::new_v4().simple());
+
+    // Warm-up (connections, partitions, caches of the first shoppers): not measured.
+    let mut warm = ingest_service_client::IngestServiceClient::new(channel.clone());
+    send(
+        &mut warm,
+        &bearer,
+        batches(
+            &format!("{run}w"),
+            opts.batch.min(100),
+            opts.batch,
+            shoppers,
+        )
+        .remove(0),
+    )
+    .await?;
+
+    // 1. maximum rate, closed loop
+    let work = Arc::new(batches(
+        &format!("{run}m"),
+        opts.events,
+        opts.batch,
+        shoppers,
+    ));
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..opts.concurrency {
+        let (work, next, bearer) = (work.clone(), next.clone(), bearer.clone());
+        let mut client = ingest_service_client::IngestServiceClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut accepted = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(events) = work.get(i) else { break };
+                let t = Instant::now();
+                accepted += send(&mut client, &bearer, events.clone()).await?;
+                latencies.push(t.elapsed());
+            }
+            Ok::<_, anyhow::Error>((accepted, latencies))
+        }));
+    }
+    let (mut accepted, mut latencies) = (0, Vec::new());
+    for t in tasks {
+        let (a, l) = t.await??;
+        accepted += a;
+        latencies.extend(l);
+    }
+    let max = phase(
+        opts.events,
+        accepted,
+        started.elapsed().as_secs_f64(),
+        latencies,
+    );
+
+    // 2. half the maximum rate, open loop
+    let target = max.events_per_s / 2.0;
+    let half_events = (opts.events / 2).max(opts.batch);
+    let work = batches(&format!("{run}h"), half_events, opts.batch, shoppers);
+    #[allow(clippy::cast_precision_loss)]
+    let interval = Duration::from_secs_f64(opts.batch as f64 / target.max(1.0));
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    for events in work {
+        ticker.tick().await;
+        let scheduled = Instant::now();
+        let mut client = ingest_service_client::IngestServiceClient::new(channel.clone());
+        let bearer = bearer.clone();
+        in_flight.push(tokio::spawn(async move {
+            let a = send(&mut client, &bearer, events).await?;
+            Ok::<_, anyhow::Error>((a, scheduled.elapsed()))
+        }));
+    }
+    let (mut accepted, mut latencies) = (0, Vec::new());
+    while let Some(done) = in_flight.next().await {
+        let (a, l) = done??;
+        accepted += a;
+        latencies.push(l);
+    }
+    let half_rate = phase(
+        half_events,
+        accepted,
+        started.elapsed().as_secs_f64(),
+        latencies,
+    );
+
+    // 3. plain COPY of the same stored rows
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(db_url)
+        .await
+        .context("connecting to the server's database")?;
+    sqlx::query("DROP TABLE IF EXISTS bench_ingest_copy")
+        .execute(&pool)
+        .await?;
+    sqlx::query("CREATE TABLE bench_ingest_copy (LIKE ingest_events INCLUDING DEFAULTS)")
+        .execute(&pool)
+        .await?;
+    let mut rows = Vec::new();
+    {
+        let mut out = pool
+            .copy_out_raw("COPY (SELECT * FROM ingest_events) TO STDOUT (FORMAT binary)")
+            .await?;
+        while let Some(chunk) = out.next().await {
+            rows.extend_from_slice(&chunk?);
+        }
+    }
+    let started = Instant::now();
+    let mut copy = pool
+        .copy_in_raw("COPY bench_ingest_copy FROM STDIN (FORMAT binary)")
+        .await?;
+    copy.send(rows).await?;
+    let copy_rows = copy.finish().await?;
+    let copy_seconds = started.elapsed().as_secs_f64();
+    sqlx::query("DROP TABLE bench_ingest_copy")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    #[allow(clippy::cast_precision_loss)]
+    let copy_events_per_s = copy_rows as f64 / copy_seconds.max(1e-9);
+
+    Ok(IngestBenchReport {
+        batch: opts.batch,
+        concurrency: opts.concurrency,
+        distinct_shoppers: shoppers,
+        ratio_to_copy: max.events_per_s / copy_events_per_s.max(1e-9),
+        max,
+        half_rate_target_events_per_s: target,
+        half_rate,
+        copy_rows,
+        copy_seconds,
+        copy_events_per_s,
+        goal_ratio: 0.6,
+        goal_p99_ack_ms_at_half_rate: 25.0,
+    })
+}
