@@ -5,6 +5,7 @@
 mod audience;
 mod cli;
 mod consent;
+mod demo;
 mod erasure;
 mod foundation;
 mod harness;

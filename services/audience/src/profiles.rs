@@ -4,9 +4,13 @@
 //! event into its profile's local day in the workspace's time zone, once per event id).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use meridian_bus::{EventHandler, HandlerError, OutboxEvent, Tx};
+use meridian_bus::{
+    ConsumerName, EventFamily, EventHandler, HandlerError, OutboxEvent, RetryPolicy, Subscription,
+    Tx,
+};
 use meridian_proto::bus::v1::{EventAccepted, ProfileChanged};
 use meridian_proto::v1::EventType;
 use prost::Message;
@@ -14,7 +18,7 @@ use prost::Message;
 use crate::error::AudienceError;
 use crate::room::AudienceRoom;
 use crate::segment::{self, local_day};
-use crate::store::{ProfileRow, TraitValue};
+use crate::store::{ProfileRow, TraitValue, WriteVia};
 
 /// What the audience room needs to know about a profile (no personal values: regions,
 /// age band, which identifier types it has, computed traits).
@@ -54,12 +58,25 @@ impl From<SourceError> for AudienceError {
     }
 }
 
+/// What became of an accepted event in the read model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventCounted {
+    /// Counted into its profile's day now.
+    Counted,
+    /// Already counted (a redelivery), or not an event segments count (identify, alias…).
+    Skipped,
+    /// None of its identifiers belongs to a profile yet: the identity room consumes the
+    /// same event and may not have stitched it. Worth trying again shortly.
+    ProfileNotYetKnown,
+}
+
 impl AudienceRoom {
     /// Applies a `ProfileChanged`: merged-away profiles hand their events to the survivor
     /// and leave every segment; the profile (and any split off it) is read again and its
     /// membership of every segment updated. Idempotent.
     pub async fn apply_profile_changed(
         &self,
+        mut via: WriteVia<'_, '_>,
         source: &dyn ProfileSource,
         change: &ProfileChanged,
         at: DateTime<Utc>,
@@ -68,7 +85,7 @@ impl AudienceRoom {
         let store = self.store();
         for merged in &change.merged_profile_ids {
             store
-                .remove_profile(workspace, merged, Some(&change.profile_id))
+                .remove_profile(via.reborrow(), workspace, merged, Some(&change.profile_id))
                 .await?;
         }
         let zone = store.workspace_time_zone(workspace).await?;
@@ -76,10 +93,15 @@ impl AudienceRoom {
         let segments = store.segments(workspace).await?;
         for profile_id in std::iter::once(&change.profile_id).chain(&change.split_profile_ids) {
             match source.profile(workspace, profile_id).await? {
-                None => store.remove_profile(workspace, profile_id, None).await?,
+                None => {
+                    store
+                        .remove_profile(via.reborrow(), workspace, profile_id, None)
+                        .await?
+                }
                 Some(view) => {
                     store
                         .put_profile(
+                            via.reborrow(),
                             workspace,
                             &ProfileRow {
                                 profile_id: profile_id.clone(),
@@ -94,6 +116,7 @@ impl AudienceRoom {
                         let rule = segment::parse(&row.definition)?;
                         store
                             .recompute_members_of(
+                                via.reborrow(),
                                 workspace,
                                 &row.segment_id,
                                 &rule,
@@ -110,21 +133,22 @@ impl AudienceRoom {
     }
 
     /// Applies an `EventAccepted`: the event counts for the profile of its first identifier
-    /// that resolves, on the local day of its timestamp. Returns whether it counted.
+    /// that resolves, on the local day of its timestamp.
     pub async fn apply_event_accepted(
         &self,
+        mut via: WriteVia<'_, '_>,
         source: &dyn ProfileSource,
         event: &EventAccepted,
-    ) -> Result<bool, AudienceError> {
+    ) -> Result<EventCounted, AudienceError> {
         let workspace = event.workspace_id.as_str();
         let name = match event.r#type() {
             EventType::Track => event.event.clone(),
             EventType::Page => "Page Viewed".to_owned(),
             EventType::Screen => "Screen Viewed".to_owned(),
-            _ => return Ok(false),
+            _ => return Ok(EventCounted::Skipped),
         };
         if name.is_empty() {
-            return Ok(false);
+            return Ok(EventCounted::Skipped);
         }
         let mut profile = None;
         for identifier in &event.identifiers {
@@ -137,7 +161,7 @@ impl AudienceRoom {
             }
         }
         let Some(profile) = profile else {
-            return Ok(false);
+            return Ok(EventCounted::ProfileNotYetKnown);
         };
         let at = event
             .timestamp
@@ -151,8 +175,10 @@ impl AudienceRoom {
             }
             _ => (String::new(), 0),
         };
-        self.store()
+        let counted = self
+            .store()
             .apply_event(
+                via.reborrow(),
                 workspace,
                 &event.event_id,
                 &profile,
@@ -161,8 +187,65 @@ impl AudienceRoom {
                 &currency,
                 revenue,
             )
-            .await
+            .await?;
+        if !counted {
+            return Ok(EventCounted::Skipped);
+        }
+        let now = Utc::now();
+        if !event.jurisdiction.is_empty() {
+            self.store()
+                .note_jurisdiction(
+                    via.reborrow(),
+                    workspace,
+                    &profile,
+                    &event.jurisdiction,
+                    now,
+                )
+                .await?;
+        }
+        // The profile's event counts changed: so may its membership of segments over them
+        // (and of those over its region).
+        let today = local_day(now, zone);
+        for row in self.store().segments(workspace).await? {
+            let rule = segment::parse(&row.definition)?;
+            if rule.counts_events() || !event.jurisdiction.is_empty() {
+                self.store()
+                    .recompute_members_of(
+                        via.reborrow(),
+                        workspace,
+                        &row.segment_id,
+                        &rule,
+                        today,
+                        now,
+                        Some(&profile),
+                    )
+                    .await?;
+            }
+        }
+        Ok(EventCounted::Counted)
     }
+}
+
+/// The subscriptions [`ReadModelConsumer`] runs under. Events retry quickly and for about
+/// half a minute: the identity room consumes the same events, and an event's profile
+/// usually exists a few hundred milliseconds after the event does.
+pub fn subscriptions() -> [Subscription; 2] {
+    let subscription = |consumer: &str, family: &str| {
+        Subscription::new(
+            consumer
+                .parse::<ConsumerName>()
+                .expect("a valid consumer name"),
+            family.parse::<EventFamily>().expect("a valid event family"),
+        )
+    };
+    let profiles = subscription("audience-profiles", "profile");
+    let mut events = subscription("audience-events", "ingest-event");
+    events.retry = RetryPolicy {
+        max_attempts: 10,
+        initial_backoff: Duration::from_millis(250),
+        max_backoff: Duration::from_secs(5),
+    };
+    [profiles, events]
 }
 
 /// The bus consumer of families `profile` and `ingest-event`.
@@ -173,25 +256,38 @@ pub struct ReadModelConsumer {
 
 #[async_trait::async_trait]
 impl EventHandler for ReadModelConsumer {
-    async fn handle(&self, _tx: &mut Tx<'_>, event: &OutboxEvent) -> Result<(), HandlerError> {
+    async fn handle(&self, tx: &mut Tx<'_>, event: &OutboxEvent) -> Result<(), HandlerError> {
         let failed = |e: AudienceError| HandlerError::Failed(e.to_string());
         match event.family.as_str() {
             "profile" => {
                 let change = ProfileChanged::decode(event.payload.as_slice())
                     .map_err(|e| HandlerError::Failed(format!("ProfileChanged: {e}")))?;
                 self.room
-                    .apply_profile_changed(&*self.source, &change, Utc::now())
+                    .apply_profile_changed(
+                        WriteVia::Consumer(tx),
+                        &*self.source,
+                        &change,
+                        Utc::now(),
+                    )
                     .await
                     .map_err(failed)
             }
             "ingest-event" => {
                 let accepted = EventAccepted::decode(event.payload.as_slice())
                     .map_err(|e| HandlerError::Failed(format!("EventAccepted: {e}")))?;
-                self.room
-                    .apply_event_accepted(&*self.source, &accepted)
+                match self
+                    .room
+                    .apply_event_accepted(WriteVia::Consumer(tx), &*self.source, &accepted)
                     .await
-                    .map(|_| ())
-                    .map_err(failed)
+                    .map_err(failed)?
+                {
+                    EventCounted::Counted | EventCounted::Skipped => Ok(()),
+                    // The bus retries with backoff (see `events_subscription`); an event
+                    // whose identifiers never stitch ends in the dead letters, visible.
+                    EventCounted::ProfileNotYetKnown => Err(HandlerError::Failed(
+                        "no profile holds the event's identifiers yet".into(),
+                    )),
+                }
             }
             _ => Ok(()),
         }

@@ -89,6 +89,21 @@ pub enum Rule {
     HasIdentifier(String),
 }
 
+impl Rule {
+    /// Whether the rule reads event aggregates (so a newly counted event can change it).
+    pub fn counts_events(&self) -> bool {
+        match self {
+            Rule::All(rules) | Rule::Any(rules) => rules.iter().any(Rule::counts_events),
+            Rule::Not(rule) => rule.counts_events(),
+            Rule::Event { .. } | Rule::Spend { .. } => true,
+            Rule::Trait { .. }
+            | Rule::Region(_)
+            | Rule::Jurisdiction(_)
+            | Rule::HasIdentifier(_) => false,
+        }
+    }
+}
+
 const MAX_DEPTH: usize = 8;
 const MAX_CHILDREN: usize = 50;
 const MAX_WINDOW_DAYS: u64 = 730;

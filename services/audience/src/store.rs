@@ -2,6 +2,7 @@
 //! dialects agree): the profile read model, segments and their members.
 
 use chrono::{DateTime, Utc};
+use meridian_bus::Tx;
 use meridian_store::Store;
 use meridian_store::sqlx::{self, Row};
 
@@ -62,12 +63,70 @@ fn ts(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// How a write transaction starts: on SQLite it takes the write lock up front, so a
-/// transaction that reads first never fails to upgrade while the bus consumers write.
-fn write_begin(store: &Store) -> &'static str {
-    match store {
-        Store::Postgres(_) => "BEGIN",
-        Store::Sqlite(_) => "BEGIN IMMEDIATE",
+/// Where a read-model write goes.
+pub enum WriteVia<'a, 'c> {
+    /// A transaction of its own on the room's pool (on SQLite it takes the write lock up
+    /// front, so a transaction that reads first never fails to upgrade).
+    Pool,
+    /// A savepoint in a bus consumer's transaction: the update commits with the record of
+    /// the event it applies, and on SQLite it does not wait for the write lock that
+    /// transaction already holds.
+    Consumer(&'a mut Tx<'c>),
+}
+
+impl<'c> WriteVia<'_, 'c> {
+    /// The same target for one more write.
+    pub fn reborrow(&mut self) -> WriteVia<'_, 'c> {
+        match self {
+            WriteVia::Pool => WriteVia::Pool,
+            WriteVia::Consumer(tx) => WriteVia::Consumer(&mut **tx),
+        }
+    }
+}
+
+/// Runs `$body` in a write transaction chosen by `$via`, commits, and yields the body's
+/// value; `$tx` names the transaction inside the body. (A macro: the body's queries are
+/// typed per backend.)
+macro_rules! in_write_tx {
+    ($self:expr, $via:expr, |$tx:ident| $body:expr) => {{
+        match $via {
+            WriteVia::Consumer(Tx::Postgres(conn)) => {
+                let mut $tx = sqlx::Connection::begin(&mut **conn).await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+            WriteVia::Consumer(Tx::Sqlite(conn)) => {
+                let mut $tx = sqlx::Connection::begin(&mut **conn).await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+            WriteVia::Pool => match &$self.store {
+                Store::Postgres(pool) => {
+                    let mut $tx = pool.begin().await?;
+                    let out = $body;
+                    $tx.commit().await?;
+                    out
+                }
+                Store::Sqlite(pool) => {
+                    let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    let out = $body;
+                    $tx.commit().await?;
+                    out
+                }
+            },
+        }
+    }};
+}
+
+/// The country of a jurisdiction code (`EU-FR` → `FR`, `US-CA` → `US`, `GB` → `GB`; see
+/// `policies/jurisdictions.toml`).
+pub fn country_of(jurisdiction: &str) -> &str {
+    match jurisdiction.split_once('-') {
+        Some(("EU", country)) => country,
+        Some((country, _)) => country,
+        None => jurisdiction,
     }
 }
 
@@ -104,9 +163,11 @@ impl AudienceStore {
         }
     }
 
-    /// Inserts or replaces a profile's read model: region, traits and identifier types.
+    /// Inserts or replaces a profile's read model: region, traits and identifier types. An
+    /// empty region, jurisdiction or age band keeps what the read model knew (from events).
     pub async fn put_profile(
         &self,
+        via: WriteVia<'_, '_>,
         workspace: &str,
         profile: &ProfileRow,
         traits: &[(String, TraitValue)],
@@ -115,64 +176,59 @@ impl AudienceStore {
     ) -> Result<(), AudienceError> {
         const UPSERT: &str = "INSERT INTO audience_profiles (workspace_id, profile_id, home_region, jurisdiction, age_band, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (workspace_id, profile_id) DO UPDATE SET \
-             home_region = excluded.home_region, jurisdiction = excluded.jurisdiction, age_band = excluded.age_band, updated_at = excluded.updated_at";
+             home_region = CASE WHEN excluded.home_region = '' THEN audience_profiles.home_region ELSE excluded.home_region END, \
+             jurisdiction = CASE WHEN excluded.jurisdiction = '' THEN audience_profiles.jurisdiction ELSE excluded.jurisdiction END, \
+             age_band = CASE WHEN excluded.age_band = '' THEN audience_profiles.age_band ELSE excluded.age_band END, \
+             updated_at = excluded.updated_at";
         const DELETE_TRAITS: &str =
             "DELETE FROM audience_profile_traits WHERE workspace_id = $1 AND profile_id = $2";
         const DELETE_IDS: &str =
             "DELETE FROM audience_profile_identifiers WHERE workspace_id = $1 AND profile_id = $2";
         const INSERT_TRAIT: &str = "INSERT INTO audience_profile_traits (workspace_id, profile_id, name, text_value, number_value) VALUES ($1, $2, $3, $4, $5)";
         const INSERT_ID: &str = "INSERT INTO audience_profile_identifiers (workspace_id, profile_id, identifier_type) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
-        macro_rules! run {
-            ($pool:expr) => {{
-                let mut tx = $pool.begin_with(write_begin(&self.store)).await?;
-                sqlx::query(UPSERT)
+        in_write_tx!(self, via, |tx| {
+            sqlx::query(UPSERT)
+                .bind(workspace)
+                .bind(&profile.profile_id)
+                .bind(&profile.home_region)
+                .bind(&profile.jurisdiction)
+                .bind(&profile.age_band)
+                .bind(ts(at))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(DELETE_TRAITS)
+                .bind(workspace)
+                .bind(&profile.profile_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(DELETE_IDS)
+                .bind(workspace)
+                .bind(&profile.profile_id)
+                .execute(&mut *tx)
+                .await?;
+            for (name, value) in traits {
+                let (text, number) = match value {
+                    TraitValue::Text(t) => (Some(t.clone()), None),
+                    TraitValue::Number(n) => (None, Some(*n)),
+                };
+                sqlx::query(INSERT_TRAIT)
                     .bind(workspace)
                     .bind(&profile.profile_id)
-                    .bind(&profile.home_region)
-                    .bind(&profile.jurisdiction)
-                    .bind(&profile.age_band)
-                    .bind(ts(at))
+                    .bind(name)
+                    .bind(text)
+                    .bind(number)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(DELETE_TRAITS)
+            }
+            for kind in identifier_types {
+                sqlx::query(INSERT_ID)
                     .bind(workspace)
                     .bind(&profile.profile_id)
+                    .bind(kind)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(DELETE_IDS)
-                    .bind(workspace)
-                    .bind(&profile.profile_id)
-                    .execute(&mut *tx)
-                    .await?;
-                for (name, value) in traits {
-                    let (text, number) = match value {
-                        TraitValue::Text(t) => (Some(t.clone()), None),
-                        TraitValue::Number(n) => (None, Some(*n)),
-                    };
-                    sqlx::query(INSERT_TRAIT)
-                        .bind(workspace)
-                        .bind(&profile.profile_id)
-                        .bind(name)
-                        .bind(text)
-                        .bind(number)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                for kind in identifier_types {
-                    sqlx::query(INSERT_ID)
-                        .bind(workspace)
-                        .bind(&profile.profile_id)
-                        .bind(kind)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-            }};
-        }
-        match &self.store {
-            Store::Postgres(pool) => run!(pool),
-            Store::Sqlite(pool) => run!(pool),
-        }
+            }
+        });
         Ok(())
     }
 
@@ -214,11 +270,40 @@ impl AudienceStore {
         Ok(())
     }
 
+    /// Records where a profile's latest event placed it (jurisdiction code and its country
+    /// as home region), creating the read-model row if the profile is not known here yet.
+    pub async fn note_jurisdiction(
+        &self,
+        via: WriteVia<'_, '_>,
+        workspace: &str,
+        profile_id: &str,
+        jurisdiction: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), AudienceError> {
+        const UPSERT: &str = "INSERT INTO audience_profiles (workspace_id, profile_id, home_region, jurisdiction, age_band, updated_at) \
+             VALUES ($1, $2, $3, $4, '', $5) ON CONFLICT (workspace_id, profile_id) DO UPDATE SET \
+             home_region = excluded.home_region, jurisdiction = excluded.jurisdiction, updated_at = excluded.updated_at \
+             WHERE audience_profiles.jurisdiction <> excluded.jurisdiction OR audience_profiles.home_region <> excluded.home_region";
+        let home_region = country_of(jurisdiction);
+        in_write_tx!(self, via, |tx| {
+            sqlx::query(UPSERT)
+                .bind(workspace)
+                .bind(profile_id)
+                .bind(home_region)
+                .bind(jurisdiction)
+                .bind(ts(at))
+                .execute(&mut *tx)
+                .await?;
+        });
+        Ok(())
+    }
+
     /// Counts one accepted event into its profile's local day, once per `event_id`
     /// (redeliveries are ignored). Returns whether it was counted now.
     #[allow(clippy::too_many_arguments)]
     pub async fn apply_event(
         &self,
+        via: WriteVia<'_, '_>,
         workspace: &str,
         event_id: &str,
         profile_id: &str,
@@ -231,41 +316,35 @@ impl AudienceStore {
         const ADD: &str = "INSERT INTO audience_event_days (workspace_id, profile_id, event_name, local_day, currency, event_count, revenue_minor) \
              VALUES ($1, $2, $3, $4, $5, 1, $6) ON CONFLICT (workspace_id, profile_id, event_name, local_day, currency) DO UPDATE SET \
              event_count = audience_event_days.event_count + 1, revenue_minor = audience_event_days.revenue_minor + excluded.revenue_minor";
-        macro_rules! run {
-            ($pool:expr) => {{
-                let mut tx = $pool.begin_with(write_begin(&self.store)).await?;
-                let claimed = sqlx::query(CLAIM)
+        let out = in_write_tx!(self, via, |tx| {
+            let claimed = sqlx::query(CLAIM)
+                .bind(workspace)
+                .bind(event_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if claimed {
+                sqlx::query(ADD)
                     .bind(workspace)
-                    .bind(event_id)
+                    .bind(profile_id)
+                    .bind(event_name)
+                    .bind(local_day)
+                    .bind(currency)
+                    .bind(revenue_minor)
                     .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                    == 1;
-                if claimed {
-                    sqlx::query(ADD)
-                        .bind(workspace)
-                        .bind(profile_id)
-                        .bind(event_name)
-                        .bind(local_day)
-                        .bind(currency)
-                        .bind(revenue_minor)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                claimed
-            }};
-        }
-        Ok(match &self.store {
-            Store::Postgres(pool) => run!(pool),
-            Store::Sqlite(pool) => run!(pool),
-        })
+                    .await?;
+            }
+            claimed
+        });
+        Ok(out)
     }
 
     /// Forgets a profile (erased or merged away): its read model and memberships. When it
     /// was merged into `survivor`, its event aggregates move there first.
     pub async fn remove_profile(
         &self,
+        via: WriteVia<'_, '_>,
         workspace: &str,
         profile_id: &str,
         survivor: Option<&str>,
@@ -282,31 +361,23 @@ impl AudienceStore {
             "DELETE FROM audience_segment_members WHERE workspace_id = $1 AND profile_id = $2",
             "DELETE FROM audience_profiles WHERE workspace_id = $1 AND profile_id = $2",
         ];
-        macro_rules! run {
-            ($pool:expr) => {{
-                let mut tx = $pool.begin_with(write_begin(&self.store)).await?;
-                if let Some(survivor) = survivor {
-                    sqlx::query(MOVE)
-                        .bind(workspace)
-                        .bind(profile_id)
-                        .bind(survivor)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                for delete in DELETES {
-                    sqlx::query(delete)
-                        .bind(workspace)
-                        .bind(profile_id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-            }};
-        }
-        match &self.store {
-            Store::Postgres(pool) => run!(pool),
-            Store::Sqlite(pool) => run!(pool),
-        }
+        in_write_tx!(self, via, |tx| {
+            if let Some(survivor) = survivor {
+                sqlx::query(MOVE)
+                    .bind(workspace)
+                    .bind(profile_id)
+                    .bind(survivor)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for delete in DELETES {
+                sqlx::query(delete)
+                    .bind(workspace)
+                    .bind(profile_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        });
         Ok(())
     }
 
@@ -376,7 +447,7 @@ impl AudienceStore {
         today: i64,
         at: DateTime<Utc>,
     ) -> Result<(Vec<String>, Vec<String>), AudienceError> {
-        self.recompute_members_of(workspace, segment_id, rule, today, at, None)
+        self.recompute_members_of(WriteVia::Pool, workspace, segment_id, rule, today, at, None)
             .await
     }
 
@@ -384,6 +455,7 @@ impl AudienceStore {
     /// incremental update after a profile changed).
     pub async fn recompute_members_of(
         &self,
+        via: WriteVia<'_, '_>,
         workspace: &str,
         segment_id: &str,
         rule: &Rule,
@@ -425,40 +497,33 @@ impl AudienceStore {
             "DELETE FROM audience_segment_members WHERE workspace_id = {w} AND segment_id = {s} AND {t} = {t}{scope_m} AND profile_id NOT IN \
              (SELECT p.profile_id FROM audience_profiles p WHERE p.workspace_id = {w} AND {condition}) RETURNING profile_id"
         );
-        macro_rules! run {
-            ($pool:expr) => {{
-                let mut tx = $pool.begin_with(write_begin(&self.store)).await?;
-                let gone = bind_params!(
-                    sqlx::query(&left)
-                        .bind(workspace)
-                        .bind(segment_id)
-                        .bind(ts(at)),
-                    &params
-                )
-                .fetch_all(&mut *tx)
-                .await?;
-                let new = bind_params!(
-                    sqlx::query(&joined)
-                        .bind(workspace)
-                        .bind(segment_id)
-                        .bind(ts(at)),
-                    &params
-                )
-                .fetch_all(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                let ids = |rows: Vec<_>| -> Result<Vec<String>, sqlx::Error> {
-                    rows.into_iter()
-                        .map(|r: _| Row::try_get::<String, _>(&r, "profile_id"))
-                        .collect()
-                };
-                (ids(new)?, ids(gone)?)
-            }};
-        }
-        Ok(match &self.store {
-            Store::Postgres(pool) => run!(pool),
-            Store::Sqlite(pool) => run!(pool),
-        })
+        let out = in_write_tx!(self, via, |tx| {
+            let gone = bind_params!(
+                sqlx::query(&left)
+                    .bind(workspace)
+                    .bind(segment_id)
+                    .bind(ts(at)),
+                &params
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            let new = bind_params!(
+                sqlx::query(&joined)
+                    .bind(workspace)
+                    .bind(segment_id)
+                    .bind(ts(at)),
+                &params
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            let ids = |rows: Vec<_>| -> Result<Vec<String>, sqlx::Error> {
+                rows.into_iter()
+                    .map(|r: _| Row::try_get::<String, _>(&r, "profile_id"))
+                    .collect()
+            };
+            (ids(new)?, ids(gone)?)
+        });
+        Ok(out)
     }
 
     /// The workspace's time zone (segment windows and schedules count in it); UTC when the

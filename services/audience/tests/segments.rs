@@ -5,7 +5,7 @@
 
 use chrono::Utc;
 use meridian_audience::segment::parse;
-use meridian_audience::store::{AudienceStore, ProfileRow, SegmentRow, TraitValue};
+use meridian_audience::store::{AudienceStore, ProfileRow, SegmentRow, TraitValue, WriteVia};
 use meridian_store::Store;
 use sqlx::{PgPool, SqlitePool};
 
@@ -29,6 +29,7 @@ async fn seed(store: &AudienceStore) {
     let email = vec!["email".to_owned()];
     store
         .put_profile(
+            WriteVia::Pool,
             WS,
             &profile("p1", "DE"),
             &[("aipl_stage".into(), TraitValue::Text("interest".into()))],
@@ -38,11 +39,12 @@ async fn seed(store: &AudienceStore) {
         .await
         .unwrap();
     store
-        .put_profile(WS, &profile("p2", "FR"), &[], &[], now)
+        .put_profile(WriteVia::Pool, WS, &profile("p2", "FR"), &[], &[], now)
         .await
         .unwrap();
     store
         .put_profile(
+            WriteVia::Pool,
             WS,
             &profile("p3", "DE"),
             &[("rfm_score".into(), TraitValue::Number(2.0))],
@@ -53,6 +55,7 @@ async fn seed(store: &AudienceStore) {
         .unwrap();
     store
         .put_profile(
+            WriteVia::Pool,
             WS,
             &profile("p4", "US"),
             &[("rfm_score".into(), TraitValue::Number(4.0))],
@@ -63,6 +66,7 @@ async fn seed(store: &AudienceStore) {
         .unwrap();
     store
         .put_profile(
+            WriteVia::Pool,
             WS,
             &profile("p5", "DE"),
             &[
@@ -76,7 +80,14 @@ async fn seed(store: &AudienceStore) {
         .unwrap();
     // Another workspace's profile that matches everything must never show up.
     store
-        .put_profile("ws_other", &profile("p1", "DE"), &[], &email, now)
+        .put_profile(
+            WriteVia::Pool,
+            "ws_other",
+            &profile("p1", "DE"),
+            &[],
+            &email,
+            now,
+        )
         .await
         .unwrap();
     store
@@ -233,6 +244,7 @@ async fn recompute_adds_and_drops_members(store: AudienceStore) {
     // p4's score drops, p3's rises.
     store
         .put_profile(
+            WriteVia::Pool,
             WS,
             &profile("p4", "US"),
             &[("rfm_score".into(), TraitValue::Number(1.0))],
@@ -243,6 +255,7 @@ async fn recompute_adds_and_drops_members(store: AudienceStore) {
         .unwrap();
     store
         .put_profile(
+            WriteVia::Pool,
             WS,
             &profile("p3", "DE"),
             &[("rfm_score".into(), TraitValue::Number(4.5))],

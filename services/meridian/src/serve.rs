@@ -146,33 +146,16 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
             }
             ServiceName::Audience => {
                 let room = rooms.audience.clone();
-                // The read model segments run over follows profiles and events on the bus.
-                // Not on SQLite yet: the bus holds SQLite's one write lock while a handler
-                // runs, and this handler writes through its own connections (it would wait
-                // out the busy timeout on every event). Embedded previews count nothing.
-                let follow_bus = matches!(store, meridian_store::Store::Postgres(_));
-                if !follow_bus {
-                    tracing::warn!(
-                        "audience read model not fed on the embedded store yet: segment previews count no members"
-                    );
-                }
+                // The read model segments run over follows profiles and events on the bus;
+                // its updates commit in the consumer's transaction (on both backends).
                 let read_model = Arc::new(meridian_audience::profiles::ReadModelConsumer {
                     room: room.clone(),
                     source: Arc::new(crate::adapters::IdentityProfiles(rooms.identity.clone())),
                 });
-                for (consumer, family) in [
-                    ("audience-profiles", "profile"),
-                    ("audience-events", "ingest-event"),
-                ]
-                .into_iter()
-                .filter(|_| follow_bus)
-                {
+                for subscription in meridian_audience::profiles::subscriptions() {
                     room_tasks.push(tokio::spawn(meridian_bus::run_consumer(
                         bus.clone(),
-                        meridian_bus::Subscription::new(
-                            consumer.parse().context("consumer name")?,
-                            family.parse().context("event family")?,
-                        ),
+                        subscription,
                         read_model.clone(),
                         meridian_bus::LoopSettings::default(),
                         shutdown_rx.clone(),

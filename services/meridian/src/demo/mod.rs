@@ -739,7 +739,7 @@ async fn requests(
 }
 
 fn print_summary(s: &Summary) {
-    let row = |k: &str, v: String| println!("  │ {k:<34} │ {v:>30} │");
+    let row = |k: &str, v: String| println!("  │ {k:<46} │ {v:>18} │");
     let rule = |c: char| println!("  {}", std::iter::repeat_n(c, 71).collect::<String>());
     println!();
     rule('─');
@@ -748,26 +748,35 @@ fn print_summary(s: &Summary) {
     row("events sent", s.events_sent.to_string());
     row("  accepted", s.events_accepted.to_string());
     row("  dropped (no lawful basis)", s.events_dropped.to_string());
-    row("  rejected (invalid)", s.events_rejected.to_string());
-    row("  fields stripped", s.fields_stripped.to_string());
     for (rule_id, n) in &s.drops_by_rule {
         row(&format!("    by {rule_id}"), n.to_string());
     }
+    row("  rejected (invalid)", s.events_rejected.to_string());
+    row("  fields stripped", s.fields_stripped.to_string());
     row("profiles", s.profiles.to_string());
     row("identity links (merges)", s.merges.to_string());
     for (stage, n) in &s.aipl_stages {
         row(&format!("  AIPL {stage}"), n.to_string());
     }
     row(
-        "audience: carted, not bought, 7 d",
+        "audience: carted, not bought in 7 days",
         s.audience_size.to_string(),
     );
     for (region, n) in &s.audience_by_region {
+        let region = if region.is_empty() {
+            "an unknown region"
+        } else {
+            region
+        };
         row(&format!("  in {region}"), n.to_string());
     }
     row(
         "  sent to the file destination",
-        s.audience_sent.to_string(),
+        if s.audience_synced {
+            s.audience_sent.to_string()
+        } else {
+            "not synced".to_owned()
+        },
     );
     for (rule_id, n) in &s.exclusions_by_rule {
         row(&format!("  excluded by {rule_id}"), n.to_string());

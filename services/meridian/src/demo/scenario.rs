@@ -131,7 +131,9 @@ fn phone(rng: &mut Rng, country: &str) -> String {
             rng.digits(2),
             rng.digits(2)
         ),
-        "GB" => format!("07700 9{}", rng.digits(5)),
+        // (Ofcom's 07700 900xxx drama range would be safer, but libphonenumber and the
+        // ingest validation reject it as unassigned)
+        "GB" => format!("07911 1{}", rng.digits(5)),
         "US" => format!("(415) 555-{}", rng.digits(4)),
         "BR" => format!("(11) 9{}-{}", rng.digits(4), rng.digits(4)),
         _ => format!("139 {} {}", rng.digits(4), rng.digits(4)),
