@@ -1,10 +1,8 @@
 //! Erasure and access through the real binary: Shopify's privacy webhooks on the HTTP
 //! listener (HMAC-checked), the erasure saga to its signed receipt over gRPC, and nothing
-//! left that names the shopper.
-//!
-//! The binary does not wire the identity, ingest and audience rooms into the saga yet: the
-//! saga here runs its own steps (ledger entry, unlink, crypto-shred). The saga with failing
-//! destinations, retries and lease take-over is covered by `services/consent/tests/erasure.rs`.
+//! left that names the shopper in any room, on the embedded store and on PostgreSQL with
+//! NATS JetStream. The saga with failing targets, retries and lease take-over is covered by
+//! `services/consent/tests/erasure.rs`.
 
 use std::time::Duration;
 
@@ -278,4 +276,311 @@ async fn shopify_redaction_erases_the_shopper_with_a_signed_receipt() {
         let log = std::fs::read_to_string(env.data_dir.path().join("server.log")).unwrap();
         assert!(!log.contains("ines.moreau") && !log.contains("98 76"));
     }
+}
+
+/// Lower-case hex, as the table dump renders bytes.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An identify carrying a shopper's identifiers, then an order, both in California (an
+/// opt-out regime: collection needs no prior consent).
+fn shopper_events(tag: &str, phone: &str) -> Vec<Event> {
+    let identifiers = vec![
+        Identifier {
+            r#type: IdentifierType::Email as i32,
+            value: format!("{tag}.erasure@example.com"),
+            ..Default::default()
+        },
+        Identifier {
+            r#type: IdentifierType::Phone as i32,
+            value: phone.into(),
+            ..Default::default()
+        },
+    ];
+    vec![
+        Event {
+            message_id: format!("{tag}-identify"),
+            r#type: EventType::Identify as i32,
+            user_id: format!("user-{tag}"),
+            anonymous_id: format!("anon-{tag}"),
+            identifiers: identifiers.clone(),
+            jurisdiction: "US-CA".into(),
+            ..Default::default()
+        },
+        Event {
+            message_id: format!("{tag}-order"),
+            r#type: EventType::Track as i32,
+            event: "Order Completed".into(),
+            anonymous_id: format!("anon-{tag}"),
+            jurisdiction: "US-CA".into(),
+            ..Default::default()
+        },
+    ]
+}
+
+/// Issue #11's promise on the production parts (PostgreSQL + NATS JetStream): a shopper
+/// ingested under several identifiers and stitched is erased from every room. No table
+/// keeps a row naming the shopper's blind indexes, what was sealed under the shopper's keys
+/// no longer opens, another shopper is untouched, and the receipt verifies.
+#[tokio::test]
+async fn erasure_leaves_nothing_of_the_shopper_on_postgres_and_jetstream() {
+    let nats = std::env::var("NATS_URL")
+        .expect("NATS_URL must point at a NATS JetStream server for the end-to-end tests");
+    // A stream and subject root of its own: tests running at once share the NATS server.
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let env = Environment::new(Backend::Postgres).await;
+    let key = env.api_key("acme", "admin").await;
+    let server = env
+        .serve_with_env(&[
+            ("NATS_URL", &nats),
+            ("MERIDIAN_NATS_STREAM", &format!("E2E_{run}")),
+            ("MERIDIAN_NATS_SUBJECT_ROOT", &format!("e2e-{run}")),
+        ])
+        .await;
+    let mut ingest = ingest_service_client::IngestServiceClient::new(server.channel.clone());
+    let mut identity = identity_service_client::IdentityServiceClient::new(server.channel.clone());
+    let mut dsr = dsr_service_client::DsrServiceClient::new(server.channel.clone());
+    let mut consent = consent_service_client::ConsentServiceClient::new(server.channel.clone());
+
+    for (tag, phone) in [("gone", "+1 415 482 1234"), ("kept", "+1 415 482 5678")] {
+        // consent too, so the consent room and its events know the shopper
+        consent
+            .record_consent(authorized(
+                RecordConsentRequest {
+                    subject: Some(SubjectRef {
+                        identifiers: vec![Identifier {
+                            r#type: IdentifierType::Email as i32,
+                            value: format!("{tag}.erasure@example.com"),
+                            ..Default::default()
+                        }],
+                        profile_id: String::new(),
+                    }),
+                    jurisdiction: "US-CA".into(),
+                    signals: Some(ConsentSignals {
+                        choices: vec![PurposeChoice {
+                            purpose: "marketing.advertising.third_party.targeted".into(),
+                            decision: ConsentDecision::Given as i32,
+                            lawful_basis: LawfulBasis::Consent as i32,
+                        }],
+                        ..Default::default()
+                    }),
+                    collection_point: "checkout".into(),
+                    time_zone: "America/Los_Angeles".into(),
+                    ..Default::default()
+                },
+                Some(&key),
+            ))
+            .await
+            .unwrap();
+        let response = ingest
+            .ingest(authorized(
+                IngestRequest {
+                    events: shopper_events(tag, phone),
+                    ..Default::default()
+                },
+                Some(&key),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.summary.unwrap().accepted, 2, "{response:?}");
+    }
+    // identity stitches both events of each shopper into one profile (through JetStream)
+    let mut profiles = Vec::new();
+    for tag in ["gone", "kept"] {
+        let lookup = || LookupProfileRequest {
+            identifier: Some(Identifier {
+                r#type: IdentifierType::Email as i32,
+                value: format!("{tag}.erasure@example.com"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let profile = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Ok(found) = identity
+                    .lookup_profile(authorized(lookup(), Some(&key)))
+                    .await
+                    && let Some(profile) = found.into_inner().profile
+                    && profile.identifiers.len() >= 4
+                {
+                    return profile;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{tag} was not stitched: {}", server.log()));
+        profiles.push(profile.profile_id);
+    }
+
+    let db = env.database.as_ref().unwrap();
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let blind_indexes = |profile: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT blind_index FROM identity_identifiers WHERE profile_id = $1::uuid",
+            )
+            .bind(profile)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let gone_indexes = blind_indexes(profiles[0].clone()).await;
+    let kept_indexes = blind_indexes(profiles[1].clone()).await;
+    assert!(
+        gone_indexes.len() >= 4,
+        "email, phone, user id, anonymous id"
+    );
+    // one sealed event body of each shopper, to try opening after the erasure
+    let sealed_event = |index: Vec<u8>| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, String, Vec<u8>)>(
+                "SELECT event_id::text, sealed_subject, body FROM ingest_events \
+                 WHERE workspace_id = 'acme' AND position($1 in identifiers) > 0 LIMIT 1",
+            )
+            .bind(index)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let gone_event = sealed_event(gone_indexes[0].clone()).await;
+    let kept_event = sealed_event(kept_indexes[0].clone()).await;
+
+    let request = dsr
+        .submit_request(authorized(
+            SubmitRequestRequest {
+                kind: RequestKind::Erasure as i32,
+                subject: Some(SubjectRef {
+                    identifiers: vec![Identifier {
+                        r#type: IdentifierType::Email as i32,
+                        value: "GONE.erasure@example.com".into(),
+                        ..Default::default()
+                    }],
+                    profile_id: String::new(),
+                }),
+                jurisdiction: "US-CA".into(),
+                ..Default::default()
+            },
+            Some(&key),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let r = dsr
+                .get_request(authorized(
+                    GetRequestRequest {
+                        request_id: request.request_id.clone(),
+                        ..Default::default()
+                    },
+                    Some(&key),
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .request
+                .unwrap();
+            if r.status() == RequestStatus::Completed {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the erasure did not complete: {}", server.log()));
+    assert!(
+        done.steps
+            .iter()
+            .all(|s| s.state() == StepState::Succeeded && s.finished_at.is_some()),
+        "{:?}",
+        done.steps
+    );
+    assert!(server.log().contains("\"bus\":\"jetstream\""));
+    let verified = consent
+        .verify_ledger(authorized(VerifyLedgerRequest::default(), Some(&key)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.valid, "{verified:?}");
+    assert!(meridian_consent::verify_receipt(
+        &done.receipt_json,
+        &done.receipt_signature,
+        &verified.public_key
+    ));
+
+    // no table keeps a row naming the erased shopper; the other shopper is all there
+    let dump = meridian_vault::testing::dump_postgres(&pool).await.unwrap();
+    // (a row's bytes may hold line breaks: a line belongs to the last table named)
+    let mut rows_by_table: Vec<(&str, String)> = Vec::new();
+    for line in dump.text.lines() {
+        match dump
+            .tables
+            .iter()
+            .find(|t| line.starts_with(&format!("{t}:")))
+        {
+            Some(table) => rows_by_table.push((table.as_str(), line.to_owned())),
+            None => {
+                if let Some((_, row)) = rows_by_table.last_mut() {
+                    row.push_str(line);
+                }
+            }
+        }
+    }
+    for index in &gone_indexes {
+        let hex = hex(index);
+        let holders: Vec<String> = rows_by_table
+            .iter()
+            .filter(|(_, row)| row.contains(&hex))
+            .map(|(table, row)| format!("{table}: {}", &row[..row.len().min(200)]))
+            .collect();
+        assert!(holders.is_empty(), "blind index {hex} still in {holders:?}");
+    }
+    for index in &kept_indexes {
+        assert!(
+            dump.text.contains(&hex(index)),
+            "the other shopper was touched"
+        );
+    }
+    let found = meridian_vault::testing::find_plaintext(&dump.text, ["gone.erasure", "user-gone"]);
+    assert!(found.is_empty(), "plaintext at rest: {found:?}");
+
+    // what was sealed under the erased shopper's keys stays sealed; the other still opens
+    // (the same key file and key store as the server)
+    let store = meridian_store::Store::connect(&meridian_store::StoreLocation::Postgres {
+        url: db.url.clone(),
+        max_connections: 2,
+    })
+    .await
+    .unwrap();
+    let vault = std::sync::Arc::new(meridian_vault::Vault::new(
+        std::sync::Arc::new(
+            meridian_vault::LocalKeyFileProvider::open_or_create(env.data_dir.path()).unwrap(),
+        ),
+        meridian_vault::key_store_for(&store),
+    ));
+    let open = |(event_id, subject, body): (String, String, Vec<u8>)| {
+        let vault = vault.clone();
+        async move {
+            vault
+                .open("acme", &subject, &event_id, "body", &body)
+                .await
+                .map(|plain| plain.len())
+        }
+    };
+    assert!(open(kept_event).await.unwrap() > 0);
+    let err = open(gone_event).await.unwrap_err();
+    assert!(
+        err.to_string().contains("forgotten"),
+        "sealed data of an erased shopper opened or failed otherwise: {err}"
+    );
+    assert!(server.terminate().await.success());
 }

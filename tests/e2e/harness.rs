@@ -171,6 +171,15 @@ impl Environment {
         let (Some(grpc), Some(http)) = (grpc, http) else {
             panic!("server exited before listening: {}", log_text());
         };
+        // The addresses are printed as the listeners bind; the start-up log line (which
+        // tests read) is written just after: wait for it too.
+        let logged = tokio::time::timeout(Duration::from_secs(30), async {
+            while !log_text().contains("meridian started") {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(logged.is_ok(), "no start-up log line: {}", log_text());
         let channel = Channel::from_shared(format!("http://{grpc}"))
             .unwrap()
             .connect()

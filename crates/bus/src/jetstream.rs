@@ -37,6 +37,10 @@ pub enum StreamLayout {
 #[derive(Debug, Clone)]
 pub struct JetStreamSettings {
     pub layout: StreamLayout,
+    /// First token of every subject, `<root>.<workspace>.<family>` (default `meridian`):
+    /// environments sharing one NATS cluster (staging next to production, parallel test
+    /// runs) each take their own root, so their streams and consumers never meet.
+    pub subject_root: String,
     /// Create missing streams with the settings below (an existing stream is used as is).
     pub create_streams: bool,
     pub replicas: usize,
@@ -55,6 +59,7 @@ impl Default for JetStreamSettings {
             layout: StreamLayout::PerFamily {
                 prefix: "MERIDIAN".into(),
             },
+            subject_root: "meridian".into(),
             create_streams: true,
             replicas: 1,
             max_age: Duration::from_secs(7 * 24 * 3600),
@@ -79,15 +84,23 @@ impl JetStreamSettings {
 
     fn stream_subjects(&self, family: &EventFamily) -> Vec<String> {
         match &self.layout {
-            StreamLayout::PerFamily { .. } => vec![family_filter(family)],
-            StreamLayout::Single { .. } => vec!["meridian.>".into()],
+            StreamLayout::PerFamily { .. } => vec![self.family_filter(family)],
+            StreamLayout::Single { .. } => vec![format!("{}.>", self.subject_root)],
         }
     }
-}
 
-/// `meridian.*.<family>`: every workspace's events of one family.
-fn family_filter(family: &EventFamily) -> String {
-    format!("meridian.*.{family}")
+    /// `<root>.*.<family>`: every workspace's events of one family.
+    fn family_filter(&self, family: &EventFamily) -> String {
+        format!("{}.*.{family}", self.subject_root)
+    }
+
+    /// `<root>.<workspace>.<family>`.
+    fn subject_of(&self, event: &OutboxEvent) -> String {
+        format!(
+            "{}.{}.{}",
+            self.subject_root, event.workspace_id, event.family
+        )
+    }
 }
 
 /// The durable consumer name: unique per consumer and family, also in a single stream.
@@ -237,7 +250,7 @@ impl JetStreamBus {
                 &name,
                 jetstream::consumer::pull::Config {
                     durable_name: Some(name.clone()),
-                    filter_subject: family_filter(&subscription.family),
+                    filter_subject: self.settings.family_filter(&subscription.family),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     deliver_policy: jetstream::consumer::DeliverPolicy::All,
                     ack_wait: self.settings.ack_wait,
@@ -262,7 +275,7 @@ impl JetStreamBus {
             let ack = self
                 .context
                 .publish_with_headers(
-                    event.subject(),
+                    self.settings.subject_of(event),
                     headers(event),
                     event.payload.clone().into(),
                 )

@@ -36,7 +36,7 @@ pub use event::{ConsumerName, EventFamily, OutboxEvent, subject};
 pub use jetstream::{JetStreamBus, JetStreamSettings, StreamLayout};
 pub use outbox::{
     OutboxConnection, OutboxStats, PruneReport, PruneSettings, Tx, enqueue, enqueue_all,
-    outbox_stats, prune,
+    forget_keyed_events, outbox_stats, prune,
 };
 
 /// The bus for this configuration: JetStream when `nats_url` is set, else in-process.

@@ -8,7 +8,7 @@ use sqlx::{PgConnection, Postgres, Row, Sqlite, SqliteConnection, Transaction};
 use uuid::Uuid;
 
 use crate::error::BusError;
-use crate::event::OutboxEvent;
+use crate::event::{EventFamily, OutboxEvent};
 
 /// A connection inside a transaction, on either backend: what a consumer's handler gets
 /// to apply its effect in the transaction that records the event as processed.
@@ -284,6 +284,67 @@ pub struct OutboxStats {
     pub unsent: u64,
     /// Rows published.
     pub sent: u64,
+}
+
+/// Deletes the outbox copies (sent or not) and dead letters of a workspace's events of one
+/// family whose key is in `keys`, in the caller's transaction: an erasure must not leave
+/// a subject's blind indexes in the outbox, nor let a not yet relayed event re-create what
+/// it deletes. Returns how many outbox rows went. (JetStream keeps its copy until the
+/// stream's `max_age`.)
+pub async fn forget_keyed_events(
+    tx: &mut Tx<'_>,
+    workspace: &str,
+    family: &EventFamily,
+    keys: &[String],
+) -> Result<u64, BusError> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    Ok(match tx {
+        Tx::Postgres(conn) => {
+            let gone = sqlx::query(
+                "DELETE FROM outbox_events WHERE workspace_id = $1 AND family = $2 AND event_key = ANY($3)",
+            )
+            .bind(workspace)
+            .bind(family.as_str())
+            .bind(keys)
+            .execute(&mut **conn)
+            .await?
+            .rows_affected();
+            sqlx::query(
+                "DELETE FROM bus_dead_letters WHERE workspace_id = $1 AND family = $2 AND event_key = ANY($3)",
+            )
+            .bind(workspace)
+            .bind(family.as_str())
+            .bind(keys)
+            .execute(&mut **conn)
+            .await?;
+            gone
+        }
+        Tx::Sqlite(conn) => {
+            let mut gone = 0;
+            for key in keys {
+                gone += sqlx::query(
+                    "DELETE FROM outbox_events WHERE workspace_id = ?1 AND family = ?2 AND event_key = ?3",
+                )
+                .bind(workspace)
+                .bind(family.as_str())
+                .bind(key)
+                .execute(&mut **conn)
+                .await?
+                .rows_affected();
+                sqlx::query(
+                    "DELETE FROM bus_dead_letters WHERE workspace_id = ?1 AND family = ?2 AND event_key = ?3",
+                )
+                .bind(workspace)
+                .bind(family.as_str())
+                .bind(key)
+                .execute(&mut **conn)
+                .await?;
+            }
+            gone
+        }
+    })
 }
 
 /// How many outbox rows are waiting for the relay, and how many were published.

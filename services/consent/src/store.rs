@@ -783,8 +783,11 @@ impl ConsentStore for SqlConsentStore {
         subject_id: &str,
         subject_ref: &str,
     ) -> Result<u64, ConsentError> {
+        let family: meridian_bus::EventFamily = CONSENT_FAMILY
+            .parse()
+            .map_err(|_| ConsentError::Corrupt(format!("event family {CONSENT_FAMILY}")))?;
         macro_rules! unlink {
-            ($pool:expr) => {{
+            ($pool:expr, $tx:path) => {{
                 let mut tx = $pool.begin().await?;
                 let links = sqlx::query(
                     "DELETE FROM consent_subjects WHERE workspace_id = $1 AND subject_id = $2",
@@ -802,13 +805,24 @@ impl ConsentStore for SqlConsentStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+                // The subject's `ConsentChanged` events carry its blind indexes: their
+                // outbox copies go too (consumers have had them: this step runs after the
+                // destinations and the other rooms let go of the subject).
+                let events = meridian_bus::forget_keyed_events(
+                    &mut $tx(&mut tx),
+                    workspace,
+                    &family,
+                    &[subject_ref.to_owned()],
+                )
+                .await
+                .map_err(|e| ConsentError::Storage(Box::new(e)))?;
                 tx.commit().await?;
-                Ok(links + states)
+                Ok(links + states + events)
             }};
         }
         match &self.0 {
-            Store::Postgres(pool) => unlink!(pool),
-            Store::Sqlite(pool) => unlink!(pool),
+            Store::Postgres(pool) => unlink!(pool, meridian_bus::Tx::Postgres),
+            Store::Sqlite(pool) => unlink!(pool, meridian_bus::Tx::Sqlite),
         }
     }
 

@@ -631,7 +631,11 @@ impl IngestRoom {
     /// Deletes every event anchored at any of `indexes` (the erasure saga). Idempotent;
     /// returns how many were deleted.
     pub async fn purge(&self, workspace: &str, indexes: &[BlindIndex]) -> Result<u64, IngestError> {
-        let count = self.inner.store.purge(workspace, indexes).await?;
+        let count = self
+            .inner
+            .store
+            .purge(workspace, indexes, &self.inner.family)
+            .await?;
         tracing::info!(workspace, count, "purged events");
         Ok(count)
     }

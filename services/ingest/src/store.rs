@@ -283,24 +283,46 @@ impl EventStore {
     }
 
     /// Deletes every event anchored at any of `indexes`. Idempotent; returns the count.
-    pub async fn purge(&self, workspace: &str, indexes: &[BlindIndex]) -> Result<u64, IngestError> {
+    pub async fn purge(
+        &self,
+        workspace: &str,
+        indexes: &[BlindIndex],
+        family: &meridian_bus::EventFamily,
+    ) -> Result<u64, IngestError> {
         if indexes.is_empty() {
             return Ok(0);
         }
+        // The events' outbox copies go in the same transaction: they carry the same
+        // blind indexes (their key is the event's sealing subject).
         match self {
             EventStore::Postgres(pool) => {
                 let idx: Vec<Vec<u8>> = indexes.iter().map(|i| i.as_bytes().to_vec()).collect();
-                let done = sqlx::query(
-                    "DELETE FROM ingest_events WHERE workspace_id = $1 AND anchor_index = ANY($2)",
+                let mut tx = pool.begin().await?;
+                let subjects: Vec<String> = sqlx::query_scalar(
+                    "DELETE FROM ingest_events WHERE workspace_id = $1 AND anchor_index = ANY($2) \
+                     RETURNING sealed_subject",
                 )
                 .bind(workspace)
                 .bind(idx)
-                .execute(pool)
+                .fetch_all(&mut *tx)
                 .await?;
-                Ok(done.rows_affected())
+                let count = subjects.len() as u64;
+                let mut subjects = subjects;
+                subjects.sort();
+                subjects.dedup();
+                meridian_bus::forget_keyed_events(
+                    &mut meridian_bus::Tx::Postgres(&mut tx),
+                    workspace,
+                    family,
+                    &subjects,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(count)
             }
             EventStore::Sqlite(pool) => {
-                let mut total = 0;
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let mut subjects = Vec::new();
                 for chunk in indexes.chunks(500) {
                     let mut q = QueryBuilder::<Sqlite>::new(
                         "DELETE FROM ingest_events WHERE workspace_id = ",
@@ -311,10 +333,22 @@ impl EventStore {
                     for i in chunk {
                         sep.push_bind(i.as_bytes().to_vec());
                     }
-                    q.push(")");
-                    total += q.build().execute(pool).await?.rows_affected();
+                    q.push(") RETURNING sealed_subject");
+                    let gone: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+                    subjects.extend(gone);
                 }
-                Ok(total)
+                let count = subjects.len() as u64;
+                subjects.sort();
+                subjects.dedup();
+                meridian_bus::forget_keyed_events(
+                    &mut meridian_bus::Tx::Sqlite(&mut tx),
+                    workspace,
+                    family,
+                    &subjects,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(count)
             }
         }
     }

@@ -564,7 +564,11 @@ async fn events_are_paged_per_identifier_and_purged(h: Harness) {
     ids.sort();
     assert_eq!(ids, vec!["p-0", "p-1", "p-2", "p-3", "p-4"]);
     assert!(room.events_of(WS, &[pat], "garbage", 2).await.is_err());
+    let outbox = "SELECT COUNT(*) FROM outbox_events WHERE family = 'ingest-event'";
+    let before = h.count(outbox).await;
     assert_eq!(room.purge(WS, &[pat]).await.unwrap(), 5);
+    // their outbox copies (which carry the same blind indexes) went with them
+    assert_eq!(h.count(outbox).await, before - 5);
     assert_eq!(room.purge(WS, &[pat]).await.unwrap(), 0, "idempotent");
     assert_eq!(
         room.events_of(WS, &[pat], "", 10)

@@ -21,6 +21,7 @@ pub(crate) struct Settings {
     pub(crate) database_max_connections: Option<u32>,
     pub(crate) nats_url: Option<String>,
     pub(crate) nats_stream: Option<String>,
+    pub(crate) nats_subject_root: Option<String>,
     pub(crate) region: Option<String>,
     pub(crate) time_zone: Option<String>,
     pub(crate) log: Option<String>,
@@ -57,6 +58,7 @@ impl Settings {
             database_max_connections: None,
             nats_url: var("NATS_URL"),
             nats_stream: var("MERIDIAN_NATS_STREAM"),
+            nats_subject_root: var("MERIDIAN_NATS_SUBJECT_ROOT"),
             region: var("MERIDIAN_REGION"),
             time_zone: var("MERIDIAN_TIME_ZONE"),
             log: var("MERIDIAN_LOG"),
@@ -83,6 +85,7 @@ impl Settings {
                 .or(self.database_max_connections),
             nats_url: over.nats_url.or(self.nats_url),
             nats_stream: over.nats_stream.or(self.nats_stream),
+            nats_subject_root: over.nats_subject_root.or(self.nats_subject_root),
             region: over.region.or(self.region),
             time_zone: over.time_zone.or(self.time_zone),
             log: over.log.or(self.log),
@@ -119,6 +122,9 @@ pub(crate) struct Config {
     /// One JetStream stream for every family (as the Kubernetes manifests create it);
     /// unset means one stream per event family.
     pub(crate) nats_stream: Option<String>,
+    /// First token of every NATS subject (`meridian` unless set): environments sharing a
+    /// NATS cluster each take their own.
+    pub(crate) nats_subject_root: String,
     pub(crate) region: Region,
     pub(crate) time_zone: TimeZone,
     pub(crate) log_filter: String,
@@ -225,6 +231,20 @@ impl Config {
             }
             other => other,
         };
+        let nats_subject_root = settings
+            .nats_subject_root
+            .unwrap_or_else(|| "meridian".to_owned());
+        if nats_subject_root.is_empty()
+            || nats_subject_root.len() > 64
+            || !nats_subject_root
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                "nats_subject_root (MERIDIAN_NATS_SUBJECT_ROOT)",
+                "must be 1 to 64 characters of a-z, 0-9, '-' and '_' (one NATS subject token)",
+            ));
+        }
         let region = settings
             .region
             .as_deref()
@@ -290,6 +310,7 @@ impl Config {
             store,
             nats_url,
             nats_stream: settings.nats_stream,
+            nats_subject_root,
             region,
             time_zone,
             log_filter: settings.log.unwrap_or_else(|| "info".to_owned()),

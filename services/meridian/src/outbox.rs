@@ -5,7 +5,10 @@ use meridian_bus::{DeadLetterFilter, JetStreamSettings, StreamLayout};
 use crate::config::Config;
 
 pub(crate) fn jetstream_settings(config: &Config) -> JetStreamSettings {
-    let mut settings = JetStreamSettings::default();
+    let mut settings = JetStreamSettings {
+        subject_root: config.nats_subject_root.clone(),
+        ..JetStreamSettings::default()
+    };
     if let Some(name) = &config.nats_stream {
         settings.layout = StreamLayout::Single { name: name.clone() };
     }

@@ -698,11 +698,8 @@ impl ConsentRoom {
                     workspace_id: workspace.to_owned(),
                     request_id: subject.request_id.clone(),
                     vault_subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
-                    blind_indexes: subject
-                        .blind_indexes
-                        .iter()
-                        .map(|b| b.as_bytes().to_vec())
-                        .collect(),
+                    // Not the blind indexes: the announcement outlives the saga in the
+                    // outbox and the stream, and must not name who was erased.
                     profile_ids: subject.profile_ids.clone(),
                 };
                 let event = crate::store::outbox_event(
