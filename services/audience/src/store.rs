@@ -79,7 +79,7 @@ impl<'c> WriteVia<'_, 'c> {
     pub fn reborrow(&mut self) -> WriteVia<'_, 'c> {
         match self {
             WriteVia::Pool => WriteVia::Pool,
-            WriteVia::Consumer(tx) => WriteVia::Consumer(&mut **tx),
+            WriteVia::Consumer(tx) => WriteVia::Consumer(tx),
         }
     }
 }
@@ -452,7 +452,8 @@ impl AudienceStore {
     }
 
     /// Like [`Self::recompute_members`], limited to one profile when `only` is given (the
-    /// incremental update after a profile changed).
+    /// incremental update after a profile changed). (One argument per part of the job.)
+    #[allow(clippy::too_many_arguments)]
     pub async fn recompute_members_of(
         &self,
         via: WriteVia<'_, '_>,
