@@ -88,19 +88,34 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
     // The rooms as libraries over this region's store: a process serves some of them and
     // calls the others (the erasure saga reaches every room; profiles list their events).
     let ingest_room = crate::ingest::room(&store, vault.clone(), policies.clone())?;
+    let identity_room =
+        meridian_identity::IdentityRoom::from_store(&store, vault.clone(), identity_rules.clone())
+            .with_event_source(Arc::new(crate::adapters::IngestedEvents(
+                ingest_room.clone(),
+            )));
+    let audience_room = meridian_audience::AudienceRoom::new(
+        meridian_audience::store::AudienceStore::new(store.clone()),
+    )
+    .with_destinations(meridian_audience::sync::DestinationDeps {
+        policies: policies.clone(),
+        vault: vault.clone(),
+        credentials: meridian_audience::destination::Credentials::new(Some(
+            config.destination_credentials_dir.clone(),
+        )),
+        directory: Arc::new(crate::adapters::IdentityDirectory(identity_room.clone())),
+        // A consent room of its own (no saga): only its projection and ledger are read.
+        consent: Arc::new(crate::adapters::ConsentForDestinations(
+            meridian_consent::ConsentRoom::new(store.clone(), vault.clone(), policies.clone()),
+        )),
+        transport: Arc::new(meridian_destinations::transport::Transport::new(
+            meridian_destinations::transport::RetryPolicy::default(),
+            0,
+        )),
+    });
     let rooms = crate::privacy::OtherRooms {
-        identity: meridian_identity::IdentityRoom::from_store(
-            &store,
-            vault.clone(),
-            identity_rules.clone(),
-        )
-        .with_event_source(Arc::new(crate::adapters::IngestedEvents(
-            ingest_room.clone(),
-        ))),
+        identity: identity_room,
         ingest: ingest_room,
-        audience: meridian_audience::AudienceRoom::new(
-            meridian_audience::store::AudienceStore::new(store.clone()),
-        ),
+        audience: audience_room,
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -156,13 +171,25 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
                         "audience read model not fed on the embedded store yet: segment previews count no members"
                     );
                 }
-                let read_model = Arc::new(meridian_audience::profiles::ReadModelConsumer {
-                    room: room.clone(),
-                    source: Arc::new(crate::adapters::IdentityProfiles(rooms.identity.clone())),
-                });
-                for (consumer, family) in [
-                    ("audience-profiles", "profile"),
-                    ("audience-events", "ingest-event"),
+                let read_model: Arc<dyn meridian_bus::EventHandler> =
+                    Arc::new(meridian_audience::profiles::ReadModelConsumer {
+                        room: room.clone(),
+                        source: Arc::new(crate::adapters::IdentityProfiles(rooms.identity.clone())),
+                    });
+                // Withdrawals, refusals and opt-outs take members back from destinations.
+                // PostgreSQL only, like the read model: the handler writes the membership
+                // ledger through its own connections.
+                let withdrawals: Arc<dyn meridian_bus::EventHandler> =
+                    Arc::new(meridian_audience::sync::ConsentWithdrawals { room: room.clone() });
+                if !follow_bus {
+                    tracing::warn!(
+                        "consent withdrawals not followed on the embedded store yet: members leave destinations at the next sync"
+                    );
+                }
+                for (consumer, family, handler) in [
+                    ("audience-profiles", "profile", read_model.clone()),
+                    ("audience-events", "ingest-event", read_model),
+                    ("audience-consent", "consent", withdrawals),
                 ]
                 .into_iter()
                 .filter(|_| follow_bus)
@@ -173,7 +200,7 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
                             consumer.parse().context("consumer name")?,
                             family.parse().context("event family")?,
                         ),
-                        read_model.clone(),
+                        handler,
                         meridian_bus::LoopSettings::default(),
                         shutdown_rx.clone(),
                     )));
