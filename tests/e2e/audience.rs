@@ -349,6 +349,7 @@ mod destinations {
         let mut consent = consent_service_client::ConsentServiceClient::new(channel.clone());
         let mut ingest = ingest_service_client::IngestServiceClient::new(channel.clone());
         let mut identity = identity_service_client::IdentityServiceClient::new(channel.clone());
+        let mut dsr = dsr_service_client::DsrServiceClient::new(channel.clone());
         let mut audience = audience_service_client::AudienceServiceClient::new(channel);
 
         for (i, s) in SHOPPERS.iter().enumerate() {
@@ -674,6 +675,86 @@ mod destinations {
         assert_eq!((after.members_sent, after.members_removed), (0, 0));
         assert_eq!(after.excluded_by_reason.values().sum::<u64>(), 1);
         assert_eq!(meta.members("23850001"), meta_left);
+
+        // Maya asks what Meridian holds: the bundle names the four destinations that got her,
+        // with the consent entry and policy version that allowed it.
+        let maya = &SHOPPERS[0];
+        let submit = async |dsr: &mut dsr_service_client::DsrServiceClient<_>,
+                            kind: RequestKind,
+                            key_name: &str| {
+            dsr.submit_request(authorized(
+                SubmitRequestRequest {
+                    kind: kind as i32,
+                    subject: Some(subject(maya)),
+                    jurisdiction: "US-CA".into(),
+                    time_zone: "America/Los_Angeles".into(),
+                    idempotency_key: key_name.into(),
+                    ..Default::default()
+                },
+                Some(&key),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .request
+            .unwrap()
+            .request_id
+        };
+        let completed = async |dsr: &mut dsr_service_client::DsrServiceClient<_>, id: String| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let r = dsr
+                    .get_request(authorized(
+                        GetRequestRequest {
+                            request_id: id.clone(),
+                            ..Default::default()
+                        },
+                        Some(&key),
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .request
+                    .unwrap();
+                if r.status() == RequestStatus::Completed {
+                    return r;
+                }
+                assert!(Instant::now() < deadline, "request not completed: {r:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let access_id = submit(&mut dsr, RequestKind::Access, "maya-access").await;
+        let access = completed(&mut dsr, access_id).await;
+        let bundle: serde_json::Value = serde_json::from_slice(&access.access_bundle_json).unwrap();
+        let held = bundle["destinations"].as_array().unwrap();
+        assert_eq!(held.len(), 4, "{held:?}");
+        assert!(held.iter().all(|d| d["status"] == "sent"
+            && !d["consent_entry_id"].as_str().unwrap().is_empty()
+            && d["policy_version"] == status.policy_version.as_str()));
+
+        // Maya asks to be erased: the saga removes her from every platform before it
+        // deletes anything else.
+        let erasure_id = submit(&mut dsr, RequestKind::Erasure, "maya-erasure").await;
+        let erased = completed(&mut dsr, erasure_id).await;
+        let steps: Vec<&str> = erased.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(steps[2], "remove_from_destinations", "{steps:?}");
+        meta_left.remove(&meta_row(maya));
+        for g in google_ids(maya) {
+            google_left.remove(&g);
+        }
+        for t in tiktok_ids(maya) {
+            tiktok_left.remove(&t);
+        }
+        assert_eq!(meta.members("23850001"), meta_left);
+        assert_eq!(google.members(list), google_left);
+        assert_eq!(tiktok.members("tt-aud-1"), tiktok_left);
+        assert!(!shopify.tags(&gid(maya)).contains("meridian:identified"));
+        assert!(
+            shopify
+                .tags(&gid(&SHOPPERS[2]))
+                .contains("meridian:identified")
+        );
+        assert_eq!(meta_left.len(), 1, "Priya alone is left");
 
         // At rest: no address, phone number or platform hash of any shopper.
         let pool = sqlx::PgPool::connect(&env.database.as_ref().unwrap().url)
