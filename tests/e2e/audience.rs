@@ -171,6 +171,9 @@ mod destinations {
     const SHOPIFY_TOKEN: &str = "shpat_e2e_token";
     const ADVERTISER: &str = "7000001";
 
+    /// Settings or credential names of a destination.
+    type Strings = BTreeMap<String, String>;
+
     struct Shopper {
         email: &'static str,
         phone: &'static str,
@@ -453,11 +456,7 @@ mod destinations {
             bad.message()
         );
 
-        let destinations: Vec<(
-            DestinationPlatform,
-            BTreeMap<String, String>,
-            BTreeMap<String, String>,
-        )> = vec![
+        let destinations: Vec<(DestinationPlatform, Strings, Strings)> = vec![
             (
                 DestinationPlatform::Meta,
                 [

@@ -510,14 +510,12 @@ impl AudienceRoom {
         error: &str,
     ) -> Result<SyncRow, AudienceError> {
         let nothing_done = sync.members_sent == 0 && sync.members_removed == 0;
-        sync.state = if error == "audience_below_minimum" || error == "connector_unusable" {
+        let fatal = error == "audience_below_minimum" || error == "connector_unusable";
+        let failed = sync.members_failed > 0;
+        sync.state = if fatal || (failed && nothing_done) || (!failed && !error.is_empty()) {
             SyncState::Failed
-        } else if sync.members_failed > 0 && nothing_done {
-            SyncState::Failed
-        } else if sync.members_failed > 0 {
+        } else if failed {
             SyncState::PartiallyFailed
-        } else if !error.is_empty() {
-            SyncState::Failed
         } else {
             SyncState::Succeeded
         };

@@ -349,9 +349,12 @@ impl MemberDirectory for Directory {
     }
 }
 
+/// A recorded decision: state, ledger entry id, jurisdiction.
+type Recorded = (ConsentState, String, String);
+
 /// Consent per email address.
 #[derive(Default, Clone)]
-struct Consents(Arc<Mutex<HashMap<String, (ConsentState, String, String)>>>);
+struct Consents(Arc<Mutex<HashMap<String, Recorded>>>);
 
 impl Consents {
     fn set(&self, email: &str, state: ConsentState, entry: &str, jurisdiction: &str) {
