@@ -40,6 +40,10 @@ CREATE TABLE audience_syncs (
     PRIMARY KEY (workspace_id, sync_id)
 );
 CREATE INDEX audience_syncs_pair ON audience_syncs (workspace_id, segment_id, destination_id, started_at);
+-- At most one running sync per segment and destination, across replicas: two at once
+-- would both send the same adds.
+CREATE UNIQUE INDEX audience_syncs_one_running ON audience_syncs (workspace_id, segment_id, destination_id)
+    WHERE state = 'running';
 
 -- What each destination holds now, per segment and profile. `status`: `sent` (held by
 -- the platform), `removed` (taken back), `failed` (never accepted). A removal sends

@@ -13,6 +13,9 @@ pub enum AudienceError {
     #[error("{0} was changed concurrently")]
     Conflict(&'static str),
     /// Another room the audience reads from failed.
+    /// Another operation holds what this needs; retry later.
+    #[error("{0}")]
+    Busy(&'static str),
     #[error("upstream: {0}")]
     Upstream(String),
     /// The room was started without what this needs (destinations: policies, vault,

@@ -21,6 +21,7 @@ impl From<AudienceError> for Status {
             AudienceError::Conflict(what) => {
                 Status::aborted(format!("{what} was changed concurrently; read it again"))
             }
+            AudienceError::Busy(what) => Status::aborted(what),
             AudienceError::NotConfigured(what) => {
                 Status::unimplemented(format!("{what} are not served by this process"))
             }

@@ -369,6 +369,47 @@ impl AudienceStore {
         Ok(())
     }
 
+    /// Starts a sync: inserts its (running) row unless another sync of the same segment to
+    /// the same destination is running. A running one that started before `stale_before`
+    /// was abandoned (its process died) and is marked failed first. False when busy.
+    pub async fn start_sync(
+        &self,
+        workspace: &str,
+        row: &SyncRow,
+        stale_before: DateTime<Utc>,
+    ) -> Result<bool, AudienceError> {
+        const ABANDON: &str = "UPDATE audience_syncs SET state = 'failed', last_error = 'abandoned', finished_at = $1 \
+             WHERE workspace_id = $2 AND segment_id = $3 AND destination_id = $4 AND state = 'running' AND started_at < $5";
+        const INSERT: &str = "INSERT INTO audience_syncs (workspace_id, sync_id, segment_id, destination_id, state, policy_version, started_at) \
+             VALUES ($1, $2, $3, $4, 'running', $5, $6) ON CONFLICT DO NOTHING";
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin_with(write_begin(self.backend())).await?;
+                sqlx::query(ABANDON)
+                    .bind(ts(row.started_at))
+                    .bind(workspace)
+                    .bind(&row.segment_id)
+                    .bind(&row.destination_id)
+                    .bind(ts(stale_before))
+                    .execute(&mut *tx)
+                    .await?;
+                let inserted = sqlx::query(INSERT)
+                    .bind(workspace)
+                    .bind(&row.sync_id)
+                    .bind(&row.segment_id)
+                    .bind(&row.destination_id)
+                    .bind(&row.policy_version)
+                    .bind(ts(row.started_at))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                inserted == 1
+            }};
+        }
+        Ok(on_pool!(self, pool => run!(pool)))
+    }
+
     pub async fn sync(
         &self,
         workspace: &str,

@@ -20,6 +20,7 @@ pub mod destination;
 pub mod error;
 mod grpc;
 pub mod ledger;
+mod metrics;
 pub mod profiles;
 pub mod room;
 pub mod segment;

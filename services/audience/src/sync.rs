@@ -363,15 +363,62 @@ impl AudienceRoom {
             finished_at: None,
             last_error: String::new(),
         };
-        store.put_sync(workspace, &sync).await?;
-        let connector = match Connector::build(&destination, &deps.credentials, deps.transport) {
-            Ok(c) => c,
+        // A sync holds its pair for at most this long; one older was abandoned.
+        let stale_before = sync.started_at - chrono::Duration::minutes(30);
+        if !store.start_sync(workspace, &sync, stale_before).await? {
+            return Err(AudienceError::Busy(
+                "a sync of this segment to this destination is running",
+            ));
+        }
+        let connector =
+            match Connector::build(&destination, &deps.credentials, deps.transport.clone()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, destination_id, "destination connector not usable");
+                    return self.finish(workspace, sync, "connector_unusable").await;
+                }
+            };
+
+        // Whatever fails from here, the sync's row says so and frees its pair.
+        let error = match self
+            .send_segment(
+                workspace,
+                &deps,
+                &segment,
+                &destination,
+                &connector,
+                &mut sync,
+            )
+            .await
+        {
+            Ok(error) => error,
             Err(e) => {
-                tracing::warn!(error = %e, destination_id, "destination connector not usable");
-                return self.finish(workspace, sync, "connector_unusable").await;
+                self.finish(workspace, sync, "internal").await?;
+                return Err(e);
             }
         };
+        let platform = destination.platform.as_str();
+        crate::metrics::count(platform, "sent", sync.members_sent);
+        crate::metrics::count(platform, "removed", sync.members_removed);
+        crate::metrics::count(platform, "failed", sync.members_failed);
+        crate::metrics::count(platform, "excluded", sync.excluded.values().sum());
+        self.finish(workspace, sync, &error).await
+    }
 
+    /// The body of a sync: judges every member, sends adds and removals, records each;
+    /// returns the sync-level error code ("" when none).
+    async fn send_segment(
+        &self,
+        workspace: &str,
+        deps: &DestinationDeps,
+        segment: &crate::store::SegmentRow,
+        destination: &DestinationRow,
+        connector: &Connector,
+        sync: &mut SyncRow,
+    ) -> Result<String, AudienceError> {
+        let store = self.store();
+        let segment_id = segment.segment_id.as_str();
+        let destination_id = destination.destination_id.as_str();
         let mut held: HashMap<String, HeldMember> = store
             .held(workspace, destination_id, segment_id)
             .await?
@@ -397,7 +444,7 @@ impl AudienceRoom {
                     Some(contact) => match self
                         .judge(
                             workspace,
-                            &destination,
+                            destination,
                             &segment.purpose,
                             &member.profile,
                             &contact.identifiers,
@@ -476,7 +523,7 @@ impl AudienceRoom {
         let removed = self
             .send_removals(
                 workspace,
-                &connector,
+                connector,
                 removals,
                 "sync",
                 &sync.sync_id,
@@ -492,7 +539,7 @@ impl AudienceRoom {
             sync.members_failed += adds.len() as u64;
         } else {
             let added = self
-                .send_adds(workspace, &connector, adds, &sync.sync_id, session)
+                .send_adds(workspace, connector, adds, &sync.sync_id, session)
                 .await?;
             sync.members_sent = added.accepted;
             sync.members_failed += added.failed;
@@ -500,7 +547,7 @@ impl AudienceRoom {
                 error = added.error;
             }
         }
-        self.finish(workspace, sync, &error).await
+        Ok(error)
     }
 
     async fn finish(
@@ -510,7 +557,10 @@ impl AudienceRoom {
         error: &str,
     ) -> Result<SyncRow, AudienceError> {
         let nothing_done = sync.members_sent == 0 && sync.members_removed == 0;
-        let fatal = error == "audience_below_minimum" || error == "connector_unusable";
+        let fatal = matches!(
+            error,
+            "audience_below_minimum" | "connector_unusable" | "internal"
+        );
         let failed = sync.members_failed > 0;
         sync.state = if fatal || (failed && nothing_done) || (!failed && !error.is_empty()) {
             SyncState::Failed
@@ -741,6 +791,8 @@ impl AudienceRoom {
             let sent = self
                 .send_removals(workspace, &connector, removals, cause, "", session)
                 .await?;
+            crate::metrics::count(destination.platform.as_str(), "removed", sent.accepted);
+            crate::metrics::count(destination.platform.as_str(), "failed", sent.failed);
             removed += sent.accepted;
             failed += sent.failed;
         }

@@ -123,6 +123,53 @@ async fn store_round_trips(store: AudienceStore, _vault: Arc<Vault>) {
     assert_eq!(got.excluded, sync.excluded);
     assert!(got.finished_at.is_some());
 
+    // One running sync per segment × destination; a stale one is taken over.
+    let running = |id: &str, started_at| SyncRow {
+        sync_id: id.into(),
+        segment_id: "seg-2".into(),
+        state: SyncState::Running,
+        started_at,
+        finished_at: None,
+        ..sync.clone()
+    };
+    let cutoff = now - Duration::minutes(30);
+    assert!(
+        store
+            .start_sync(WS, &running("r1", now), cutoff)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .start_sync(WS, &running("r2", now), cutoff)
+            .await
+            .unwrap()
+    );
+    assert!(store.sync(WS, "r2").await.unwrap().is_none());
+    let mut done = store.sync(WS, "r1").await.unwrap().unwrap();
+    assert_eq!(done.state, SyncState::Running);
+    done.state = SyncState::Succeeded;
+    store.put_sync(WS, &done).await.unwrap();
+    assert!(
+        store
+            .start_sync(WS, &running("r3", now), cutoff)
+            .await
+            .unwrap()
+    );
+    let later = now + Duration::minutes(31);
+    assert!(
+        store
+            .start_sync(WS, &running("r4", later), later - Duration::minutes(30))
+            .await
+            .unwrap(),
+        "r3 was abandoned"
+    );
+    let abandoned = store.sync(WS, "r3").await.unwrap().unwrap();
+    assert_eq!(
+        (abandoned.state, abandoned.last_error.as_str()),
+        (SyncState::Failed, "abandoned")
+    );
+
     let mut held = HeldMember {
         destination_id: first.destination_id.clone(),
         segment_id: "seg".into(),
