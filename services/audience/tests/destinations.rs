@@ -719,6 +719,116 @@ async fn sync_sends_only_what_the_policy_allows_and_takes_it_back_exactly(
     drop(running);
 }
 
+async fn platform_failures_are_recorded_per_member_and_retried(
+    store: AudienceStore,
+    vault: Arc<Vault>,
+) {
+    let fake = MetaFake::new(TOKEN, true);
+    let running = fake.start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("meta-token"), TOKEN).unwrap();
+    let directory = Directory::default();
+    let consents = Consents::default();
+    let now = Utc::now();
+    for i in 1..=3 {
+        let profile = format!("q{i}");
+        let email = format!("shopper{i}@example.org");
+        directory.add(&profile, &email, &format!("+3361234567{i}"));
+        consents.set(&email, ConsentState::Given, &format!("e{i}"), "EU-FR");
+        store
+            .put_profile(
+                WS,
+                &ProfileRow {
+                    profile_id: profile,
+                    ..ProfileRow::default()
+                },
+                &[],
+                &["email".to_owned()],
+                now,
+            )
+            .await
+            .unwrap();
+    }
+    let room = room(store.clone(), vault, dir.path(), directory, consents);
+    let segment = room
+        .create_segment(
+            WS,
+            meridian_audience::room::SegmentInput {
+                name: "all".into(),
+                definition: r#"{"has_identifier": "email"}"#.into(),
+                purpose: PURPOSE.into(),
+                recompute_schedule: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    let destination = room
+        .create_destination(
+            WS,
+            DestinationInput {
+                name: "meta".into(),
+                platform: Some(PlatformKind::Meta),
+                region: "US".into(),
+                transfer_mechanism: "dpf".into(),
+                settings: BTreeMap::from([
+                    ("base_url".into(), running.base_url()),
+                    ("audience_id".into(), "777".into()),
+                ]),
+                credentials: BTreeMap::from([("access_token".into(), "meta-token".into())]),
+                min_audience_size: 1,
+            },
+        )
+        .await
+        .unwrap();
+    // Meta is down for longer than the retries last: every member is recorded as failed.
+    fake.fail_next(meridian_test_support::platforms::Failure::Unavailable, 2);
+    let failed = room
+        .sync_now(WS, &segment.segment_id, &destination.destination_id)
+        .await
+        .unwrap();
+    assert_eq!(failed.state, SyncState::Failed, "{failed:?}");
+    assert_eq!((failed.members_sent, failed.members_failed), (0, 3));
+    assert!(fake.members("777").is_empty());
+    let held = store
+        .held(WS, &destination.destination_id, &segment.segment_id)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 3);
+    assert!(held.iter().all(|h| h.status == HeldStatus::Failed
+        && h.sealed_identifiers.is_none()
+        && h.last_error.starts_with("meta:")));
+    // The next sync sends them.
+    let retried = room
+        .sync_now(WS, &segment.segment_id, &destination.destination_id)
+        .await
+        .unwrap();
+    assert_eq!(retried.state, SyncState::Succeeded, "{retried:?}");
+    assert_eq!(retried.members_sent, 3);
+    assert_eq!(fake.members("777").len(), 3);
+    let (_, ledger) = room.destinations_of(WS, "q1").await.unwrap();
+    assert_eq!(
+        ledger.iter().map(|l| l.action).collect::<Vec<_>>(),
+        vec![HeldStatus::Failed, HeldStatus::Sent]
+    );
+    // An unreadable credential fails the sync as a whole and frees the pair for the next.
+    std::fs::remove_file(dir.path().join("meta-token")).unwrap();
+    let unusable = room
+        .sync_now(WS, &segment.segment_id, &destination.destination_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        (unusable.state, unusable.last_error.as_str()),
+        (SyncState::Failed, "connector_unusable")
+    );
+    std::fs::write(dir.path().join("meta-token"), TOKEN).unwrap();
+    let again = room
+        .sync_now(WS, &segment.segment_id, &destination.destination_id)
+        .await
+        .unwrap();
+    assert_eq!((again.state, again.members_sent), (SyncState::Succeeded, 0));
+    drop(running);
+}
+
 // ---- harness --------------------------------------------------------------------------------
 
 async fn pg(pool: PgPool) -> (AudienceStore, Arc<Vault>) {
@@ -776,4 +886,5 @@ conformance!(
     store_round_trips,
     destinations_are_validated,
     sync_sends_only_what_the_policy_allows_and_takes_it_back_exactly,
+    platform_failures_are_recorded_per_member_and_retried,
 );
