@@ -829,6 +829,104 @@ async fn platform_failures_are_recorded_per_member_and_retried(
     drop(running);
 }
 
+async fn file_destinations_get_adds_and_exact_removals(store: AudienceStore, vault: Arc<Vault>) {
+    let secrets = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let directory = Directory::default();
+    let consents = Consents::default();
+    let now = Utc::now();
+    for (profile, email) in [("f1", "one@example.net"), ("f2", "two@example.net")] {
+        directory.add(profile, email, "");
+        consents.set(email, ConsentState::Given, "e", "GB");
+        store
+            .put_profile(
+                WS,
+                &ProfileRow {
+                    profile_id: profile.into(),
+                    ..ProfileRow::default()
+                },
+                &[],
+                &["email".to_owned()],
+                now,
+            )
+            .await
+            .unwrap();
+    }
+    let room = room(
+        store.clone(),
+        vault,
+        secrets.path(),
+        directory,
+        consents.clone(),
+    );
+    let segment = room
+        .create_segment(
+            WS,
+            meridian_audience::room::SegmentInput {
+                name: "all".into(),
+                definition: r#"{"has_identifier": "email"}"#.into(),
+                purpose: PURPOSE.into(),
+                recompute_schedule: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    let destination = room
+        .create_destination(
+            WS,
+            DestinationInput {
+                name: "exports".into(),
+                platform: Some(PlatformKind::File),
+                region: "GB".into(),
+                transfer_mechanism: String::new(),
+                settings: BTreeMap::from([(
+                    "directory".into(),
+                    out.path().to_str().unwrap().to_owned(),
+                )]),
+                credentials: BTreeMap::new(),
+                min_audience_size: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let sync = room
+        .sync_now(WS, &segment.segment_id, &destination.destination_id)
+        .await
+        .unwrap();
+    assert_eq!(sync.members_sent, 2, "{sync:?}");
+    let read = |direction: &str| -> String {
+        let mut text = String::new();
+        for entry in std::fs::read_dir(out.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path
+                .to_str()
+                .unwrap()
+                .ends_with(&format!("-{direction}.csv"))
+            {
+                text.push_str(&std::fs::read_to_string(path).unwrap());
+            }
+        }
+        text
+    };
+    let one = hash_field(Platform::Meta, Field::Email, "one@example.net", None).unwrap();
+    let two = hash_field(Platform::Meta, Field::Email, "two@example.net", None).unwrap();
+    let added = read("add");
+    assert!(
+        added.starts_with("member,email_sha256,phone_sha256\n"),
+        "{added}"
+    );
+    assert!(added.contains(&format!("f1,{},", one.as_str())), "{added}");
+    assert!(added.contains(&format!("f2,{},", two.as_str())), "{added}");
+    assert!(!added.contains("example.net"));
+    consents.set("two@example.net", ConsentState::Refused, "w", "GB");
+    let removed = room.remove_no_longer_allowed(WS, "f2").await.unwrap();
+    assert_eq!(removed, 1);
+    assert_eq!(
+        read("remove"),
+        format!("member,email_sha256,phone_sha256\nf2,{},\n", two.as_str())
+    );
+}
+
 // ---- harness --------------------------------------------------------------------------------
 
 async fn pg(pool: PgPool) -> (AudienceStore, Arc<Vault>) {
@@ -887,4 +985,5 @@ conformance!(
     destinations_are_validated,
     sync_sends_only_what_the_policy_allows_and_takes_it_back_exactly,
     platform_failures_are_recorded_per_member_and_retried,
+    file_destinations_get_adds_and_exact_removals,
 );
