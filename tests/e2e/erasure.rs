@@ -214,6 +214,7 @@ async fn shopify_redaction_erases_the_shopper_with_a_signed_receipt() {
             [
                 "record_in_ledger",
                 "locate_subject",
+                "remove_from_destinations",
                 "delete_identity_graph",
                 "delete_events",
                 "unlink_consent_subject",

@@ -13,8 +13,23 @@ pub enum AudienceError {
     #[error("{0} was changed concurrently")]
     Conflict(&'static str),
     /// Another room the audience reads from failed.
+    /// Another operation holds what this needs; retry later.
+    #[error("{0}")]
+    Busy(&'static str),
     #[error("upstream: {0}")]
     Upstream(String),
+    /// The room was started without what this needs (destinations: policies, vault,
+    /// identity and consent seams).
+    #[error("{0} not configured in this process")]
+    NotConfigured(&'static str),
+    /// A destination credential cannot be read (never says which value).
+    #[error("destination credential: {0}")]
+    Credential(&'static str),
+    #[error("vault: {0}")]
+    Vault(String),
+    /// A destination connector failed as a whole.
+    #[error("destination: {0}")]
+    Connector(String),
     #[error("stored {0} does not read back")]
     Corrupt(&'static str),
     #[error(transparent)]

@@ -5,18 +5,27 @@
 //!   fault and compiled to SQL for PostgreSQL and SQLite.
 //! - [`store`]: the read model of profiles (regions, computed traits, identifier presence,
 //!   event aggregates per local day), segments and members, on either backend.
-//! - [`AudienceApi`]: the gRPC service; RPCs not built yet answer UNIMPLEMENTED after the
-//!   caller's workspace is checked.
+//! - [`destination`]: destinations and their credentials (by name, read from files);
+//!   [`connectors`]: a destination's wire and a member's [`connectors::Payload`] on it.
+//! - [`sync`]: syncs with the policy asked per member × destination at send time, removals
+//!   on consent withdrawal ([`sync::ConsentWithdrawals`]) and erasure; [`ledger`]: the
+//!   destination membership ledger and sync rows.
+//! - [`AudienceApi`]: the gRPC service.
 //!
 //! Destination connectors (normalization, hashing, wire clients) live in
 //! `meridian-destinations`.
 
+pub mod connectors;
+pub mod destination;
 pub mod error;
 mod grpc;
+pub mod ledger;
+mod metrics;
 pub mod profiles;
 pub mod room;
 pub mod segment;
 pub mod store;
+pub mod sync;
 
 pub use room::AudienceRoom;
 

@@ -27,6 +27,7 @@ pub enum PreviewTarget {
 #[derive(Debug, Clone)]
 pub struct AudienceRoom {
     store: AudienceStore,
+    destinations: Option<std::sync::Arc<crate::sync::DestinationDeps>>,
 }
 
 /// Purposes a segment may be used for: fideslang data uses under `marketing`.
@@ -92,7 +93,20 @@ fn check_name(field: &str, name: &str) -> Result<(), AudienceError> {
 
 impl AudienceRoom {
     pub fn new(store: AudienceStore) -> Self {
-        AudienceRoom { store }
+        AudienceRoom {
+            store,
+            destinations: None,
+        }
+    }
+
+    /// Enables destinations and syncs (policies, vault, credentials, identity and consent).
+    pub fn with_destinations(mut self, deps: crate::sync::DestinationDeps) -> Self {
+        self.destinations = Some(std::sync::Arc::new(deps));
+        self
+    }
+
+    pub(crate) fn destination_deps(&self) -> Option<&crate::sync::DestinationDeps> {
+        self.destinations.as_deref()
     }
 
     pub fn store(&self) -> &AudienceStore {

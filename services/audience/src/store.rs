@@ -59,7 +59,7 @@ pub struct AudienceStore {
     store: Store,
 }
 
-fn ts(at: DateTime<Utc>) -> String {
+pub(crate) fn ts(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
@@ -130,7 +130,16 @@ pub fn country_of(jurisdiction: &str) -> &str {
     }
 }
 
-fn parse_ts(text: &str) -> Result<DateTime<Utc>, AudienceError> {
+/// How a write transaction starts: on SQLite it takes the write lock up front, so a
+/// transaction that reads first never fails to upgrade while the bus consumers write.
+pub(crate) fn write_begin(store: &Store) -> &'static str {
+    match store {
+        Store::Postgres(_) => "BEGIN",
+        Store::Sqlite(_) => "BEGIN IMMEDIATE",
+    }
+}
+
+pub(crate) fn parse_ts(text: &str) -> Result<DateTime<Utc>, AudienceError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|_| AudienceError::Corrupt("timestamp"))
@@ -154,6 +163,10 @@ macro_rules! bind_params {
 impl AudienceStore {
     pub fn new(store: Store) -> Self {
         AudienceStore { store }
+    }
+
+    pub fn backend(&self) -> &Store {
+        &self.store
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -549,6 +562,38 @@ impl AudienceStore {
             }
         };
         Ok(zone.and_then(|z| z.parse().ok()).unwrap_or(chrono_tz::UTC))
+    }
+
+    /// A profile of the read model.
+    pub async fn profile(
+        &self,
+        workspace: &str,
+        profile_id: &str,
+    ) -> Result<Option<ProfileRow>, AudienceError> {
+        const SELECT: &str = "SELECT profile_id, home_region, jurisdiction, age_band FROM audience_profiles \
+             WHERE workspace_id = $1 AND profile_id = $2";
+        macro_rules! run {
+            ($pool:expr) => {
+                sqlx::query(SELECT)
+                    .bind(workspace)
+                    .bind(profile_id)
+                    .fetch_optional($pool)
+                    .await?
+                    .map(|row| -> Result<ProfileRow, AudienceError> {
+                        Ok(ProfileRow {
+                            profile_id: row.try_get("profile_id")?,
+                            home_region: row.try_get("home_region")?,
+                            jurisdiction: row.try_get("jurisdiction")?,
+                            age_band: row.try_get("age_band")?,
+                        })
+                    })
+                    .transpose()
+            };
+        }
+        match &self.store {
+            Store::Postgres(pool) => run!(pool),
+            Store::Sqlite(pool) => run!(pool),
+        }
     }
 
     /// Every segment of a workspace.

@@ -326,9 +326,10 @@ impl AccessSource for MembershipsAccess {
     }
 }
 
-/// The `destinations` section of an access bundle: the destinations that received the
-/// subject. Destination sync is not built yet (issue #10), so none ever has.
-pub(crate) struct DestinationsAccess;
+/// The `destinations` section of an access bundle: every destination that received one
+/// of the subject's profiles, from the membership ledger: what it holds now and each send
+/// and removal with the consent entry and policy version behind it.
+pub(crate) struct DestinationsAccess(pub(crate) meridian_audience::AudienceRoom);
 
 #[async_trait]
 impl AccessSource for DestinationsAccess {
@@ -336,12 +337,245 @@ impl AccessSource for DestinationsAccess {
         "destinations"
     }
 
-    async fn collect(
+    async fn collect(&self, workspace: &str, subject: &ErasureSubject) -> Result<Value, StepError> {
+        let ts = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339());
+        let mut out = Vec::new();
+        for profile_id in &subject.profile_ids {
+            let (held, ledger) = self
+                .0
+                .destinations_of(workspace, profile_id)
+                .await
+                .map_err(|e| step_error("audience", e))?;
+            for h in held {
+                let history: Vec<Value> = ledger
+                    .iter()
+                    .filter(|l| {
+                        l.destination_id == h.destination_id && l.segment_id == h.segment_id
+                    })
+                    .map(|l| {
+                        json!({
+                            "action": l.action.as_str(),
+                            "cause": l.cause,
+                            "sync_id": l.sync_id,
+                            "consent_entry_id": l.consent_entry_id,
+                            "policy_version": l.policy_version,
+                            "at": l.recorded_at.to_rfc3339(),
+                        })
+                    })
+                    .collect();
+                let destination = self
+                    .0
+                    .store()
+                    .destination(workspace, &h.destination_id)
+                    .await
+                    .map_err(|e| step_error("audience", e))?;
+                out.push(json!({
+                    "profile_id": profile_id,
+                    "destination_id": h.destination_id,
+                    "destination": destination.as_ref().map(|d| d.name.clone()),
+                    "platform": destination.as_ref().map(|d| d.platform.as_str()),
+                    "region": destination.as_ref().map(|d| d.region.clone()),
+                    "segment_id": h.segment_id,
+                    "purpose": h.purpose,
+                    "status": h.status.as_str(),
+                    "consent_entry_id": h.consent_entry_id,
+                    "policy_version": h.policy_version,
+                    "sent_at": ts(h.sent_at),
+                    "removed_at": ts(h.removed_at),
+                    "history": history,
+                }));
+            }
+        }
+        Ok(Value::Array(out))
+    }
+}
+
+/// The erasure saga's `remove_from_destinations` step: every destination holding one of the
+/// subject's profiles gets a removal of exactly the identifiers it was sent (opened from the
+/// ledger before the keys are shredded); the subjects they were sealed under are reported for
+/// the shred step.
+pub(crate) struct DestinationRemoval(pub(crate) meridian_audience::AudienceRoom);
+
+#[async_trait]
+impl ErasureTarget for DestinationRemoval {
+    fn name(&self) -> &str {
+        "remove_from_destinations"
+    }
+
+    async fn erase(
         &self,
-        _workspace: &str,
-        _subject: &ErasureSubject,
-    ) -> Result<Value, StepError> {
-        Ok(Value::Array(Vec::new()))
+        workspace: &str,
+        subject: &ErasureSubject,
+    ) -> Result<StepReport, StepError> {
+        let mut found = Found::default();
+        let mut removed = 0;
+        for profile_id in &subject.profile_ids {
+            let (n, subjects) = self
+                .0
+                .remove_everywhere(workspace, profile_id)
+                .await
+                .map_err(|e| step_error("audience", e))?;
+            removed += n;
+            found.vault_subjects.extend(subjects);
+        }
+        Ok(StepReport {
+            summary: json!({"destination_removals": removed}),
+            found,
+        })
+    }
+}
+
+// ---- audience (destinations) ← identity, consent ----------------------------------------
+
+/// A member's identifiers for destinations, opened by the identity room.
+pub(crate) struct IdentityDirectory(pub(crate) IdentityRoom);
+
+#[async_trait]
+impl meridian_audience::sync::MemberDirectory for IdentityDirectory {
+    async fn contact(
+        &self,
+        workspace: &str,
+        profile_id: &str,
+    ) -> Result<Option<meridian_audience::sync::MemberContact>, SourceError> {
+        let Ok(id) = profile_id.parse::<ProfileId>() else {
+            return Ok(None);
+        };
+        let view = match self.0.profile(workspace, id).await {
+            Ok(view) => view,
+            Err(IdentityError::ProfileNotFound) => return Ok(None),
+            Err(e) => return Err(SourceError(format!("identity: {e}"))),
+        };
+        let identifiers = view
+            .identifiers
+            .iter()
+            .filter(|i| !i.value.is_empty())
+            .map(|i| {
+                // Storefront customer ids read back as `source:id` (`source ‖ 0x00 ‖ id` in
+                // ingest's copies).
+                let storefront =
+                    i.key.kind == meridian_identity::IdentifierType::StorefrontCustomerId;
+                let (source, value) = match i.value.split_once(['\u{0}', ':']) {
+                    Some((source, id)) if storefront => (source.to_owned(), id.to_owned()),
+                    _ => (i.source.clone(), i.value.to_string()),
+                };
+                meridian_audience::connectors::MemberIdentifier {
+                    kind: i.key.kind.name().to_owned(),
+                    source,
+                    value,
+                }
+            })
+            .collect();
+        Ok(Some(meridian_audience::sync::MemberContact { identifiers }))
+    }
+
+    async fn profile_of(
+        &self,
+        workspace: &str,
+        blind_index: &[u8],
+    ) -> Result<Option<String>, SourceError> {
+        let Some(index) = BlindIndex::from_slice(blind_index) else {
+            return Ok(None);
+        };
+        let found = self
+            .0
+            .subject_profile(
+                workspace,
+                &meridian_identity::room::SubjectRef::BlindIndexes(vec![index]),
+            )
+            .await
+            .map_err(|e| SourceError(format!("identity: {e}")))?;
+        Ok(found.map(|view| view.profile.profile.to_string()))
+    }
+}
+
+/// Current consent of a member for destinations, from the consent room's projection, with
+/// the jurisdiction each deciding entry was recorded under.
+pub(crate) struct ConsentForDestinations(pub(crate) meridian_consent::ConsentRoom);
+
+fn consent_subject_id(
+    id: &meridian_audience::connectors::MemberIdentifier,
+) -> meridian_consent::SubjectId {
+    use meridian_consent::IdKind;
+    let kind = match id.kind.as_str() {
+        "email" => IdKind::Email,
+        "phone" => IdKind::Phone,
+        "idfa" | "gaid" | "device_id" => IdKind::DeviceId,
+        "storefront_customer_id" => IdKind::Scoped(format!("storefront.{}", id.source)),
+        other => IdKind::Scoped(other.to_owned()),
+    };
+    meridian_consent::SubjectId {
+        kind,
+        value: id.value.clone(),
+        default_region: None,
+    }
+}
+
+#[async_trait]
+impl meridian_audience::sync::ConsentLookup for ConsentForDestinations {
+    async fn consent(
+        &self,
+        workspace: &str,
+        identifiers: &[meridian_audience::connectors::MemberIdentifier],
+    ) -> Result<meridian_audience::sync::SubjectConsent, SourceError> {
+        use meridian_audience::sync::{PurposeConsent, SubjectConsent};
+        use meridian_consent::ledger::Decision;
+        use meridian_policy::ConsentState;
+        if identifiers.is_empty() {
+            return Ok(SubjectConsent::default());
+        }
+        let query = meridian_consent::SubjectQuery {
+            identifiers: identifiers.iter().map(consent_subject_id).collect(),
+        };
+        let failed = |e: meridian_consent::ConsentError| SourceError(format!("consent: {e}"));
+        let states = match self
+            .0
+            .current(workspace, &query, &[], chrono::Utc::now())
+            .await
+        {
+            Ok(states) => states,
+            Err(meridian_consent::ConsentError::SubjectErased) => {
+                return Ok(SubjectConsent::default());
+            }
+            Err(e) => return Err(failed(e)),
+        };
+        // The jurisdiction of each entry, and of the latest.
+        let mut jurisdictions = std::collections::HashMap::new();
+        let mut latest = String::new();
+        let mut token = String::new();
+        loop {
+            let page = self
+                .0
+                .history(workspace, &query, 200, &token)
+                .await
+                .map_err(failed)?;
+            for entry in &page.entries {
+                jurisdictions.insert(
+                    entry.stored.entry_id.clone(),
+                    entry.body.jurisdiction.clone(),
+                );
+                latest.clone_from(&entry.body.jurisdiction);
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        Ok(SubjectConsent {
+            purposes: states
+                .into_iter()
+                .map(|s| PurposeConsent {
+                    state: match s.decision {
+                        Decision::Given => ConsentState::Given,
+                        Decision::Refused | Decision::Withdrawn => ConsentState::Refused,
+                        Decision::Expired => ConsentState::None,
+                    },
+                    jurisdiction: jurisdictions.get(&s.entry_id).cloned().unwrap_or_default(),
+                    entry_id: s.entry_id,
+                    purpose: s.purpose,
+                })
+                .collect(),
+            jurisdiction: latest,
+        })
     }
 }
 

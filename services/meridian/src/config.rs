@@ -32,6 +32,7 @@ pub(crate) struct Settings {
     pub(crate) shopify_app_secret: Option<String>,
     pub(crate) shopify_shops: Option<String>,
     pub(crate) erasure_lease_seconds: Option<u64>,
+    pub(crate) destination_credentials_dir: Option<PathBuf>,
 }
 
 impl Settings {
@@ -70,6 +71,8 @@ impl Settings {
             shopify_shops: var("MERIDIAN_SHOPIFY_SHOPS"),
             erasure_lease_seconds: var("MERIDIAN_ERASURE_LEASE_SECONDS")
                 .and_then(|v| v.parse().ok()),
+            destination_credentials_dir: var("MERIDIAN_DESTINATION_CREDENTIALS_DIR")
+                .map(PathBuf::from),
         }
     }
 
@@ -96,6 +99,9 @@ impl Settings {
             shopify_app_secret: over.shopify_app_secret.or(self.shopify_app_secret),
             shopify_shops: over.shopify_shops.or(self.shopify_shops),
             erasure_lease_seconds: over.erasure_lease_seconds.or(self.erasure_lease_seconds),
+            destination_credentials_dir: over
+                .destination_credentials_dir
+                .or(self.destination_credentials_dir),
         }
     }
 }
@@ -138,6 +144,10 @@ pub(crate) struct Config {
     pub(crate) shopify: Option<ShopifySettings>,
     /// How long an erasure worker holds a saga before another may take it over.
     pub(crate) erasure_lease: std::time::Duration,
+    /// Where destination credentials are, one file per credential name (the
+    /// `meridian-destinations-<region>` Secret in Kubernetes); `<data_dir>/destinations`
+    /// when unset. A missing directory is not an error: a region may have no destinations.
+    pub(crate) destination_credentials_dir: PathBuf,
 }
 
 /// The Shopify app whose privacy webhooks this process receives.
@@ -301,7 +311,11 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let destination_credentials_dir = settings
+            .destination_credentials_dir
+            .unwrap_or_else(|| data_dir.join("destinations"));
         Ok(Config {
+            destination_credentials_dir,
             shopify,
             erasure_lease: std::time::Duration::from_secs(erasure_lease_seconds),
             grpc_addr,

@@ -3,7 +3,8 @@
 //! listener.
 //!
 //! The erasure plan reaches the other rooms through `crate::adapters`: identity locates the
-//! subject's profile and erases it, ingest purges its events; the saga's last step forgets
+//! subject's profile, audience removes it from every destination that holds it, identity
+//! erases it, ingest purges its events; the saga's last step forgets
 //! every identifier's vault subject and every subject the other rooms reported. Access
 //! requests collect the profile and events sections the same way.
 
@@ -16,8 +17,8 @@ use meridian_store::Store;
 use meridian_vault::Vault;
 
 use crate::adapters::{
-    DestinationsAccess, EventPurge, EventsAccess, IdentifiersAccess, IdentityErasure,
-    MembershipsAccess, ProfileAccess, ProfileLocator,
+    DestinationRemoval, DestinationsAccess, EventPurge, EventsAccess, IdentifiersAccess,
+    IdentityErasure, MembershipsAccess, ProfileAccess, ProfileLocator,
 };
 use crate::config::Config;
 use meridian_identity::IdentityRoom;
@@ -43,7 +44,11 @@ pub(crate) fn consent_room(
     };
     let plan = ErasurePlan {
         locator: Some(Arc::new(ProfileLocator(rooms.identity.clone()))),
+        // Destinations first: their removals need the identifiers exactly as sent, opened
+        // from the membership ledger before any key is shredded, and they go before the
+        // events and the graph so a failing platform holds the saga with nothing deleted yet.
         targets: vec![
+            Arc::new(DestinationRemoval(rooms.audience.clone())),
             Arc::new(IdentityErasure(rooms.identity.clone())),
             Arc::new(EventPurge(rooms.ingest.clone())),
         ],
@@ -56,7 +61,7 @@ pub(crate) fn consent_room(
             Arc::new(IdentifiersAccess(rooms.identity.clone())),
             Arc::new(EventsAccess(rooms.ingest.clone())),
             Arc::new(MembershipsAccess(rooms.audience.clone())),
-            Arc::new(DestinationsAccess),
+            Arc::new(DestinationsAccess(rooms.audience.clone())),
         ])
 }
 

@@ -88,19 +88,34 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
     // The rooms as libraries over this region's store: a process serves some of them and
     // calls the others (the erasure saga reaches every room; profiles list their events).
     let ingest_room = crate::ingest::room(&store, vault.clone(), policies.clone())?;
+    let identity_room =
+        meridian_identity::IdentityRoom::from_store(&store, vault.clone(), identity_rules.clone())
+            .with_event_source(Arc::new(crate::adapters::IngestedEvents(
+                ingest_room.clone(),
+            )));
+    let audience_room = meridian_audience::AudienceRoom::new(
+        meridian_audience::store::AudienceStore::new(store.clone()),
+    )
+    .with_destinations(meridian_audience::sync::DestinationDeps {
+        policies: policies.clone(),
+        vault: vault.clone(),
+        credentials: meridian_audience::destination::Credentials::new(Some(
+            config.destination_credentials_dir.clone(),
+        )),
+        directory: Arc::new(crate::adapters::IdentityDirectory(identity_room.clone())),
+        // A consent room of its own (no saga): only its projection and ledger are read.
+        consent: Arc::new(crate::adapters::ConsentForDestinations(
+            meridian_consent::ConsentRoom::new(store.clone(), vault.clone(), policies.clone()),
+        )),
+        transport: Arc::new(meridian_destinations::transport::Transport::new(
+            meridian_destinations::transport::RetryPolicy::default(),
+            0,
+        )),
+    });
     let rooms = crate::privacy::OtherRooms {
-        identity: meridian_identity::IdentityRoom::from_store(
-            &store,
-            vault.clone(),
-            identity_rules.clone(),
-        )
-        .with_event_source(Arc::new(crate::adapters::IngestedEvents(
-            ingest_room.clone(),
-        ))),
+        identity: identity_room,
         ingest: ingest_room,
-        audience: meridian_audience::AudienceRoom::new(
-            meridian_audience::store::AudienceStore::new(store.clone()),
-        ),
+        audience: audience_room,
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -160,6 +175,27 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
                         meridian_bus::LoopSettings::default(),
                         shutdown_rx.clone(),
                     )));
+                }
+                // Withdrawals, refusals and opt-outs take members back from destinations.
+                // PostgreSQL only for now: the handler writes the membership ledger through
+                // its own connections, which would wait on SQLite's one write lock.
+                if matches!(store, meridian_store::Store::Postgres(_)) {
+                    room_tasks.push(tokio::spawn(meridian_bus::run_consumer(
+                        bus.clone(),
+                        meridian_bus::Subscription::new(
+                            "audience-consent".parse().context("consumer name")?,
+                            "consent".parse().context("event family")?,
+                        ),
+                        Arc::new(meridian_audience::sync::ConsentWithdrawals {
+                            room: room.clone(),
+                        }),
+                        meridian_bus::LoopSettings::default(),
+                        shutdown_rx.clone(),
+                    )));
+                } else {
+                    tracing::warn!(
+                        "consent withdrawals not followed on the embedded store yet: members leave destinations at the next sync"
+                    );
                 }
                 routes.add_service(meridian_audience::AudienceApi::new(room).into_server());
             }
