@@ -193,6 +193,131 @@ impl StoredEntry {
     pub fn recorded_at_utc(&self) -> DateTime<Utc> {
         from_micros(self.recorded_at)
     }
+
+    /// The entry as an [`EntryView`] (borrowed).
+    pub fn view(&self) -> EntryView<'_> {
+        EntryView {
+            sequence: self.sequence,
+            entry_id: self.entry_id.as_bytes(),
+            subject_ref: self.subject_ref.as_bytes(),
+            recorded_at: self.recorded_at,
+            body: self.body.as_bytes(),
+            prev_hash: &self.prev_hash,
+            hash: &self.hash,
+            signature: self.signature,
+        }
+    }
+}
+
+/// A stored entry borrowed from wherever it was read (a COPY row, a database row, an
+/// [`EntryChunk`]): what verification reads. Text columns stay bytes, since the hash is over
+/// their bytes; they are decoded only to name a bad entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryView<'a> {
+    pub sequence: u64,
+    pub entry_id: &'a [u8],
+    pub subject_ref: &'a [u8],
+    pub recorded_at: i64,
+    pub body: &'a [u8],
+    pub prev_hash: &'a [u8],
+    pub hash: &'a [u8],
+    pub signature: Option<LedgerSignature>,
+}
+
+impl EntryView<'_> {
+    fn entry_id_text(&self) -> String {
+        String::from_utf8_lossy(self.entry_id).into_owned()
+    }
+}
+
+/// Where one entry's variable-length fields lie in [`EntryChunk::bytes`]: consecutively,
+/// entry id, subject ref, body, prev hash, hash.
+#[derive(Debug, Clone, Copy)]
+struct PackedEntry {
+    sequence: u64,
+    recorded_at: i64,
+    start: usize,
+    lens: [u32; 5],
+    signature: Option<LedgerSignature>,
+}
+
+/// A run of stored entries in sequence order, packed into one buffer: a store streams a
+/// ledger to verification as chunks of these, so reading a million entries allocates a few
+/// hundred buffers rather than five strings per entry.
+#[derive(Debug, Default)]
+pub struct EntryChunk {
+    bytes: Vec<u8>,
+    entries: Vec<PackedEntry>,
+}
+
+impl EntryChunk {
+    /// An empty chunk with room for about `bytes` bytes of fields and `entries` entries.
+    pub fn with_capacity(bytes: usize, entries: usize) -> Self {
+        EntryChunk {
+            bytes: Vec::with_capacity(bytes),
+            entries: Vec::with_capacity(entries),
+        }
+    }
+
+    /// Appends a copy of `e`. A field longer than 4 GiB cannot be stored by either backend.
+    pub fn push(&mut self, e: &EntryView<'_>) {
+        let start = self.bytes.len();
+        let fields = [e.entry_id, e.subject_ref, e.body, e.prev_hash, e.hash];
+        let mut lens = [0u32; 5];
+        for (len, field) in lens.iter_mut().zip(fields) {
+            *len = u32::try_from(field.len()).unwrap_or(u32::MAX);
+            self.bytes.extend_from_slice(field);
+        }
+        self.entries.push(PackedEntry {
+            sequence: e.sequence,
+            recorded_at: e.recorded_at,
+            start,
+            lens,
+            signature: e.signature,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes of packed fields.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The entries, in the order pushed.
+    pub fn iter(&self) -> impl Iterator<Item = EntryView<'_>> + '_ {
+        let bytes = &self.bytes[..];
+        self.entries.iter().map(move |p| {
+            let mut at = p.start;
+            let mut field = |len: u32| {
+                let end = at + len as usize;
+                let slice = &bytes[at..end];
+                at = end;
+                slice
+            };
+            let entry_id = field(p.lens[0]);
+            let subject_ref = field(p.lens[1]);
+            let body = field(p.lens[2]);
+            let prev_hash = field(p.lens[3]);
+            let hash = field(p.lens[4]);
+            EntryView {
+                sequence: p.sequence,
+                entry_id,
+                subject_ref,
+                recorded_at: p.recorded_at,
+                body,
+                prev_hash,
+                hash,
+                signature: p.signature,
+            }
+        })
+    }
 }
 
 /// µs since the epoch → instant (clamped to the representable range).
@@ -216,32 +341,52 @@ pub fn entry_hash(
     recorded_at: i64,
     body: &str,
 ) -> Hash {
+    entry_hash_bytes(
+        workspace.as_bytes(),
+        sequence,
+        prev_hash,
+        entry_id.as_bytes(),
+        subject_ref.as_bytes(),
+        recorded_at,
+        body.as_bytes(),
+    )
+}
+
+/// [`entry_hash`] over the text fields' bytes (what is hashed: no UTF-8 check needed).
+pub fn entry_hash_bytes(
+    workspace: &[u8],
+    sequence: u64,
+    prev_hash: &[u8],
+    entry_id: &[u8],
+    subject_ref: &[u8],
+    recorded_at: i64,
+    body: &[u8],
+) -> Hash {
     let mut ctx = Context::new(&SHA256);
     ctx.update(DOMAIN);
-    lp(&mut ctx, workspace.as_bytes());
+    lp(&mut ctx, workspace);
     ctx.update(&sequence.to_be_bytes());
     ctx.update(prev_hash);
-    lp(&mut ctx, entry_id.as_bytes());
-    lp(&mut ctx, subject_ref.as_bytes());
+    lp(&mut ctx, entry_id);
+    lp(&mut ctx, subject_ref);
     ctx.update(&recorded_at.to_be_bytes());
-    lp(&mut ctx, body.as_bytes());
+    lp(&mut ctx, body);
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     out
 }
 
 /// The hash an entry's stored content gives (over its stored `prev_hash`): what
-/// [`ChainVerifier`] compares with the stored `hash`. Entries can be hashed independently,
-/// so a long ledger is hashed in parallel.
-pub fn content_hash(workspace: &str, e: &StoredEntry) -> Hash {
-    entry_hash(
-        workspace,
+/// [`ChainVerifier`] compares with the stored `hash`.
+pub fn content_hash(workspace: &str, e: &EntryView<'_>) -> Hash {
+    entry_hash_bytes(
+        workspace.as_bytes(),
         e.sequence,
-        &e.prev_hash,
-        &e.entry_id,
-        &e.subject_ref,
+        e.prev_hash,
+        e.entry_id,
+        e.subject_ref,
         e.recorded_at,
-        &e.body,
+        e.body,
     )
 }
 
@@ -307,10 +452,12 @@ pub struct ChainVerifier {
     workspace: String,
     public_key: SigningPublicKey,
     next_sequence: u64,
-    prev: Vec<u8>,
+    prev: Hash,
     checked: u64,
     /// First entry not yet covered by a verified signature.
     unsigned_since: Option<(u64, String)>,
+    /// The head `(sequence, hash)` recorded before the entries were read.
+    head: Option<(u64, Vec<u8>)>,
     bad: Option<BadEntry>,
 }
 
@@ -320,11 +467,19 @@ impl ChainVerifier {
             workspace: workspace.to_owned(),
             public_key,
             next_sequence: 1,
-            prev: GENESIS.to_vec(),
+            prev: GENESIS,
             checked: 0,
             unsigned_since: None,
+            head: None,
             bad: None,
         }
+    }
+
+    /// The recorded head `(sequence, hash)`: the ledger must reach that sequence, and the
+    /// entry there must carry that hash. Read it *before* the entries, so that entries
+    /// appended while verifying are not mistaken for a mismatch (they come after it).
+    pub fn expect_head(&mut self, head: Option<(u64, Vec<u8>)>) {
+        self.head = head;
     }
 
     /// Whether a bad entry was found (stop feeding).
@@ -337,11 +492,16 @@ impl ChainVerifier {
         self.next_sequence
     }
 
-    fn fail(&mut self, sequence: u64, entry_id: &str, reason: String) {
+    /// Entries checked so far.
+    pub fn checked(&self) -> u64 {
+        self.checked
+    }
+
+    fn fail(&mut self, sequence: u64, entry_id: String, reason: String) {
         if self.bad.is_none() {
             self.bad = Some(BadEntry {
                 sequence,
-                entry_id: entry_id.to_owned(),
+                entry_id,
                 reason,
             });
         }
@@ -349,13 +509,17 @@ impl ChainVerifier {
 
     /// Checks one entry; returns false once the ledger is known bad.
     pub fn push(&mut self, e: &StoredEntry) -> bool {
-        let computed = content_hash(&self.workspace, e);
-        self.push_hashed(e, &computed)
+        self.push_view(&e.view())
     }
 
-    /// Like [`push`](Self::push), with the entry's content hash already computed by
-    /// [`content_hash`] (pages are hashed in parallel, then fed here in order).
-    pub fn push_hashed(&mut self, e: &StoredEntry, computed: &Hash) -> bool {
+    /// Checks every entry of a chunk, in order; returns false once the ledger is known bad.
+    pub fn push_chunk(&mut self, chunk: &EntryChunk) -> bool {
+        chunk.iter().all(|e| self.push_view(&e))
+    }
+
+    /// Checks one entry: its place in the sequence, its link to the previous entry, its
+    /// hash over its content, and its signature if it carries one.
+    pub fn push_view(&mut self, e: &EntryView<'_>) -> bool {
         if self.bad.is_some() {
             return false;
         }
@@ -369,81 +533,89 @@ impl ChainVerifier {
             } else {
                 format!("sequence {} repeats or goes backwards", e.sequence)
             };
-            self.fail(e.sequence, &e.entry_id, reason);
+            self.fail(e.sequence, e.entry_id_text(), reason);
             return false;
         }
         if e.prev_hash != self.prev {
             self.fail(
                 e.sequence,
-                &e.entry_id,
+                e.entry_id_text(),
                 "prev_hash does not match the previous entry's hash (an entry before it was removed, inserted or reordered)".into(),
             );
             return false;
         }
-        let hash = *computed;
-        if e.hash[..] != hash[..] {
+        let hash = content_hash(&self.workspace, e);
+        if e.hash != hash {
             self.fail(
                 e.sequence,
-                &e.entry_id,
+                e.entry_id_text(),
                 "hash does not match the entry's content (edited)".into(),
             );
             return false;
         }
         if self.unsigned_since.is_none() {
-            self.unsigned_since = Some((e.sequence, e.entry_id.clone()));
+            self.unsigned_since = Some((e.sequence, e.entry_id_text()));
         }
         if let Some(sig) = &e.signature {
             if meridian_vault::verify(&self.public_key, &hash, sig).is_err() {
                 let (seq, id) = self
                     .unsigned_since
-                    .clone()
-                    .unwrap_or((e.sequence, e.entry_id.clone()));
+                    .take()
+                    .unwrap_or_else(|| (e.sequence, e.entry_id_text()));
                 let reason = if seq == e.sequence {
                     "signature does not verify with the workspace public key".to_owned()
                 } else {
                     format!(
                         "signature of entry {} (sequence {}) does not verify: an entry in sequences {}..{} was forged or re-hashed",
-                        e.entry_id, e.sequence, seq, e.sequence
+                        e.entry_id_text(),
+                        e.sequence,
+                        seq,
+                        e.sequence
                     )
                 };
-                self.fail(seq, &id, reason);
+                self.fail(seq, id, reason);
                 return false;
             }
             self.unsigned_since = None;
         }
-        self.prev = e.hash.clone();
+        if let Some((head_seq, head_hash)) = &self.head
+            && *head_seq == e.sequence
+            && head_hash[..] != hash[..]
+        {
+            self.fail(
+                e.sequence,
+                e.entry_id_text(),
+                "the entry's hash differs from the recorded head".into(),
+            );
+            return false;
+        }
+        self.prev = hash;
         self.next_sequence += 1;
         self.checked += 1;
         true
     }
 
-    /// The report, given the recorded head `(sequence, hash)` if any.
-    pub fn finish(mut self, head: Option<(u64, Vec<u8>)>) -> VerifyReport {
+    /// The report, once every entry was fed.
+    pub fn finish(mut self) -> VerifyReport {
         if self.bad.is_none()
             && let Some((seq, id)) = self.unsigned_since.take()
         {
             self.fail(
                 seq,
-                &id,
+                id,
                 "the ledger ends on unsigned entries from here: appended without the workspace key"
                     .into(),
             );
         }
         if self.bad.is_none()
-            && let Some((head_seq, head_hash)) = head
+            && let Some((head_seq, _)) = self.head
         {
             let last = self.next_sequence - 1;
             if head_seq > last {
                 self.fail(
                     last + 1,
-                    "",
+                    String::new(),
                     format!("entries {}..{head_seq} are missing at the end (the head records {head_seq})", last + 1),
-                );
-            } else if head_seq == last && head_seq > 0 && head_hash != self.prev {
-                self.fail(
-                    last,
-                    "",
-                    "the last entry's hash differs from the recorded head".into(),
                 );
             }
         }
@@ -455,7 +627,7 @@ impl ChainVerifier {
             public_key_hex: self.public_key.to_hex(),
             key_version: self.public_key.key_version,
             head_sequence: self.next_sequence - 1,
-            head_hash_hex: hex::encode(&self.prev),
+            head_hash_hex: hex::encode(self.prev),
         }
     }
 }
@@ -503,6 +675,28 @@ mod tests {
         );
         assert_eq!(more[0].sequence, 4);
         assert_eq!(more[0].prev_hash, chained[2].hash);
+    }
+
+    #[test]
+    fn a_chunk_gives_back_the_entries_pushed() {
+        let mut stored = chain("ws", (0, GENESIS), (1..=4).map(entry).collect());
+        stored[3].signature = Some(LedgerSignature {
+            key_version: 3,
+            bytes: [7u8; 64],
+        });
+        stored[1].body = String::new();
+        let mut chunk = EntryChunk::default();
+        for e in &stored {
+            chunk.push(&e.view());
+        }
+        assert_eq!(chunk.len(), 4);
+        let views: Vec<EntryView<'_>> = chunk.iter().collect();
+        let expected: Vec<EntryView<'_>> = stored.iter().map(StoredEntry::view).collect();
+        assert_eq!(views, expected);
+        assert_eq!(
+            content_hash("ws", &views[2]),
+            <Hash>::try_from(stored[2].hash.as_slice()).unwrap()
+        );
     }
 
     #[test]

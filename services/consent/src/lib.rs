@@ -47,7 +47,7 @@ pub use grpc::{ConsentGrpc, DsrGrpc, record_request};
 pub use ledger::{BadEntry, VerifyReport};
 pub use room::{
     ConsentRoom, Entry, HistoryPage, IdKind, PurposeState, Receipt, RecordRequest, Subject,
-    SubjectId, SubjectQuery, VaultSigner, public_key_b64, verify_ledger, verify_receipt,
-    verify_with,
+    SubjectId, SubjectQuery, VaultSigner, public_key_b64, verify_in_segments, verify_ledger,
+    verify_receipt, verify_with,
 };
 pub use store::{ConsentStore, SqlConsentStore};

@@ -22,8 +22,8 @@ use crate::erasure::Erasure;
 use crate::erasure::store::SagaStore;
 use crate::error::ConsentError;
 use crate::ledger::{
-    self, Actor, ChainVerifier, Decision, EntryBody, Hash, LawfulBasis, NewEntry, Notice,
-    StoredEntry, VerifyReport,
+    self, Actor, ChainVerifier, Decision, EntryBody, EntryChunk, Hash, LawfulBasis, NewEntry,
+    Notice, StoredEntry, VerifyReport,
 };
 use crate::signals::{self, Signals};
 use crate::store::{
@@ -893,62 +893,97 @@ fn lapse(decision: Decision, expires_at: Option<DateTime<Utc>>, at: DateTime<Utc
     }
 }
 
-/// Verifies one workspace's ledger on any store. Pages of entries are fetched by sequence
-/// range, several at once, and checked strictly in order.
+/// Sequences per segment of a verification read.
+const VERIFY_SEGMENT: u64 = 16_384;
+/// Segments read at once: the one being checked and the next ones. PostgreSQL produces a
+/// COPY on one core; a few at once keep the server's cores busy while this process hashes.
+const VERIFY_SEGMENTS_AHEAD: usize = 3;
+/// Chunks a segment may buffer ahead of the checker (about a segment of ~1 KiB entries).
+const VERIFY_SEGMENT_CHUNKS: usize = 24;
+
+/// Verifies one workspace's ledger on any store.
+///
+/// The ledger is read as consecutive sequence ranges (segments) that together cover every
+/// sequence from 1 up, the last one open-ended, several streamed at once; a blocking thread
+/// hashes and checks the chunks strictly in sequence order as they arrive. So the checks see
+/// exactly what one `ORDER BY sequence` read would, reading overlaps hashing, and no entry
+/// is allocated alone.
 pub async fn verify_with(
     store: Arc<dyn ConsentStore>,
     vault: &Vault,
     workspace: &str,
 ) -> Result<VerifyReport, ConsentError> {
-    const PAGE: u64 = 10_000;
-    const IN_FLIGHT: usize = 4;
+    verify_in_segments(store, vault, workspace, VERIFY_SEGMENT).await
+}
+
+/// [`verify_with`] reading `segment` sequences per segment (at least 1): the answer must
+/// not depend on it, which tests check with segments of a few entries.
+pub async fn verify_in_segments(
+    store: Arc<dyn ConsentStore>,
+    vault: &Vault,
+    workspace: &str,
+    segment: u64,
+) -> Result<VerifyReport, ConsentError> {
+    use tokio::sync::mpsc;
+    let segment = segment.max(1);
     let public = vault.signing_public_key(workspace).await?;
     let mut verifier = ChainVerifier::new(workspace, public);
+    // The head first: entries appended while the stream runs come after it, and after the
+    // highest sequence read next, so only the open-ended last segment can meet them.
+    verifier.expect_head(store.head(workspace).await?);
     let max = store.max_sequence(workspace).await?;
-    let mut next_lo = 0u64;
-    let mut pending = std::collections::VecDeque::new();
-    // Each page is fetched and hashed in its own task (hashing needs only the entry's
-    // stored prev_hash), several at once; the chain, sequences and signatures are then
-    // checked strictly in order.
-    let fetch = |lo: u64| {
+    let (segment_sink, mut segments) =
+        mpsc::channel::<mpsc::Receiver<EntryChunk>>(VERIFY_SEGMENTS_AHEAD - 1);
+    let reader = {
         let store = store.clone();
-        let ws = workspace.to_owned();
+        let workspace = workspace.to_owned();
         tokio::spawn(async move {
-            let page = store.entries_between_bulk(&ws, lo + 1, lo + PAGE).await?;
-            tokio::task::spawn_blocking(move || {
-                let hashes: Vec<Hash> = page.iter().map(|e| ledger::content_hash(&ws, e)).collect();
-                (page, hashes)
-            })
-            .await
-            .map_err(|e| ConsentError::Storage(Box::new(e)))
+            let mut readers = Vec::new();
+            let mut first = 1u64;
+            loop {
+                let last = first.checked_add(segment - 1).filter(|last| *last < max);
+                let (sink, chunks) = mpsc::channel(VERIFY_SEGMENT_CHUNKS);
+                // waits while enough segments are ahead of the checker
+                if segment_sink.send(chunks).await.is_err() {
+                    break;
+                }
+                let store = store.clone();
+                let workspace = workspace.clone();
+                readers.push(tokio::spawn(async move {
+                    store.stream_ledger(&workspace, first, last, sink).await
+                }));
+                match last {
+                    Some(last) => first = last + 1,
+                    None => break,
+                }
+            }
+            drop(segment_sink);
+            for r in readers {
+                r.await.map_err(|e| ConsentError::Storage(Box::new(e)))??;
+            }
+            Ok::<_, ConsentError>(())
         })
     };
-    while next_lo < max && pending.len() < IN_FLIGHT {
-        pending.push_back(fetch(next_lo));
-        next_lo += PAGE;
-    }
-    while let Some(task) = pending.pop_front() {
-        let (page, hashes) = task
-            .await
-            .map_err(|e| ConsentError::Storage(Box::new(e)))??;
-        if next_lo < max {
-            pending.push_back(fetch(next_lo));
-            next_lo += PAGE;
-        }
-        for (e, h) in page.iter().zip(&hashes) {
-            if !verifier.push_hashed(e, h) {
-                break;
+    let checker = tokio::task::spawn_blocking(move || {
+        'segments: while let Some(mut chunks) = segments.blocking_recv() {
+            while let Some(chunk) = chunks.blocking_recv() {
+                if !verifier.push_chunk(&chunk) {
+                    // dropping the receivers stops the readers
+                    break 'segments;
+                }
             }
         }
-        if verifier.failed() {
-            for t in pending.drain(..) {
-                t.abort();
-            }
-            break;
-        }
-    }
-    let head = store.head(workspace).await?;
-    Ok(verifier.finish(head))
+        verifier
+    });
+    let verifier = checker
+        .await
+        .map_err(|e| ConsentError::Storage(Box::new(e)))?;
+    // A read that failed must not pass for a ledger that ended there (readers stopped by
+    // the checker end without error).
+    reader
+        .await
+        .map_err(|e| ConsentError::Storage(Box::new(e)))??;
+    Ok(verifier.finish())
 }
 
 /// `meridian ledger verify [--workspace W]`: one report per workspace (every workspace

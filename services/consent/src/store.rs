@@ -7,7 +7,7 @@ use meridian_store::sqlx::{self, Row};
 use meridian_vault::LedgerSignature;
 
 use crate::error::ConsentError;
-use crate::ledger::{self, Hash, NewEntry, StoredEntry};
+use crate::ledger::{self, EntryChunk, EntryView, Hash, NewEntry, StoredEntry};
 
 /// Signs a batch head (the vault, in production).
 #[async_trait]
@@ -228,16 +228,18 @@ pub trait ConsentStore: Send + Sync {
         first: u64,
         last: u64,
     ) -> Result<Vec<StoredEntry>, ConsentError>;
-    /// Like `entries_between`, for large ranges (PostgreSQL: binary COPY).
-    async fn entries_between_bulk(
+    /// Streams the workspace's entries with `first <= sequence <= last` (no upper bound
+    /// with `None`), in sequence order, to `sink` as chunks of about [`STREAM_CHUNK_BYTES`]
+    /// (PostgreSQL: one binary COPY, read as it arrives). Stops early, without error, when
+    /// the receiver is dropped.
+    async fn stream_ledger(
         &self,
         workspace: &str,
         first: u64,
-        last: u64,
-    ) -> Result<Vec<StoredEntry>, ConsentError> {
-        self.entries_between(workspace, first, last).await
-    }
-    /// Up to `limit` entries after `after_sequence`, in order (for verify).
+        last: Option<u64>,
+        sink: tokio::sync::mpsc::Sender<EntryChunk>,
+    ) -> Result<(), ConsentError>;
+    /// Up to `limit` entries after `after_sequence`, in order.
     async fn scan(
         &self,
         workspace: &str,
@@ -335,15 +337,7 @@ where
     let key_version: Option<i64> = row.try_get("key_version")?;
     let signature: Option<Vec<u8>> = row.try_get("signature")?;
     let signature = match (key_version, signature) {
-        (Some(v), Some(bytes)) => {
-            LedgerSignature::from_slice(u32::try_from(v).unwrap_or(u32::MAX), &bytes).or(Some(
-                // a signature of the wrong length must fail verification, not vanish
-                LedgerSignature {
-                    key_version: u32::MAX,
-                    bytes: [0u8; 64],
-                },
-            ))
-        }
+        (Some(v), Some(bytes)) => Some(stored_signature(v, &bytes)),
         _ => None,
     };
     Ok(StoredEntry {
@@ -615,62 +609,292 @@ async fn insert_sqlite(
     Ok(())
 }
 
-/// Parses PostgreSQL binary COPY output of `ENTRY_COLUMNS`.
-fn parse_copy(buf: &[u8]) -> Option<Vec<StoredEntry>> {
-    const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
-    let mut pos = 0usize;
-    let take = |pos: &mut usize, n: usize| -> Option<&[u8]> {
-        let s = buf.get(*pos..pos.checked_add(n)?)?;
-        *pos += n;
-        Some(s)
-    };
-    if take(&mut pos, SIGNATURE.len())? != SIGNATURE {
-        return None;
+/// Bytes of entry fields per chunk streamed to verification: large enough that passing a
+/// chunk between tasks costs nothing next to hashing it, small enough that the few chunks in
+/// flight stay a few MiB.
+pub const STREAM_CHUNK_BYTES: usize = 1 << 20;
+/// Chunks a ledger stream may run ahead of its reader.
+pub const STREAM_CHUNKS_AHEAD: usize = 4;
+
+fn new_chunk() -> EntryChunk {
+    EntryChunk::with_capacity(STREAM_CHUNK_BYTES + 64 * 1024, STREAM_CHUNK_BYTES / 512)
+}
+
+/// Incremental parser of PostgreSQL binary COPY output of [`ENTRY_COLUMNS`]: fed the
+/// CopyData messages as they arrive (a tuple may span messages), it packs each tuple into an
+/// [`EntryChunk`] without allocating per entry.
+#[derive(Debug, Default)]
+struct CopyParser {
+    /// Bytes of an incomplete tuple (or header) carried to the next message.
+    carry: Vec<u8>,
+    header_done: bool,
+    /// The trailer was read.
+    done: bool,
+}
+
+/// What the COPY output holds that it should not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CopyFormatError(&'static str);
+
+/// The outcome of parsing at the front of a buffer.
+enum Parsed<T> {
+    /// Parsed, consuming that many bytes.
+    Item(T, usize),
+    /// More bytes are needed.
+    Incomplete,
+}
+
+impl CopyParser {
+    const SIGNATURE: &'static [u8] = b"PGCOPY\n\xff\r\n\0";
+
+    /// Parses what `data` completes; whole tuples go into `out`.
+    fn feed(&mut self, data: &[u8], out: &mut EntryChunk) -> Result<(), CopyFormatError> {
+        if self.carry.is_empty() {
+            let used = self.parse(data, out)?;
+            self.carry.extend_from_slice(&data[used..]);
+        } else {
+            let mut carry = std::mem::take(&mut self.carry);
+            carry.extend_from_slice(data);
+            let used = self.parse(&carry, out)?;
+            carry.drain(..used);
+            self.carry = carry;
+        }
+        if self.done && !self.carry.is_empty() {
+            return Err(CopyFormatError("bytes after the COPY trailer"));
+        }
+        Ok(())
     }
-    take(&mut pos, 4)?; // flags
-    let ext = u32::from_be_bytes(take(&mut pos, 4)?.try_into().ok()?) as usize;
-    take(&mut pos, ext)?;
-    let mut out = Vec::new();
-    loop {
-        let fields = i16::from_be_bytes(take(&mut pos, 2)?.try_into().ok()?);
-        if fields == -1 {
-            return Some(out);
+
+    /// Checks the stream ended where it should.
+    fn finish(&self) -> Result<(), CopyFormatError> {
+        if self.done {
+            Ok(())
+        } else {
+            Err(CopyFormatError("the COPY output ends before its trailer"))
         }
-        if fields != 9 {
-            return None;
-        }
-        let mut cols: [Option<&[u8]>; 9] = [None; 9];
-        for c in &mut cols {
-            let len = i32::from_be_bytes(take(&mut pos, 4)?.try_into().ok()?);
-            if len >= 0 {
-                *c = Some(take(&mut pos, usize::try_from(len).ok()?)?);
+    }
+
+    /// Parses complete items at the front of `buf`; returns the bytes consumed.
+    fn parse(&mut self, buf: &[u8], out: &mut EntryChunk) -> Result<usize, CopyFormatError> {
+        let mut pos = 0;
+        if !self.header_done {
+            match parse_copy_header(buf)? {
+                Parsed::Item((), used) => {
+                    pos = used;
+                    self.header_done = true;
+                }
+                Parsed::Incomplete => return Ok(0),
             }
         }
-        let int =
-            |b: Option<&[u8]>| -> Option<i64> { Some(i64::from_be_bytes(b?.try_into().ok()?)) };
-        let text = |b: Option<&[u8]>| -> Option<String> { String::from_utf8(b?.to_vec()).ok() };
-        let signature = match (int(cols[7]), cols[8]) {
-            (Some(v), Some(bytes)) => Some(
-                LedgerSignature::from_slice(u32::try_from(v).unwrap_or(u32::MAX), bytes).unwrap_or(
-                    LedgerSignature {
-                        key_version: u32::MAX,
-                        bytes: [0u8; 64],
-                    },
-                ),
-            ),
-            _ => None,
-        };
-        out.push(StoredEntry {
-            sequence: to_u64(int(cols[0])?),
-            entry_id: text(cols[1])?,
-            subject_ref: text(cols[2])?,
-            recorded_at: int(cols[3])?,
-            body: text(cols[4])?,
-            prev_hash: cols[5]?.to_vec(),
-            hash: cols[6]?.to_vec(),
-            signature,
-        });
+        while !self.done {
+            match parse_copy_tuple(&buf[pos..])? {
+                Parsed::Item(Some(e), used) => {
+                    out.push(&e);
+                    pos += used;
+                }
+                Parsed::Item(None, used) => {
+                    self.done = true;
+                    pos += used;
+                }
+                Parsed::Incomplete => break,
+            }
+        }
+        Ok(pos)
     }
+}
+
+fn parse_copy_header(buf: &[u8]) -> Result<Parsed<()>, CopyFormatError> {
+    let fixed = CopyParser::SIGNATURE.len() + 8;
+    if buf.len() < fixed {
+        return if CopyParser::SIGNATURE
+            .starts_with(&buf[..buf.len().min(CopyParser::SIGNATURE.len())])
+        {
+            Ok(Parsed::Incomplete)
+        } else {
+            Err(CopyFormatError("not binary COPY output"))
+        };
+    }
+    if !buf.starts_with(CopyParser::SIGNATURE) {
+        return Err(CopyFormatError("not binary COPY output"));
+    }
+    let at = CopyParser::SIGNATURE.len() + 4; // flags
+    let ext = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+    let used = fixed
+        .checked_add(ext)
+        .ok_or(CopyFormatError("header extension length"))?;
+    Ok(if buf.len() < used {
+        Parsed::Incomplete
+    } else {
+        Parsed::Item((), used)
+    })
+}
+
+/// One tuple of [`ENTRY_COLUMNS`] (`None` for the trailer).
+fn parse_copy_tuple(buf: &[u8]) -> Result<Parsed<Option<EntryView<'_>>>, CopyFormatError> {
+    let Some(count) = buf.get(..2) else {
+        return Ok(Parsed::Incomplete);
+    };
+    let count = i16::from_be_bytes([count[0], count[1]]);
+    if count == -1 {
+        return Ok(Parsed::Item(None, 2));
+    }
+    if count != 9 {
+        return Err(CopyFormatError("a tuple without the 9 ledger columns"));
+    }
+    let mut pos = 2usize;
+    let mut cols: [Option<&[u8]>; 9] = [None; 9];
+    for col in &mut cols {
+        let Some(len) = buf.get(pos..pos + 4) else {
+            return Ok(Parsed::Incomplete);
+        };
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        pos += 4;
+        if len >= 0 {
+            let len = len as usize;
+            let Some(value) = buf.get(pos..pos + len) else {
+                return Ok(Parsed::Incomplete);
+            };
+            *col = Some(value);
+            pos += len;
+        } else if len != -1 {
+            return Err(CopyFormatError("a negative field length"));
+        }
+    }
+    let int = |b: Option<&[u8]>, what: &'static str| -> Result<i64, CopyFormatError> {
+        b.and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(i64::from_be_bytes)
+            .ok_or(CopyFormatError(what))
+    };
+    fn field(b: Option<&[u8]>) -> Result<&[u8], CopyFormatError> {
+        b.ok_or(CopyFormatError("a NULL in a NOT NULL column"))
+    }
+    let signature = match (cols[7], cols[8]) {
+        (Some(_), Some(bytes)) => Some(stored_signature(int(cols[7], "key_version")?, bytes)),
+        _ => None,
+    };
+    let view = EntryView {
+        sequence: to_u64(int(cols[0], "sequence")?),
+        entry_id: field(cols[1])?,
+        subject_ref: field(cols[2])?,
+        recorded_at: int(cols[3], "recorded_at")?,
+        body: field(cols[4])?,
+        prev_hash: field(cols[5])?,
+        hash: field(cols[6])?,
+        signature,
+    };
+    Ok(Parsed::Item(Some(view), pos))
+}
+
+/// A stored signature; one of the wrong length must fail verification, not vanish.
+fn stored_signature(key_version: i64, bytes: &[u8]) -> LedgerSignature {
+    LedgerSignature::from_slice(u32::try_from(key_version).unwrap_or(u32::MAX), bytes).unwrap_or(
+        LedgerSignature {
+            key_version: u32::MAX,
+            bytes: [0u8; 64],
+        },
+    )
+}
+
+/// Sends `chunk` if it is full (or `last`); false when the receiver is gone.
+async fn flush_chunk(
+    sink: &tokio::sync::mpsc::Sender<EntryChunk>,
+    chunk: &mut EntryChunk,
+    last: bool,
+) -> bool {
+    if chunk.is_empty() || (!last && chunk.byte_len() < STREAM_CHUNK_BYTES) {
+        return true;
+    }
+    let full = std::mem::replace(chunk, new_chunk());
+    sink.send(full).await.is_ok()
+}
+
+/// The binary COPY of a workspace's entries `first..=last` that
+/// [`ConsentStore::stream_ledger`] reads on PostgreSQL (the benchmark's baseline reads the
+/// same).
+pub fn ledger_copy_statement(workspace: &str, (first, last): (i64, i64)) -> String {
+    // COPY takes no parameters: the workspace goes in as a quoted literal.
+    format!(
+        "COPY (SELECT {ENTRY_COLUMNS} FROM consent_ledger WHERE workspace_id = '{}' AND sequence >= {first} AND sequence <= {last} ORDER BY sequence) TO STDOUT (FORMAT binary)",
+        workspace.replace('\'', "''"),
+    )
+}
+
+async fn stream_ledger_pg(
+    pool: &sqlx::PgPool,
+    workspace: &str,
+    range: (i64, i64),
+    sink: tokio::sync::mpsc::Sender<EntryChunk>,
+) -> Result<(), ConsentError> {
+    use futures::StreamExt as _;
+    // One COPY reads the range in one snapshot; PostgreSQL streams it while the caller
+    // hashes.
+    let sql = ledger_copy_statement(workspace, range);
+    let mut conn = pool.acquire().await?;
+    let mut parser = CopyParser::default();
+    let mut chunk = new_chunk();
+    let mut receiver_gone = false;
+    {
+        let mut stream = conn.copy_out_raw(&sql).await?;
+        while let Some(data) = stream.next().await {
+            parser
+                .feed(&data?, &mut chunk)
+                .map_err(|e| ConsentError::Corrupt(format!("ledger COPY output: {}", e.0)))?;
+            if !flush_chunk(&sink, &mut chunk, false).await {
+                receiver_gone = true;
+                break;
+            }
+        }
+    }
+    if receiver_gone {
+        // The COPY was left half read: this connection cannot serve another query.
+        conn.close().await?;
+        return Ok(());
+    }
+    parser
+        .finish()
+        .map_err(|e| ConsentError::Corrupt(format!("ledger COPY output: {}", e.0)))?;
+    flush_chunk(&sink, &mut chunk, true).await;
+    Ok(())
+}
+
+async fn stream_ledger_sqlite(
+    pool: &sqlx::SqlitePool,
+    workspace: &str,
+    (first, last): (i64, i64),
+    sink: tokio::sync::mpsc::Sender<EntryChunk>,
+) -> Result<(), ConsentError> {
+    use futures::TryStreamExt as _;
+    let sql = format!(
+        "SELECT {ENTRY_COLUMNS} FROM consent_ledger WHERE workspace_id = $1 AND sequence >= $2 AND sequence <= $3 ORDER BY sequence"
+    );
+    let mut rows = sqlx::query(&sql)
+        .bind(workspace)
+        .bind(first)
+        .bind(last)
+        .fetch(pool);
+    let mut chunk = new_chunk();
+    while let Some(row) = rows.try_next().await? {
+        let key_version: Option<i64> = row.try_get("key_version")?;
+        let signature: Option<&[u8]> = row.try_get("signature")?;
+        chunk.push(&EntryView {
+            sequence: to_u64(row.try_get("sequence")?),
+            entry_id: row.try_get::<&str, _>("entry_id")?.as_bytes(),
+            subject_ref: row.try_get::<&str, _>("subject_ref")?.as_bytes(),
+            recorded_at: row.try_get("recorded_at")?,
+            body: row.try_get::<&str, _>("body")?.as_bytes(),
+            prev_hash: row.try_get("prev_hash")?,
+            hash: row.try_get("hash")?,
+            signature: match (key_version, signature) {
+                (Some(v), Some(bytes)) => Some(stored_signature(v, bytes)),
+                _ => None,
+            },
+        });
+        if !flush_chunk(&sink, &mut chunk, false).await {
+            return Ok(());
+        }
+    }
+    flush_chunk(&sink, &mut chunk, true).await;
+    Ok(())
 }
 
 fn statuses_clause(n: usize, first_param: usize) -> String {
@@ -688,6 +912,30 @@ impl ConsentStore for SqlConsentStore {
         workspace: &str,
         blind_indexes: &[Vec<u8>],
     ) -> Result<Vec<SubjectRow>, ConsentError> {
+        if let Store::Postgres(pool) = &self.0 {
+            // One round trip for every identifier: the indexes go as one array parameter.
+            let rows = sqlx::query(
+                "SELECT blind_index, subject_id, sealed_ref FROM consent_subjects WHERE workspace_id = $1 AND blind_index = ANY($2)",
+            )
+            .bind(workspace)
+            .bind(blind_indexes)
+            .fetch_all(pool)
+            .await?;
+            let mut found = std::collections::HashMap::with_capacity(rows.len());
+            for r in &rows {
+                let row = SubjectRow {
+                    blind_index: r.try_get("blind_index")?,
+                    subject_id: r.try_get("subject_id")?,
+                    sealed_ref: r.try_get("sealed_ref")?,
+                };
+                found.insert(row.blind_index.clone(), row);
+            }
+            // in the order asked: the caller takes the first identifier's subject
+            return Ok(blind_indexes
+                .iter()
+                .filter_map(|bi| found.get(bi).cloned())
+                .collect());
+        }
         let mut out = Vec::new();
         for bi in blind_indexes {
             let row = on_pool!(self, pool => match sqlx::query(
@@ -902,30 +1150,18 @@ impl ConsentStore for SqlConsentStore {
         Ok(out)
     }
 
-    async fn entries_between_bulk(
+    async fn stream_ledger(
         &self,
         workspace: &str,
         first: u64,
-        last: u64,
-    ) -> Result<Vec<StoredEntry>, ConsentError> {
-        let Store::Postgres(pool) = &self.0 else {
-            return self.entries_between(workspace, first, last).await;
-        };
-        use futures::StreamExt as _;
-        use sqlx::postgres::PgPoolCopyExt as _;
-        // COPY takes no parameters: the workspace goes in as a quoted literal
-        let sql = format!(
-            "COPY (SELECT {ENTRY_COLUMNS} FROM consent_ledger WHERE workspace_id = '{}' AND sequence >= {} AND sequence <= {} ORDER BY sequence) TO STDOUT (FORMAT binary)",
-            workspace.replace('\'', "''"),
-            to_i64(first),
-            to_i64(last)
-        );
-        let mut stream = pool.copy_out_raw(&sql).await?;
-        let mut buf = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            buf.extend_from_slice(&chunk?);
+        last: Option<u64>,
+        sink: tokio::sync::mpsc::Sender<EntryChunk>,
+    ) -> Result<(), ConsentError> {
+        let range = (to_i64(first), last.map_or(i64::MAX, to_i64));
+        match &self.0 {
+            Store::Postgres(pool) => stream_ledger_pg(pool, workspace, range, sink).await,
+            Store::Sqlite(pool) => stream_ledger_sqlite(pool, workspace, range, sink).await,
         }
-        parse_copy(&buf).ok_or_else(|| ConsentError::Corrupt("unreadable COPY output".into()))
     }
 
     async fn scan(
@@ -1284,15 +1520,106 @@ impl SqlConsentStore {
 mod tests {
     use super::*;
 
+    const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+    const TRAILER: &[u8] = &[0xff, 0xff];
+
+    /// One tuple of `ENTRY_COLUMNS` as PostgreSQL writes it.
+    fn tuple(sequence: i64, body: &str, signature: Option<&[u8]>) -> Vec<u8> {
+        let mut out = 9i16.to_be_bytes().to_vec();
+        let mut field = |value: Option<&[u8]>| match value {
+            Some(v) => {
+                out.extend_from_slice(&i32::try_from(v.len()).unwrap().to_be_bytes());
+                out.extend_from_slice(v);
+            }
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        };
+        field(Some(&sequence.to_be_bytes()));
+        field(Some(format!("e{sequence}").as_bytes()));
+        field(Some(b"sr_1"));
+        field(Some(&(1_700_000_000_000_000i64 + sequence).to_be_bytes()));
+        field(Some(body.as_bytes()));
+        field(Some(&[1u8; 32]));
+        field(Some(&[2u8; 32]));
+        let key_version = 7i64.to_be_bytes();
+        field(signature.map(|_| &key_version[..]));
+        field(signature);
+        out
+    }
+
+    fn copy_output() -> Vec<u8> {
+        let mut all = HEADER.to_vec();
+        all.extend(tuple(1, "{\"a\":1}", None));
+        all.extend(tuple(2, "{}", Some(&[9u8; 64])));
+        all.extend(tuple(3, "", Some(&[9u8; 3])));
+        all.extend_from_slice(TRAILER);
+        all
+    }
+
+    fn parse_in_pieces(all: &[u8], piece: usize) -> Result<EntryChunk, CopyFormatError> {
+        let mut parser = CopyParser::default();
+        let mut chunk = EntryChunk::default();
+        for part in all.chunks(piece) {
+            parser.feed(part, &mut chunk)?;
+        }
+        parser.finish()?;
+        Ok(chunk)
+    }
+
+    #[test]
+    fn copy_tuples_split_anywhere_parse_the_same() {
+        let all = copy_output();
+        let whole = parse_in_pieces(&all, all.len()).unwrap();
+        let entries: Vec<EntryView<'_>> = whole.iter().collect();
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[0].entry_id, b"e1");
+        assert_eq!(entries[0].body, b"{\"a\":1}");
+        assert_eq!(entries[0].recorded_at, 1_700_000_000_000_001);
+        assert_eq!(entries[0].prev_hash, &[1u8; 32]);
+        assert_eq!(entries[0].hash, &[2u8; 32]);
+        assert_eq!(entries[0].signature, None);
+        assert_eq!(
+            entries[1].signature,
+            Some(LedgerSignature {
+                key_version: 7,
+                bytes: [9u8; 64]
+            })
+        );
+        // a signature of the wrong length is kept as one that cannot verify
+        assert_eq!(entries[2].signature.map(|s| s.key_version), Some(u32::MAX));
+        assert_eq!(entries[2].body, b"");
+        for piece in [1, 2, 3, 7, 19, 64] {
+            let parsed = parse_in_pieces(&all, piece).unwrap();
+            assert_eq!(
+                parsed.iter().collect::<Vec<_>>(),
+                entries,
+                "pieces of {piece}"
+            );
+        }
+    }
+
     #[test]
     fn copy_parsing_refuses_truncated_or_foreign_input() {
-        assert!(parse_copy(b"").is_none());
-        assert!(parse_copy(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0").is_none());
-        let empty = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0\xff\xff";
-        assert_eq!(parse_copy(empty), Some(Vec::new()));
-        // one tuple announcing 9 fields with a length past the end
-        let mut bad = empty[..19].to_vec();
-        bad.extend_from_slice(&[0, 9, 0x7f, 0xff, 0xff, 0xff]);
-        assert!(parse_copy(&bad).is_none());
+        let all = copy_output();
+        // cut anywhere before the trailer's end: never a silent success
+        for cut in [0, 5, HEADER.len(), HEADER.len() + 10, all.len() - 1] {
+            assert!(parse_in_pieces(&all[..cut], 4).is_err(), "cut at {cut}");
+        }
+        assert!(parse_in_pieces(b"COPY 12\n", 4).is_err());
+        let mut extra = all.clone();
+        extra.push(0);
+        assert!(parse_in_pieces(&extra, 4).is_err());
+        let mut wrong_width = HEADER.to_vec();
+        wrong_width.extend_from_slice(&8i16.to_be_bytes());
+        assert!(parse_in_pieces(&wrong_width, 4).is_err());
+        let mut null_body = HEADER.to_vec();
+        let mut t = tuple(1, "", None);
+        // the body (5th column) becomes NULL: sequence, entry id, subject ref, recorded at
+        let body_at = 2 + (4 + 8) + (4 + 2) + (4 + 4) + (4 + 8);
+        t.splice(body_at..body_at + 4, (-1i32).to_be_bytes());
+        null_body.extend(t);
+        null_body.extend_from_slice(TRAILER);
+        assert!(parse_in_pieces(&null_body, 1000).is_err());
+        let empty = [HEADER, TRAILER].concat();
+        assert!(parse_in_pieces(&empty, 3).unwrap().is_empty());
     }
 }

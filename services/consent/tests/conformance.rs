@@ -282,6 +282,58 @@ async fn inserted_entries_are_named(h: Harness) {
     );
 }
 
+/// Verification reads the ledger as several sequence ranges at once: where the ranges are
+/// cut must change nothing, for a sound ledger or a tampered one.
+async fn segment_boundaries_change_nothing(h: Harness) {
+    three_batches(&h).await;
+    let by_segment = |segment: u64| {
+        let store = h.room.store().clone();
+        let vault = h.vault.clone();
+        async move {
+            meridian_consent::verify_in_segments(store, &vault, WS, segment)
+                .await
+                .unwrap()
+        }
+    };
+    let whole = h.room.verify(WS).await.unwrap();
+    for segment in 1..=7 {
+        assert_eq!(by_segment(segment).await, whole, "segments of {segment}");
+    }
+    // a forged entry far past the end: in the open-ended last range whatever the size
+    h.exec(
+        "INSERT INTO consent_ledger (workspace_id, sequence, entry_id, subject_ref, recorded_at, body, prev_hash, hash, key_version, signature)
+         SELECT workspace_id, 100, 'forged', subject_ref, recorded_at, body, hash, hash, key_version, signature
+         FROM consent_ledger WHERE sequence = 6",
+    )
+    .await
+    .unwrap();
+    let bad = h.room.verify(WS).await.unwrap().first_bad.unwrap();
+    assert_eq!((bad.sequence, bad.entry_id.as_str()), (100, "forged"));
+    assert!(bad.reason.contains("7..99"), "{bad:?}");
+    for segment in [1, 2, 3, 50, 99, 100, 101] {
+        assert_eq!(
+            by_segment(segment).await.first_bad,
+            Some(bad.clone()),
+            "segments of {segment}"
+        );
+    }
+    // a deletion at the start of a range (sequence 3 with ranges of 2)
+    let after = entry_id_at(&h, 4).await;
+    h.disable_append_only().await;
+    h.exec("DELETE FROM consent_ledger WHERE sequence = 3")
+        .await
+        .unwrap();
+    for segment in 1..=7 {
+        let bad = by_segment(segment).await.first_bad.unwrap();
+        assert_eq!(
+            (bad.sequence, bad.entry_id.as_str()),
+            (4, after.as_str()),
+            "segments of {segment}"
+        );
+        assert!(bad.reason.contains("missing"), "{bad:?}");
+    }
+}
+
 async fn a_rehashed_chain_fails_its_signature(h: Harness) {
     three_batches(&h).await;
     let first_of_batch = entry_id_at(&h, 3).await;
@@ -985,6 +1037,7 @@ conformance!(
     reordered_entries_are_named,
     inserted_entries_are_named,
     a_rehashed_chain_fails_its_signature,
+    segment_boundaries_change_nothing,
     concurrent_appends_keep_one_chain,
     consent_is_recorded_per_purpose_and_read_back,
     consent_expires_and_as_of_answers_the_past,
