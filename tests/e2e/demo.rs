@@ -68,8 +68,21 @@ async fn demo_runs_the_whole_loop_and_its_summary_adds_up() {
         );
     }
 
+    // the audience went to the file destination: each member sent or excluded by a rule
+    assert_eq!(s["audience_synced"], Value::Bool(true), "{s}");
+    let exclusions = counts(&s["exclusions_by_rule"]);
+    assert_eq!(
+        n("audience_sent") + exclusions.values().sum::<u64>(),
+        n("audience_size"),
+        "{s}"
+    );
+    assert!(n("audience_sent") > 0, "{s}");
+
     // the requests were answered: a bundle, and an erasure receipt listing every step
     assert!(n("access_bundle_bytes") > 100);
-    assert!(n("erasure_receipt_steps") >= 6);
+    assert!(
+        n("erasure_receipt_steps") >= 7,
+        "remove_from_destinations included"
+    );
     assert!(s["erasure_seconds"].as_f64().unwrap() > 0.0);
 }

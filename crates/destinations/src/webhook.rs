@@ -179,14 +179,15 @@ pub struct FileDrop {
 }
 
 impl FileDrop {
-    /// Writes `rows` as files `{prefix}-{session}-{batch}-{action}.{csv|ndjson}`; returns the
-    /// paths written.
+    /// Writes `rows` as files `{prefix}-{session}-{batch}-{action}.{csv|ndjson}` (creating
+    /// the directory on first use); returns the paths written.
     pub fn write(
         &self,
         direction: Direction,
         rows: &[MemberRow],
         session: u64,
     ) -> std::io::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(&self.directory)?;
         let names = schema_names(&self.schema);
         let mut written = Vec::new();
         for (seq, chunk) in rows.chunks(MEMBERS_PER_BATCH).enumerate() {
