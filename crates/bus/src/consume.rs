@@ -278,10 +278,10 @@ async fn apply_batch(
 
 /// The outcome of each attempt (applied if `is_new`, else a duplicate) and the new events,
 /// in delivery order, for [`EventHandler::handle_batch`].
-fn sort_new<'a>(
-    attempts: &'a [Attempt],
+fn sort_new(
+    attempts: &[Attempt],
     mut is_new: impl FnMut(&Attempt) -> bool,
-) -> (Vec<Outcome>, Vec<&'a OutboxEvent>) {
+) -> (Vec<Outcome>, Vec<&OutboxEvent>) {
     let mut outcomes = Vec::with_capacity(attempts.len());
     let mut fresh = Vec::with_capacity(attempts.len());
     for attempt in attempts {

@@ -892,6 +892,7 @@ impl IdentityRoom {
     }
 
     /// The graph pass and the store write of [`IdentityRoom::apply_accepted_batch`].
+    #[allow(clippy::too_many_arguments)]
     async fn stitch_accepted(
         &self,
         tx: &mut Tx<'_>,

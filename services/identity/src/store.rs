@@ -1496,16 +1496,20 @@ async fn upkeep(
                 "SELECT 1 FROM identity_identifiers i WHERE i.workspace_id = {table}.workspace_id \
                  AND i.kind = {table}.anchor_kind AND i.blind_index = {table}.anchor_index"
             );
-            for_profiles(
-                tx,
-                &format!(
-                    "DELETE FROM {table} WHERE workspace_id = $1 AND profile_id {{IDS}} \
-                     AND NOT EXISTS ({anchor_exists}) RETURNING profile_id"
-                ),
-                ws,
-                &b.rehome,
-            )
-            .await?;
+            // An anchor vanishes only when its identifier is removed (erasure, correction):
+            // a batch that removed none (every consumed delivery) has no orphans to delete.
+            if !b.removed_identifiers.is_empty() {
+                for_profiles(
+                    tx,
+                    &format!(
+                        "DELETE FROM {table} WHERE workspace_id = $1 AND profile_id {{IDS}} \
+                         AND NOT EXISTS ({anchor_exists}) RETURNING profile_id"
+                    ),
+                    ws,
+                    &b.rehome,
+                )
+                .await?;
+            }
             let moved = for_profiles(
                 tx,
                 &format!(
