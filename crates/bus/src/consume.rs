@@ -21,6 +21,22 @@ use crate::outbox::{Tx, sqlite_time};
 #[async_trait]
 pub trait EventHandler: Send + Sync {
     async fn handle(&self, tx: &mut Tx<'_>, event: &OutboxEvent) -> Result<(), HandlerError>;
+
+    /// Applies several new events, in delivery order, inside `tx` as one unit: all of them
+    /// or (on error) none, since the bus then rolls the batch back and applies each event on
+    /// its own through [`EventHandler::handle`], so only the failing ones are retried. The
+    /// default calls `handle` for each; a handler whose work is cheaper per batch (one
+    /// lookup, one write for many events) overrides it.
+    async fn handle_batch(
+        &self,
+        tx: &mut Tx<'_>,
+        events: &[&OutboxEvent],
+    ) -> Result<(), HandlerError> {
+        for event in events {
+            self.handle(tx, event).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Retries with exponential backoff; after `max_attempts` deliveries the event goes to the
@@ -217,18 +233,11 @@ async fn apply_batch(
             .fetch_all(&mut *savepoint)
             .await?;
             let mut new: HashSet<Uuid> = new.into_iter().collect();
-            let mut outcomes = Vec::with_capacity(attempts.len());
-            for attempt in attempts {
-                if !new.remove(&attempt.event.event_id) {
-                    outcomes.push(Outcome::Duplicate);
-                    continue;
-                }
-                let mut db = Tx::Postgres(&mut savepoint);
-                if handler.handle(&mut db, &attempt.event).await.is_err() {
-                    savepoint.rollback().await?;
-                    return Ok(None);
-                }
-                outcomes.push(Outcome::Applied);
+            let (outcomes, fresh) = sort_new(attempts, |a| new.remove(&a.event.event_id));
+            let mut db = Tx::Postgres(&mut savepoint);
+            if !fresh.is_empty() && handler.handle_batch(&mut db, &fresh).await.is_err() {
+                savepoint.rollback().await?;
+                return Ok(None);
             }
             savepoint.commit().await?;
             Ok(Some(outcomes))
@@ -254,23 +263,36 @@ async fn apply_batch(
                     .await?;
                 new.extend(inserted);
             }
-            let mut outcomes = Vec::with_capacity(attempts.len());
-            for attempt in attempts {
-                if !new.remove(&attempt.event.event_id.to_string()) {
-                    outcomes.push(Outcome::Duplicate);
-                    continue;
-                }
-                let mut db = Tx::Sqlite(&mut savepoint);
-                if handler.handle(&mut db, &attempt.event).await.is_err() {
-                    savepoint.rollback().await?;
-                    return Ok(None);
-                }
-                outcomes.push(Outcome::Applied);
+            let (outcomes, fresh) =
+                sort_new(attempts, |a| new.remove(&a.event.event_id.to_string()));
+            let mut db = Tx::Sqlite(&mut savepoint);
+            if !fresh.is_empty() && handler.handle_batch(&mut db, &fresh).await.is_err() {
+                savepoint.rollback().await?;
+                return Ok(None);
             }
             savepoint.commit().await?;
             Ok(Some(outcomes))
         }
     }
+}
+
+/// The outcome of each attempt (applied if `is_new`, else a duplicate) and the new events,
+/// in delivery order, for [`EventHandler::handle_batch`].
+fn sort_new(
+    attempts: &[Attempt],
+    mut is_new: impl FnMut(&Attempt) -> bool,
+) -> (Vec<Outcome>, Vec<&OutboxEvent>) {
+    let mut outcomes = Vec::with_capacity(attempts.len());
+    let mut fresh = Vec::with_capacity(attempts.len());
+    for attempt in attempts {
+        if is_new(attempt) {
+            outcomes.push(Outcome::Applied);
+            fresh.push(&attempt.event);
+        } else {
+            outcomes.push(Outcome::Duplicate);
+        }
+    }
+    (outcomes, fresh)
 }
 
 /// SQLite allows 32766 bound parameters; 4 per row.

@@ -355,6 +355,70 @@ async fn concurrent_writers_relays_and_consumers_apply_every_event_once(h: Harne
     h.cleanup().await;
 }
 
+/// Applies each event through a [`Recorder`], recording the deliveries that reach
+/// `handle_batch` (a handler that batches its work overrides it).
+struct Batched {
+    recorder: Arc<Recorder>,
+    batches: std::sync::Mutex<Vec<Vec<Uuid>>>,
+}
+
+#[async_trait::async_trait]
+impl EventHandler for Batched {
+    async fn handle(
+        &self,
+        tx: &mut meridian_bus::Tx<'_>,
+        event: &meridian_bus::OutboxEvent,
+    ) -> Result<(), meridian_bus::HandlerError> {
+        self.recorder.handle(tx, event).await
+    }
+
+    async fn handle_batch(
+        &self,
+        tx: &mut meridian_bus::Tx<'_>,
+        events: &[&meridian_bus::OutboxEvent],
+    ) -> Result<(), meridian_bus::HandlerError> {
+        self.batches
+            .lock()
+            .unwrap()
+            .push(events.iter().map(|e| e.event_id).collect());
+        for event in events {
+            self.recorder.handle(tx, event).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn a_delivery_reaches_handle_batch_and_a_failure_falls_back_to_each_event(h: Harness) {
+    let events: Vec<_> = (0..3).map(|i| h.event("acme", &format!("b{i}"))).collect();
+    commit_state_and_events(&h, &events).await;
+    let failing = events[1].event_id;
+    let recorder = Recorder::new("batched");
+    recorder.always_fail.lock().unwrap().insert(failing);
+    let handler = Batched {
+        recorder: recorder.clone(),
+        batches: std::sync::Mutex::new(Vec::new()),
+    };
+    let sub = subscription(&h, "batched");
+    eventually(LIMIT, "the two good events to be applied", || async {
+        pump(&h, &sub, &handler).await;
+        effects(&h.store, "batched").await.len() == 2
+    })
+    .await;
+    let applied = effects(&h.store, "batched").await;
+    assert!(applied.values().all(|&n| n == 1), "{applied:?}");
+    assert!(!applied.contains_key(&failing));
+    let batches = handler.batches.lock().unwrap().clone();
+    if h.bus.kind() == meridian_bus::BusKind::InProcess {
+        // One delivery of all three; its failure rolled it back, then each event was
+        // applied on its own (the good ones committed, the failing one scheduled a retry).
+        let all: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        assert_eq!(batches, vec![all]);
+        let calls = recorder.calls.lock().unwrap().clone();
+        assert_eq!(calls.get(&events[0].event_id), Some(&2), "{calls:?}");
+    }
+    h.cleanup().await;
+}
+
 /// Instantiates each check for every bus × backend.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
@@ -399,6 +463,7 @@ macro_rules! conformance {
 
 conformance!(
     committed_events_are_applied_once_and_rolled_back_ones_never_sent,
+    a_delivery_reaches_handle_batch_and_a_failure_falls_back_to_each_event,
     failures_retry_with_backoff_then_dead_letter_and_replay,
     concurrent_writers_relays_and_consumers_apply_every_event_once,
 );

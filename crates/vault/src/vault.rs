@@ -361,6 +361,56 @@ impl Vault {
             .collect()
     }
 
+    /// Existing data keys for many subjects at once, in the order given, for opening: `None`
+    /// where the subject was forgotten or never had a key (nothing is created). The subjects
+    /// not in this replica's cache cost one lookup round trip in all, where
+    /// [`Vault::open`] costs one per subject.
+    pub async fn existing_subject_keys(
+        &self,
+        workspace: &str,
+        subjects: &[&str],
+    ) -> Result<Vec<Option<SubjectKey>>> {
+        check_id(workspace)?;
+        let started = Instant::now();
+        let mut deks: HashMap<&str, Arc<Dek>> = HashMap::with_capacity(subjects.len());
+        let mut missing: Vec<&str> = Vec::new();
+        for subject in subjects {
+            check_id(subject)?;
+            if deks.contains_key(subject) {
+                continue;
+            }
+            match self.cache.get(workspace, subject, started) {
+                Some(dek) => {
+                    deks.insert(subject, dek);
+                }
+                None => missing.push(subject),
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let generation = self.cache.generation();
+            for (subject, state) in self.store.subject_keys(workspace, &missing).await? {
+                let SubjectKeyState::Active(stored) = state else {
+                    continue;
+                };
+                // `missing` is sorted: the borrowed name outlives this loop.
+                let Ok(at) = missing.binary_search(&subject.as_str()) else {
+                    continue;
+                };
+                let name = missing[at];
+                let dek = Arc::new(self.unwrap_dek(workspace, name, &stored).await?);
+                self.cache
+                    .insert(workspace, name, dek.clone(), started, generation);
+                deks.insert(name, dek);
+            }
+        }
+        Ok(subjects
+            .iter()
+            .map(|s| deks.get(s).map(|dek| self.handle(workspace, dek.clone())))
+            .collect())
+    }
+
     async fn dek_from_state(
         &self,
         workspace: &str,

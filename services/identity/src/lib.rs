@@ -21,7 +21,9 @@
 //! Wiring: `IdentityRoom::from_store(&store, vault, Rules::default().validate()?)` (or
 //! [`IdentityRoom::with_profile_rules`]) then `.into_server()`; run
 //! `meridian_bus::run_consumer(bus, IngestConsumer::subscription(), IngestConsumer::new(room), ..)`
-//! so accepted events are stitched, in the consumer's transaction, idempotently per event.
+//! so accepted events are stitched, in the consumer's transaction, idempotently per event,
+//! a whole delivery at a time ([`IdentityRoom::apply_accepted_batch`]: one vault round trip,
+//! one graph pass, one write with multi-row statements on PostgreSQL).
 //! Direct writers: [`IdentityRoom::ingest`] (raw identifier observations, the benchmark) and
 //! [`IdentityRoom::remove_identifier`]. The erasure saga calls
 //! [`IdentityRoom::subject_profile`] and [`IdentityRoom::erase_profile`], then forgets the
@@ -64,8 +66,8 @@ pub use identifier::{
     RawIdentifier, Rules, prepare,
 };
 pub use room::{
-    AppliedEvent, ErasedProfile, Explanation, IdentifierView, IdentityRoom, IngestReport,
-    ProfileRules, ProfileView, SubjectRef, TraitsView,
+    AppliedEvent, ConsumerTimings, ErasedProfile, Explanation, IdentifierView, IdentityRoom,
+    IngestReport, ProfileRules, ProfileView, SubjectRef, TraitsView,
 };
 pub use store::{
     ActivityRow, ChangeBatch, ComputedRow, IdentifierRow, IdentityStore, ProfileRow, RfmRow,

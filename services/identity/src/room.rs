@@ -104,6 +104,32 @@ impl std::ops::AddAssign for Timings {
     }
 }
 
+/// Where the bus consumer spent its time ([`IdentityRoom::apply_accepted_batch`]), in
+/// microseconds, summed since the room started or [`IdentityRoom::reset_consumer_timings`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ConsumerTimings {
+    /// Calls (one per workspace of a delivery).
+    pub batches: u64,
+    pub events: u64,
+    /// Data keys of the sealed subjects (vault) and opening the sealed identifiers.
+    pub decode_micros: u64,
+    /// The graph and assembling the store batch (CPU only).
+    pub graph_micros: u64,
+    /// Statements in the consumer's transaction: applied-event records, the version bump,
+    /// stored stages, and the batch write (graph, anchored rows, computed traits, outbox).
+    pub store_micros: u64,
+}
+
+impl std::ops::AddAssign for ConsumerTimings {
+    fn add_assign(&mut self, o: ConsumerTimings) {
+        self.batches += o.batches;
+        self.events += o.events;
+        self.decode_micros += o.decode_micros;
+        self.graph_micros += o.graph_micros;
+        self.store_micros += o.store_micros;
+    }
+}
+
 fn micros(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
@@ -216,6 +242,7 @@ struct Inner {
     graphs: Mutex<HashMap<String, GraphSlot>>,
     blocked_keys: Mutex<HashMap<String, Arc<HashSet<NodeKey>>>>,
     event_source: Option<Arc<dyn ProfileEventSource>>,
+    consumer_timings: Mutex<ConsumerTimings>,
 }
 
 /// The identity room. Cheap to clone.
@@ -276,6 +303,7 @@ impl IdentityRoom {
                 graphs: Mutex::new(HashMap::new()),
                 blocked_keys: Mutex::new(HashMap::new()),
                 event_source,
+                consumer_timings: Mutex::new(ConsumerTimings::default()),
             }),
         }
     }
@@ -301,12 +329,38 @@ impl IdentityRoom {
                 graphs: Mutex::new(HashMap::new()),
                 blocked_keys: Mutex::new(HashMap::new()),
                 event_source: Some(source),
+                consumer_timings: Mutex::new(ConsumerTimings::default()),
             }),
         }
     }
 
     pub fn rules(&self) -> &CompiledRules {
         &self.inner.rules
+    }
+
+    /// Where the bus consumer spent its time so far (for benchmarks).
+    pub fn consumer_timings(&self) -> ConsumerTimings {
+        *self
+            .inner
+            .consumer_timings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn reset_consumer_timings(&self) {
+        *self
+            .inner
+            .consumer_timings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = ConsumerTimings::default();
+    }
+
+    fn add_consumer_timings(&self, t: ConsumerTimings) {
+        *self
+            .inner
+            .consumer_timings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) += t;
     }
 
     pub fn profile_rules(&self) -> &ProfileRules {
@@ -650,10 +704,34 @@ impl IdentityRoom {
         let mut rehome: BTreeSet<ProfileId> = absorbed.iter().copied().collect();
         rehome.extend(changes.split_profiles.iter().map(|s| s.0));
         rehome.extend(changes.shrunk_profiles.iter().copied());
+        // Within one batch a profile may be absorbed by one that is absorbed in turn: each
+        // absorbed profile points at the live one, whose row exists.
+        let into: HashMap<ProfileId, ProfileId> = changes
+            .merged_profiles
+            .iter()
+            .map(|(a, i, _)| (*a, *i))
+            .collect();
+        let live = |mut p: ProfileId| {
+            for _ in 0..=into.len() {
+                match into.get(&p) {
+                    Some(next) => p = *next,
+                    None => break,
+                }
+            }
+            p
+        };
+        // An edge applied and removed again within the batch (a value found shared) is not
+        // written: the deletes run before the inserts.
+        let removed_edges: HashSet<u64> = changes.removed_edges.iter().copied().collect();
         let mut batch = ChangeBatch {
             identifiers,
             removed_identifiers: changes.removed_nodes.clone(),
-            new_edges: changes.new_edges.clone(),
+            new_edges: changes
+                .new_edges
+                .iter()
+                .filter(|e| !removed_edges.contains(&e.seq))
+                .cloned()
+                .collect(),
             removed_edges: changes.removed_edges.clone(),
             conflicts: changes.conflicts.clone(),
             created_profiles: changes
@@ -666,7 +744,7 @@ impl IdentityRoom {
                 .merged_profiles
                 .iter()
                 .filter(|(a, _, _)| !created.contains(a))
-                .copied()
+                .map(|(a, i, at)| (*a, live(*i), *at))
                 .collect(),
             touched_profiles: touched.into_iter().collect(),
             at: now,
@@ -692,27 +770,87 @@ impl IdentityRoom {
         tx: &mut Tx<'_>,
         event: &meridian_proto::bus::v1::EventAccepted,
     ) -> Result<AppliedEvent, IdentityError> {
-        let workspace = event.workspace_id.as_str();
-        let decoded = crate::accepted::decode(self, event).await?;
-        if !self
+        let mut out = self.apply_accepted_batch(tx, &[event]).await?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// Applies a delivery of accepted events, in order, inside `tx`, as
+    /// [`IdentityRoom::apply_accepted`] would one by one, but per workspace as one unit: the
+    /// data keys of their subjects in one vault round trip, the applied-event records in one
+    /// statement, one version bump, the graph in memory, then one store write (multi-row
+    /// statements on PostgreSQL) with one `ProfileChanged` per profile the delivery changed.
+    /// Returns what each event did, in the order given.
+    pub async fn apply_accepted_batch(
+        &self,
+        tx: &mut Tx<'_>,
+        events: &[&meridian_proto::bus::v1::EventAccepted],
+    ) -> Result<Vec<AppliedEvent>, IdentityError> {
+        let mut out = vec![AppliedEvent::default(); events.len()];
+        // Workspaces in order of first appearance, each with its events in delivery order.
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            let ws = e.workspace_id.as_str();
+            match groups.iter_mut().find(|(w, _)| *w == ws) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((ws, vec![i])),
+            }
+        }
+        for (workspace, members) in groups {
+            let batch: Vec<&meridian_proto::bus::v1::EventAccepted> =
+                members.iter().map(|i| events[*i]).collect();
+            let applied = self.apply_workspace_batch(tx, workspace, &batch).await?;
+            for (i, a) in members.into_iter().zip(applied) {
+                out[i] = a;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn apply_workspace_batch(
+        &self,
+        tx: &mut Tx<'_>,
+        workspace: &str,
+        events: &[&meridian_proto::bus::v1::EventAccepted],
+    ) -> Result<Vec<AppliedEvent>, IdentityError> {
+        if workspace.is_empty() {
+            return Err(IdentityError::InvalidArgument {
+                field: "workspace_id",
+                reason: "required",
+            });
+        }
+        let mut timings = ConsumerTimings {
+            batches: 1,
+            events: events.len() as u64,
+            ..ConsumerTimings::default()
+        };
+        let started = Instant::now();
+        let decoded = crate::accepted::decode_batch(self, workspace, events).await?;
+        timings.decode_micros = micros(started);
+        let started = Instant::now();
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        let mut new = self
             .inner
             .store
-            .mark_applied(tx, workspace, &event.event_id, Utc::now())
-            .await?
-        {
-            return Ok(AppliedEvent::default());
+            .mark_applied_all(tx, workspace, &ids, Utc::now())
+            .await?;
+        let todo: Vec<(usize, crate::accepted::Decoded)> = events
+            .iter()
+            .zip(decoded)
+            .enumerate()
+            // A repeated id applies once; an erased subject's event is recorded, not kept.
+            .filter_map(|(i, (e, d))| new.remove(&e.event_id).then_some((i, d?)))
+            .collect();
+        let mut out = vec![AppliedEvent::default(); events.len()];
+        if todo.is_empty() {
+            timings.store_micros = micros(started);
+            self.add_consumer_timings(timings);
+            return Ok(out);
         }
-        let Some(decoded) = decoded else {
-            // Its subject was erased after ingest accepted it: nothing to keep.
-            return Ok(AppliedEvent::default());
-        };
-        // Activity below a stage the profile already reached adds nothing.
         let slot = self.slot(workspace);
         let mut guard = slot.lock().await;
         let version = self.inner.store.bump_version(tx, workspace).await?;
         if guard.as_ref().is_none_or(|c| c.version != version - 1) {
-            let loaded = self.inner.store.load_graph_in(tx, workspace).await;
-            match loaded {
+            match self.inner.store.load_graph_in(tx, workspace).await {
                 Ok(stored) => {
                     let mut cached = self.build_graph(stored);
                     cached.version = version - 1;
@@ -727,17 +865,68 @@ impl IdentityRoom {
         let Some(cached) = guard.as_mut() else {
             return Err(IdentityError::Corrupt("graph not loaded".into()));
         };
+        // From here the cached graph is ahead of the store: any failure drops it.
+        timings.store_micros = micros(started);
+        let result = self
+            .stitch_accepted(
+                tx,
+                workspace,
+                events,
+                todo,
+                &mut cached.graph,
+                &mut out,
+                &mut timings,
+            )
+            .await;
+        match result {
+            Ok(()) => {
+                cached.version = version;
+                self.add_consumer_timings(timings);
+                Ok(out)
+            }
+            Err(e) => {
+                *guard = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// The graph pass and the store write of [`IdentityRoom::apply_accepted_batch`].
+    #[allow(clippy::too_many_arguments)]
+    async fn stitch_accepted(
+        &self,
+        tx: &mut Tx<'_>,
+        workspace: &str,
+        events: &[&meridian_proto::bus::v1::EventAccepted],
+        todo: Vec<(usize, crate::accepted::Decoded)>,
+        graph: &mut Graph,
+        out: &mut [AppliedEvent],
+        timings: &mut ConsumerTimings,
+    ) -> Result<(), IdentityError> {
+        let started = Instant::now();
         let mut changes = Changes::default();
-        let out = cached.graph.observe(&decoded.observation, &mut changes);
-        let mut draft = Draft::new(changes);
-        if let (Some(anchor), Some(profile)) = (out.anchor, out.profile) {
+        let mut sealed: HashMap<NodeKey, (SealedValue, String)> = HashMap::new();
+        let mut trait_payloads = Vec::new();
+        let mut activities = Vec::new();
+        for (i, decoded) in todo {
+            let event = events[i];
+            let o = graph.observe(&decoded.observation, &mut changes);
+            out[i] = AppliedEvent {
+                applied: true,
+                links: o.links,
+                conflicts: o.conflicts,
+            };
+            let (Some(anchor), Some(profile)) = (o.anchor, o.profile) else {
+                continue;
+            };
             for (key, copy) in decoded.sealed {
-                if cached.graph.profile_of(&key) == Some(profile) {
-                    draft.sealed.insert(key, copy);
+                if graph.profile_of(&key) == Some(profile) {
+                    // The first copy wins, as the store keeps the first one written.
+                    sealed.entry(key).or_insert(copy);
                 }
             }
             if let Some((subject, bytes)) = decoded.sealed_traits {
-                draft.trait_payloads.push(crate::store::TraitPayloadRow {
+                trait_payloads.push(crate::store::TraitPayloadRow {
                     event_id: event.event_id.clone(),
                     profile,
                     anchor,
@@ -748,49 +937,68 @@ impl IdentityRoom {
                 });
             }
             if let Some(activity) = decoded.activity {
-                let needed = activity.order.is_some()
-                    || self
-                        .inner
-                        .store
-                        .computed_of(workspace, profile)
-                        .await
-                        .ok()
-                        .flatten()
-                        .is_none_or(|c| c.stage < activity.stage);
-                if needed {
-                    draft.activity.push(crate::store::ActivityRow {
-                        event_id: event.event_id.clone(),
-                        profile,
-                        anchor,
-                        activity,
-                    });
-                }
+                activities.push(crate::store::ActivityRow {
+                    event_id: event.event_id.clone(),
+                    profile,
+                    anchor,
+                    activity,
+                });
             }
         }
-        let batch = self.assemble(workspace, &cached.graph, draft);
-        let result = match batch {
-            Ok(batch) => {
-                self.inner
-                    .store
-                    .apply_in(tx, workspace, &batch, &self.inner.profile_rules.aipl)
-                    .await
-            }
-            Err(e) => Err(e),
+        // Rows follow their anchor to the profile it ended the batch in (a later event of
+        // the batch may have merged its profile into another).
+        for p in &mut trait_payloads {
+            p.profile = graph.profile_of(&p.anchor).unwrap_or(p.profile);
+        }
+        for a in &mut activities {
+            a.profile = graph.profile_of(&a.anchor).unwrap_or(a.profile);
+        }
+        // Activity below a stage the profile already reached adds nothing: orders always
+        // count; a stage counts once per profile, when above the stored one.
+        let staged: Vec<ProfileId> = activities
+            .iter()
+            .filter(|a| a.activity.order.is_none())
+            .map(|a| a.profile)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        timings.graph_micros += micros(started);
+        let started = Instant::now();
+        let mut reached = if staged.is_empty() {
+            HashMap::new()
+        } else {
+            self.inner.store.stages_in(tx, workspace, &staged).await?
         };
-        match result {
-            Ok(()) => {
-                cached.version = version;
-                Ok(AppliedEvent {
-                    applied: true,
-                    links: out.links,
-                    conflicts: out.conflicts,
-                })
+        timings.store_micros += micros(started);
+        let started = Instant::now();
+        activities.retain(|a| {
+            let at = reached
+                .entry(a.profile)
+                .or_insert(crate::computed::AiplStage::None);
+            if a.activity.order.is_some() {
+                *at = (*at).max(crate::computed::AiplStage::Purchase);
+                return true;
             }
-            Err(e) => {
-                *guard = None;
-                Err(e)
+            if *at < a.activity.stage {
+                *at = a.activity.stage;
+                return true;
             }
-        }
+            false
+        });
+        let mut draft = Draft::new(changes);
+        draft.sealed = sealed;
+        draft.trait_payloads = trait_payloads;
+        draft.activity = activities;
+        let batch = self.assemble(workspace, graph, draft)?;
+        timings.graph_micros += micros(started);
+        let started = Instant::now();
+        let result = self
+            .inner
+            .store
+            .apply_in(tx, workspace, &batch, &self.inner.profile_rules.aipl)
+            .await;
+        timings.store_micros += micros(started);
+        result
     }
 
     // ---- reads ----------------------------------------------------------------------------

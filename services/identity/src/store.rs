@@ -3,7 +3,7 @@
 //! blind indexes plus a sealed copy. PostgreSQL writes a batch with a handful of `UNNEST`
 //! statements in one transaction; SQLite loops over prepared statements in one transaction.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -175,6 +175,30 @@ pub trait IdentityStore: Send + Sync {
         event_id: &str,
         at: DateTime<Utc>,
     ) -> Result<bool, IdentityError>;
+    /// Records many ingested events as applied in one statement; returns the ids that were
+    /// not applied before (each once, even if named twice).
+    async fn mark_applied_all(
+        &self,
+        tx: &mut Tx<'_>,
+        workspace: &str,
+        event_ids: &[&str],
+        at: DateTime<Utc>,
+    ) -> Result<HashSet<String>, IdentityError> {
+        let mut new = HashSet::new();
+        for id in event_ids {
+            if !new.contains(*id) && self.mark_applied(tx, workspace, id, at).await? {
+                new.insert((*id).to_owned());
+            }
+        }
+        Ok(new)
+    }
+    /// The AIPL stage stored for each of `profiles` that has computed traits, read in `tx`.
+    async fn stages_in(
+        &self,
+        tx: &mut Tx<'_>,
+        workspace: &str,
+        profiles: &[ProfileId],
+    ) -> Result<HashMap<ProfileId, AiplStage>, IdentityError>;
     /// The whole graph of a workspace.
     async fn load_graph(&self, workspace: &str) -> Result<StoredGraph, IdentityError>;
     /// The whole graph of a workspace, read inside `tx` (sees its uncommitted writes).
@@ -866,6 +890,58 @@ impl IdentityStore for StoreIdentity {
         Ok(affected == 1)
     }
 
+    async fn mark_applied_all(
+        &self,
+        tx: &mut Tx<'_>,
+        workspace: &str,
+        event_ids: &[&str],
+        at: DateTime<Utc>,
+    ) -> Result<HashSet<String>, IdentityError> {
+        let mut distinct: Vec<&str> = event_ids.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let mut new = HashSet::with_capacity(distinct.len());
+        match tx {
+            Tx::Postgres(conn) => {
+                let rows: Vec<String> = sqlx::query_scalar(
+                    "INSERT INTO identity_applied_events (workspace_id, event_id, applied_at) \
+                     SELECT $1, e, $3 FROM UNNEST($2::text[]) AS u(e) \
+                     ON CONFLICT DO NOTHING RETURNING event_id",
+                )
+                .bind(workspace)
+                .bind(distinct.as_slice())
+                .bind(at)
+                .fetch_all(&mut **conn)
+                .await?;
+                new.extend(rows);
+            }
+            Tx::Sqlite(conn) => {
+                // 3 parameters a row, well under SQLite's 32766.
+                for chunk in distinct.chunks(1000) {
+                    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                        "INSERT INTO identity_applied_events (workspace_id, event_id, applied_at) ",
+                    );
+                    q.push_values(chunk, |mut row, id| {
+                        row.push_bind(workspace).push_bind(*id).push_bind(at);
+                    });
+                    q.push(" ON CONFLICT DO NOTHING RETURNING event_id");
+                    let rows: Vec<String> = q.build_query_scalar().fetch_all(&mut **conn).await?;
+                    new.extend(rows);
+                }
+            }
+        }
+        Ok(new)
+    }
+
+    async fn stages_in(
+        &self,
+        tx: &mut Tx<'_>,
+        workspace: &str,
+        profiles: &[ProfileId],
+    ) -> Result<HashMap<ProfileId, AiplStage>, IdentityError> {
+        stages_in(tx, workspace, profiles).await
+    }
+
     async fn load_graph(&self, workspace: &str) -> Result<StoredGraph, IdentityError> {
         match self {
             StoreIdentity::Postgres(pool) => {
@@ -1041,6 +1117,20 @@ const BUMP_VERSION: &str = "INSERT INTO identity_graph_versions (workspace_id, v
 const INSERT_TRAIT_PAYLOAD: &str = "INSERT INTO identity_trait_payloads \
      (workspace_id, event_id, profile_id, anchor_kind, anchor_index, source, observed_micros, sealed_subject, sealed_traits) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING";
+const INSERT_TRAIT_PAYLOADS_PG: &str = "INSERT INTO identity_trait_payloads \
+     (workspace_id, event_id, profile_id, anchor_kind, anchor_index, source, observed_micros, sealed_subject, sealed_traits) \
+     SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::int2[], $5::bytea[], $6::text[], $7::int8[], $8::text[], $9::bytea[]) \
+     ON CONFLICT DO NOTHING";
+const INSERT_ACTIVITIES_PG: &str = "INSERT INTO identity_activity \
+     (workspace_id, event_id, profile_id, anchor_kind, anchor_index, occurred_micros, stage, is_order, currency, minor_units) \
+     SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::int2[], $5::bytea[], $6::int8[], $7::int2[], $8::bool[], $9::text[], $10::int8[]) \
+     ON CONFLICT DO NOTHING";
+const INSERT_COMPUTED_PG: &str = "INSERT INTO identity_computed_traits \
+     (workspace_id, profile_id, aipl_stage, orders, last_order_micros, updated_at) \
+     SELECT $1, p, s, o, l, $6 FROM UNNEST($2::uuid[], $3::int2[], $4::int8[], $5::int8[]) AS u(p, s, o, l)";
+const INSERT_RFMS_PG: &str = "INSERT INTO identity_rfm (workspace_id, profile_id, currency, orders, monetary_minor, \
+     last_order_micros, recency_score, frequency_score, monetary_score) \
+     SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int2[], $8::int2[], $9::int2[])";
 const INSERT_ACTIVITY: &str = "INSERT INTO identity_activity \
      (workspace_id, event_id, profile_id, anchor_kind, anchor_index, occurred_micros, stage, is_order, currency, minor_units) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING";
@@ -1188,6 +1278,56 @@ async fn activity_of(
     Ok(out)
 }
 
+/// Stored AIPL stages of a set of profiles (those with computed traits).
+async fn stages_in(
+    tx: &mut Tx<'_>,
+    ws: &str,
+    ids: &[ProfileId],
+) -> Result<HashMap<ProfileId, AiplStage>, IdentityError> {
+    const TEMPLATE: &str = "SELECT profile_id, aipl_stage FROM identity_computed_traits \
+         WHERE workspace_id = $1 AND profile_id {IDS}";
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(chunk_size(tx)) {
+        match tx {
+            Tx::Postgres(conn) => {
+                let sql = TEMPLATE.replace("{IDS}", "= ANY($2::uuid[])");
+                let v: Vec<Uuid> = chunk.iter().map(|p| p.0).collect();
+                let rows = sqlx::query(&sql)
+                    .bind(ws)
+                    .bind(v)
+                    .fetch_all(&mut **conn)
+                    .await?;
+                for r in &rows {
+                    let stage: i16 = r.try_get(1)?;
+                    out.insert(
+                        ProfileId(r.try_get(0)?),
+                        AiplStage::from_code(i64::from(stage)),
+                    );
+                }
+            }
+            Tx::Sqlite(conn) => {
+                let list = (0..chunk.len())
+                    .map(|i| format!("${}", i + 2))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = TEMPLATE.replace("{IDS}", &format!("IN ({list})"));
+                let mut q = sqlx::query(&sql).bind(ws);
+                for p in chunk {
+                    q = q.bind(p.0);
+                }
+                for r in &q.fetch_all(&mut **conn).await? {
+                    let stage: i16 = r.try_get(1)?;
+                    out.insert(
+                        ProfileId(r.try_get(0)?),
+                        AiplStage::from_code(i64::from(stage)),
+                    );
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Writes a batch inside `tx`: the graph, the anchored rows, the computed traits of every
 /// profile whose activity or membership changed, and the outbox events.
 async fn apply_in(
@@ -1200,39 +1340,7 @@ async fn apply_in(
         Tx::Postgres(conn) => StoreIdentity::apply_postgres(conn, ws, b).await?,
         Tx::Sqlite(conn) => StoreIdentity::apply_sqlite(conn, ws, b).await?,
     }
-    for p in &b.trait_payloads {
-        on_tx!(tx, conn => { sqlx::query(INSERT_TRAIT_PAYLOAD)
-            .bind(ws)
-            .bind(&p.event_id)
-            .bind(p.profile.0)
-            .bind(p.anchor.kind.code())
-            .bind(p.anchor.index.0.as_slice())
-            .bind(&p.source)
-            .bind(p.observed_micros)
-            .bind(&p.sealed_subject)
-            .bind(p.sealed_traits.as_slice())
-            .execute(&mut *conn)
-            .await?; });
-    }
-    for a in &b.activity {
-        let (is_order, currency, minor) = match &a.activity.order {
-            Some((c, m)) => (true, c.as_str(), *m),
-            None => (false, "", 0),
-        };
-        on_tx!(tx, conn => { sqlx::query(INSERT_ACTIVITY)
-            .bind(ws)
-            .bind(&a.event_id)
-            .bind(a.profile.0)
-            .bind(a.anchor.kind.code())
-            .bind(a.anchor.index.0.as_slice())
-            .bind(a.activity.occurred_at.timestamp_micros())
-            .bind(a.activity.stage.code())
-            .bind(is_order)
-            .bind(currency)
-            .bind(minor)
-            .execute(&mut *conn)
-            .await?; });
-    }
+    insert_anchored(tx, ws, b).await?;
     upkeep(tx, ws, b, rules).await?;
     if !b.deleted_profiles.is_empty() {
         for_profiles(
@@ -1244,6 +1352,132 @@ async fn apply_in(
         .await?;
     }
     meridian_bus::enqueue_all(tx, &b.events).await?;
+    Ok(())
+}
+
+/// Inserts a batch's trait payloads and activity rows: PostgreSQL one `UNNEST` statement
+/// each, SQLite one prepared statement a row.
+async fn insert_anchored(tx: &mut Tx<'_>, ws: &str, b: &ChangeBatch) -> Result<(), IdentityError> {
+    match tx {
+        Tx::Postgres(conn) => {
+            if !b.trait_payloads.is_empty() {
+                let n = b.trait_payloads.len();
+                let (mut ids, mut profiles, mut kinds, mut idx) = (
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                );
+                let (mut sources, mut micros, mut subjects, mut sealed) = (
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                );
+                for p in &b.trait_payloads {
+                    ids.push(p.event_id.as_str());
+                    profiles.push(p.profile.0);
+                    kinds.push(p.anchor.kind.code());
+                    idx.push(p.anchor.index.0.to_vec());
+                    sources.push(p.source.as_str());
+                    micros.push(p.observed_micros);
+                    subjects.push(p.sealed_subject.as_str());
+                    sealed.push(p.sealed_traits.clone());
+                }
+                sqlx::query(INSERT_TRAIT_PAYLOADS_PG)
+                    .bind(ws)
+                    .bind(ids)
+                    .bind(profiles)
+                    .bind(kinds)
+                    .bind(idx)
+                    .bind(sources)
+                    .bind(micros)
+                    .bind(subjects)
+                    .bind(sealed)
+                    .execute(&mut **conn)
+                    .await?;
+            }
+            if !b.activity.is_empty() {
+                let n = b.activity.len();
+                let (mut ids, mut profiles, mut kinds, mut idx, mut micros) = (
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                );
+                let (mut stages, mut orders, mut currencies, mut minors) = (
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                );
+                for a in &b.activity {
+                    let (is_order, currency, minor) = match &a.activity.order {
+                        Some((c, m)) => (true, c.as_str(), *m),
+                        None => (false, "", 0),
+                    };
+                    ids.push(a.event_id.as_str());
+                    profiles.push(a.profile.0);
+                    kinds.push(a.anchor.kind.code());
+                    idx.push(a.anchor.index.0.to_vec());
+                    micros.push(a.activity.occurred_at.timestamp_micros());
+                    stages.push(a.activity.stage.code());
+                    orders.push(is_order);
+                    currencies.push(currency);
+                    minors.push(minor);
+                }
+                sqlx::query(INSERT_ACTIVITIES_PG)
+                    .bind(ws)
+                    .bind(ids)
+                    .bind(profiles)
+                    .bind(kinds)
+                    .bind(idx)
+                    .bind(micros)
+                    .bind(stages)
+                    .bind(orders)
+                    .bind(currencies)
+                    .bind(minors)
+                    .execute(&mut **conn)
+                    .await?;
+            }
+        }
+        Tx::Sqlite(conn) => {
+            for p in &b.trait_payloads {
+                sqlx::query(INSERT_TRAIT_PAYLOAD)
+                    .bind(ws)
+                    .bind(&p.event_id)
+                    .bind(p.profile.0)
+                    .bind(p.anchor.kind.code())
+                    .bind(p.anchor.index.0.as_slice())
+                    .bind(&p.source)
+                    .bind(p.observed_micros)
+                    .bind(&p.sealed_subject)
+                    .bind(p.sealed_traits.as_slice())
+                    .execute(&mut **conn)
+                    .await?;
+            }
+            for a in &b.activity {
+                let (is_order, currency, minor) = match &a.activity.order {
+                    Some((c, m)) => (true, c.as_str(), *m),
+                    None => (false, "", 0),
+                };
+                sqlx::query(INSERT_ACTIVITY)
+                    .bind(ws)
+                    .bind(&a.event_id)
+                    .bind(a.profile.0)
+                    .bind(a.anchor.kind.code())
+                    .bind(a.anchor.index.0.as_slice())
+                    .bind(a.activity.occurred_at.timestamp_micros())
+                    .bind(a.activity.stage.code())
+                    .bind(is_order)
+                    .bind(currency)
+                    .bind(minor)
+                    .execute(&mut **conn)
+                    .await?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -1262,16 +1496,20 @@ async fn upkeep(
                 "SELECT 1 FROM identity_identifiers i WHERE i.workspace_id = {table}.workspace_id \
                  AND i.kind = {table}.anchor_kind AND i.blind_index = {table}.anchor_index"
             );
-            for_profiles(
-                tx,
-                &format!(
-                    "DELETE FROM {table} WHERE workspace_id = $1 AND profile_id {{IDS}} \
-                     AND NOT EXISTS ({anchor_exists}) RETURNING profile_id"
-                ),
-                ws,
-                &b.rehome,
-            )
-            .await?;
+            // An anchor vanishes only when its identifier is removed (erasure, correction):
+            // a batch that removed none (every consumed delivery) has no orphans to delete.
+            if !b.removed_identifiers.is_empty() {
+                for_profiles(
+                    tx,
+                    &format!(
+                        "DELETE FROM {table} WHERE workspace_id = $1 AND profile_id {{IDS}} \
+                         AND NOT EXISTS ({anchor_exists}) RETURNING profile_id"
+                    ),
+                    ws,
+                    &b.rehome,
+                )
+                .await?;
+            }
             let moved = for_profiles(
                 tx,
                 &format!(
@@ -1310,20 +1548,18 @@ async fn upkeep(
         .await?;
     }
     let mut currencies: BTreeMap<String, Vec<(ProfileId, RfmFigures)>> = BTreeMap::new();
+    let mut computed = Vec::with_capacity(per_profile.len());
     for (p, activity) in &per_profile {
         let s = summarize(rules, activity);
         if s.stage == AiplStage::None && s.orders == 0 {
             continue;
         }
-        on_tx!(tx, conn => { sqlx::query(INSERT_COMPUTED)
-            .bind(ws)
-            .bind(p.0)
-            .bind(s.stage.code())
-            .bind(i64::try_from(s.orders).unwrap_or(i64::MAX))
-            .bind(s.last_order_micros)
-            .bind(b.at)
-            .execute(&mut *conn)
-            .await?; });
+        computed.push((
+            *p,
+            s.stage.code(),
+            i64::try_from(s.orders).unwrap_or(i64::MAX),
+            s.last_order_micros,
+        ));
         for f in s.rfm {
             currencies
                 .entry(f.currency.clone())
@@ -1331,22 +1567,100 @@ async fn upkeep(
                 .push((*p, f));
         }
     }
+    match tx {
+        Tx::Postgres(conn) if !computed.is_empty() => {
+            let (mut ids, mut stages, mut orders, mut last) = (vec![], vec![], vec![], vec![]);
+            for (p, stage, o, l) in &computed {
+                ids.push(p.0);
+                stages.push(*stage);
+                orders.push(*o);
+                last.push(*l);
+            }
+            sqlx::query(INSERT_COMPUTED_PG)
+                .bind(ws)
+                .bind(ids)
+                .bind(stages)
+                .bind(orders)
+                .bind(last)
+                .bind(b.at)
+                .execute(&mut **conn)
+                .await?;
+        }
+        Tx::Postgres(_) => {}
+        Tx::Sqlite(conn) => {
+            for (p, stage, o, l) in &computed {
+                sqlx::query(INSERT_COMPUTED)
+                    .bind(ws)
+                    .bind(p.0)
+                    .bind(*stage)
+                    .bind(*o)
+                    .bind(*l)
+                    .bind(b.at)
+                    .execute(&mut **conn)
+                    .await?;
+            }
+        }
+    }
     for (currency, figures) in currencies {
         let bounds = load_boundaries(tx, ws, &currency).await?;
-        for (p, f) in &figures {
-            let (r, fr, m) = bounds.as_ref().map_or((1, 1, 1), |b| b.scores(f));
-            on_tx!(tx, conn => { sqlx::query(INSERT_RFM)
-                .bind(ws)
-                .bind(p.0)
-                .bind(&f.currency)
-                .bind(i64::try_from(f.orders).unwrap_or(i64::MAX))
-                .bind(f.monetary_minor)
-                .bind(f.last_order_micros)
-                .bind(i16::from(r))
-                .bind(i16::from(fr))
-                .bind(i16::from(m))
-                .execute(&mut *conn)
-                .await?; });
+        let scored: Vec<(&ProfileId, &RfmFigures, (u8, u8, u8))> = figures
+            .iter()
+            .map(|(p, f)| (p, f, bounds.as_ref().map_or((1, 1, 1), |b| b.scores(f))))
+            .collect();
+        match tx {
+            Tx::Postgres(conn) => {
+                let n = scored.len();
+                let (mut ids, mut cur, mut orders, mut money, mut last) = (
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                );
+                let (mut r, mut fr, mut m) = (
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                );
+                for (p, f, (rs, fs, ms)) in &scored {
+                    ids.push(p.0);
+                    cur.push(f.currency.as_str());
+                    orders.push(i64::try_from(f.orders).unwrap_or(i64::MAX));
+                    money.push(f.monetary_minor);
+                    last.push(f.last_order_micros);
+                    r.push(i16::from(*rs));
+                    fr.push(i16::from(*fs));
+                    m.push(i16::from(*ms));
+                }
+                sqlx::query(INSERT_RFMS_PG)
+                    .bind(ws)
+                    .bind(ids)
+                    .bind(cur)
+                    .bind(orders)
+                    .bind(money)
+                    .bind(last)
+                    .bind(r)
+                    .bind(fr)
+                    .bind(m)
+                    .execute(&mut **conn)
+                    .await?;
+            }
+            Tx::Sqlite(conn) => {
+                for (p, f, (r, fr, m)) in &scored {
+                    sqlx::query(INSERT_RFM)
+                        .bind(ws)
+                        .bind(p.0)
+                        .bind(&f.currency)
+                        .bind(i64::try_from(f.orders).unwrap_or(i64::MAX))
+                        .bind(f.monetary_minor)
+                        .bind(f.last_order_micros)
+                        .bind(i16::from(*r))
+                        .bind(i16::from(*fr))
+                        .bind(i16::from(*m))
+                        .execute(&mut **conn)
+                        .await?;
+                }
+            }
         }
         let population: i64 = on_tx!(tx, conn => sqlx::query_scalar(COUNT_POPULATION)
             .bind(ws)

@@ -115,8 +115,14 @@ impl Harness {
     /// Seals and publishes events through the outbox, then runs the relay and the
     /// consumer until both are idle.
     async fn publish(&self, events: Vec<Accepted>) {
+        self.publish_to(WS, events, IngestConsumer::subscription().batch_size)
+            .await;
+    }
+
+    /// [`Harness::publish`] into workspace `ws`, consumed `batch` events a delivery.
+    async fn publish_to(&self, ws: &str, events: Vec<Accepted>, batch: usize) {
         let rules = Rules::default().validate().unwrap();
-        let indexer = self.vault.blind_indexer(WS).await.unwrap();
+        let indexer = self.vault.blind_indexer(ws).await.unwrap();
         let mut outbox = Vec::new();
         for a in events {
             let mut ids: Vec<(IdentifierType, BlindIndex, String, String)> = Vec::new();
@@ -132,13 +138,13 @@ impl Harness {
                 .unwrap();
             let subject = self
                 .vault
-                .identifier_subjects(WS, &[anchor])
+                .identifier_subjects(ws, &[anchor])
                 .await
                 .unwrap()
                 .remove(0);
-            let key = self.vault.subject_key(WS, &subject).await.unwrap();
+            let key = self.vault.subject_key(ws, &subject).await.unwrap();
             let payload = EventAccepted {
-                workspace_id: WS.into(),
+                workspace_id: ws.into(),
                 event_id: a.id.clone(),
                 message_id: format!("m-{}", a.id),
                 r#type: a.kind as i32,
@@ -176,7 +182,7 @@ impl Harness {
                 age_band: 0,
             };
             outbox.push(OutboxEvent::new(
-                WS.parse().unwrap(),
+                ws.parse().unwrap(),
                 "ingest-event".parse().unwrap(),
                 a.id,
                 payload.encode_to_vec(),
@@ -194,12 +200,13 @@ impl Harness {
                 tx.commit().await.unwrap();
             }
         }
-        self.drain().await;
+        self.drain_with(batch).await;
     }
 
-    async fn drain(&self) {
+    async fn drain_with(&self, batch: usize) {
         let handler = IngestConsumer::new(self.room.clone());
-        let sub = IngestConsumer::subscription();
+        let mut sub = IngestConsumer::subscription();
+        sub.batch_size = batch;
         loop {
             let relayed = self.bus.relay_batch(1_000).await.unwrap();
             let stats = self.bus.consume_batch(&sub, &*handler).await.unwrap();
@@ -801,6 +808,191 @@ async fn malformed_payloads_are_refused_not_applied(h: Harness) {
     );
 }
 
+/// The events of [`one_delivery_stitches_like_one_event_at_a_time`]: joins across events,
+/// merge protection, a shared device, a blocked value, an alias, traits, orders, stages,
+/// and one event delivered twice.
+fn mixed_events() -> Vec<Accepted> {
+    const TABLET: &str = "6f1c0a4e-1b2c-4d3e-9f00-1234567890ab";
+    let dev = IdentifierType::DeviceId;
+    vec![
+        ev("e1", v1::EventType::Page, 0, &[(Anon, "a-1")]),
+        identify(
+            "e2",
+            10,
+            &[(Anon, "a-1"), (User, "u-1"), (Email, "ana@example.org")],
+            "web",
+            json!({"name": "Ana"}),
+        ),
+        track("e3", "Product Viewed", 20, &[(Anon, "a-2")]),
+        // a-2 (and its interest) joins Ana through her email.
+        ev(
+            "e4",
+            v1::EventType::Page,
+            30,
+            &[(Anon, "a-2"), (Email, "ana@example.org")],
+        ),
+        order("e5", 40, &[(Email, "ana@example.org")], "EUR", 1_000),
+        identify(
+            "e6",
+            50,
+            &[(Anon, "a-3"), (User, "u-2")],
+            "web",
+            json!({"name": "Bo"}),
+        ),
+        // Merge protection: Bo's anonymous id never joins Ana's profile.
+        ev(
+            "e7",
+            v1::EventType::Page,
+            60,
+            &[(Anon, "a-3"), (Email, "ana@example.org")],
+        ),
+        ev(
+            "e8",
+            v1::EventType::Page,
+            70,
+            &[(dev, TABLET), (User, "u-1")],
+        ),
+        // The tablet is seen with a second user id: shared, detached.
+        ev(
+            "e9",
+            v1::EventType::Page,
+            80,
+            &[(dev, TABLET), (User, "u-2")],
+        ),
+        ev(
+            "e10",
+            v1::EventType::Page,
+            90,
+            &[(Anon, "a-4"), (Email, "test@test.com")],
+        ),
+        ev(
+            "e11",
+            v1::EventType::Alias,
+            100,
+            &[(Anon, "a-5"), (User, "u-2")],
+        ),
+        order("e12", 110, &[(Anon, "a-5")], "USD", 500),
+        // Delivered again: applied once.
+        ev(
+            "e4",
+            v1::EventType::Page,
+            30,
+            &[(Anon, "a-2"), (Email, "ana@example.org")],
+        ),
+    ]
+}
+
+async fn one_delivery_stitches_like_one_event_at_a_time(h: Harness) {
+    const ONE_BY_ONE: &str = "acme-one";
+    let sql = "INSERT INTO workspaces (workspace_id, home_region, time_zone) VALUES ($1, 'eu', 'Europe/Paris')";
+    match &h.store {
+        Store::Postgres(p) => {
+            sqlx::query(sql).bind(ONE_BY_ONE).execute(p).await.unwrap();
+        }
+        Store::Sqlite(p) => {
+            sqlx::query(sql).bind(ONE_BY_ONE).execute(p).await.unwrap();
+        }
+    }
+    h.publish_to(WS, mixed_events(), 1_000).await;
+    h.publish_to(ONE_BY_ONE, mixed_events(), 1).await;
+    let ids = [
+        (Anon, "a-1"),
+        (Anon, "a-2"),
+        (Anon, "a-3"),
+        (Anon, "a-5"),
+        (User, "u-1"),
+        (User, "u-2"),
+        (Email, "ana@example.org"),
+        (
+            IdentifierType::DeviceId,
+            "6f1c0a4e-1b2c-4d3e-9f00-1234567890ab",
+        ),
+    ];
+    // Per workspace: each identifier's profile, traits, computed stage and orders.
+    let mut seen = Vec::new();
+    for ws in [WS, ONE_BY_ONE] {
+        let mut views = Vec::new();
+        for (kind, value) in ids {
+            let view = h
+                .room
+                .lookup(ws, &RawIdentifier::new(kind, value))
+                .await
+                .unwrap();
+            views.push(view);
+        }
+        seen.push(views);
+    }
+    let (batched, single) = (&seen[0], &seen[1]);
+    for i in 0..ids.len() {
+        for j in 0..ids.len() {
+            let together = |v: &Vec<meridian_identity::ProfileView>| {
+                v[i].profile.profile == v[j].profile.profile
+            };
+            assert_eq!(
+                together(batched),
+                together(single),
+                "{:?} / {:?}",
+                ids[i],
+                ids[j]
+            );
+        }
+        assert_eq!(batched[i].traits.0, single[i].traits.0, "{:?}", ids[i]);
+        let summary = |v: &meridian_identity::ProfileView| {
+            v.computed
+                .as_ref()
+                .map(|c| (c.stage, c.orders, c.last_order_micros))
+        };
+        assert_eq!(summary(&batched[i]), summary(&single[i]), "{:?}", ids[i]);
+    }
+    // The rules did their work (so the comparison is not between two empty graphs).
+    let ana = &batched[6];
+    assert_eq!(ana.profile.profile, batched[0].profile.profile);
+    assert_eq!(ana.profile.profile, batched[1].profile.profile);
+    assert_ne!(
+        ana.profile.profile, batched[2].profile.profile,
+        "merge protection"
+    );
+    assert_ne!(
+        batched[7].profile.profile, batched[4].profile.profile,
+        "shared tablet"
+    );
+    assert_eq!(
+        batched[3].profile.profile, batched[5].profile.profile,
+        "alias"
+    );
+    assert_eq!(ana.traits.0["name"], json!("Ana"));
+    let computed = ana.computed.as_ref().unwrap();
+    assert_eq!((computed.stage, computed.orders), (AiplStage::Purchase, 1));
+    for table in [
+        "identity_edges",
+        "identity_conflicts",
+        "identity_applied_events",
+        "identity_activity",
+        "identity_trait_payloads",
+    ] {
+        let count = |ws: &str| format!("SELECT COUNT(*) FROM {table} WHERE workspace_id = '{ws}'");
+        let (b, o) = (
+            h.scalar(&count(WS)).await,
+            h.scalar(&count(ONE_BY_ONE)).await,
+        );
+        assert_eq!(b, o, "{table}");
+        assert!(b > 0, "{table}");
+    }
+    assert_eq!(
+        h.scalar("SELECT COUNT(*) FROM identity_applied_events WHERE workspace_id = 'acme'")
+            .await,
+        12,
+        "e4 applied once"
+    );
+    let reasons =
+        "SELECT COUNT(DISTINCT reason) FROM identity_conflicts WHERE workspace_id = 'acme'";
+    assert_eq!(
+        h.scalar(reasons).await,
+        3,
+        "blocked, shared and merge protection"
+    );
+}
+
 // ---- harness --------------------------------------------------------------------------
 
 async fn harness(store: Store, key_store: Arc<dyn meridian_vault::KeyStore>) -> Harness {
@@ -868,4 +1060,5 @@ on_both!(
     erasing_a_profile_deletes_its_rows_and_reports_what_to_forget,
     list_profile_events_reads_through_the_source,
     malformed_payloads_are_refused_not_applied,
+    one_delivery_stitches_like_one_event_at_a_time,
 );

@@ -93,7 +93,11 @@ pub(crate) async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> 
             let scratch = ScratchStore::create(config).await?;
             let result = meridian_identity::bench::run(
                 &scratch.store,
-                &meridian_identity::bench::BenchOptions::default(),
+                &meridian_identity::bench::BenchOptions {
+                    shoppers: args.shoppers,
+                    runs: args.runs,
+                    ..meridian_identity::bench::BenchOptions::default()
+                },
             )
             .await;
             scratch.drop_now().await?;

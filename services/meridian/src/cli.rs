@@ -232,6 +232,12 @@ pub(crate) struct BenchArgs {
     /// bench ingest: an API key with the ingest scope, for --grpc-addr.
     #[arg(long, value_name = "KEY")]
     pub(crate) api_key: Option<String>,
+    /// bench identity: shoppers the synthetic storefront generates.
+    #[arg(long, default_value_t = 30_000)]
+    pub(crate) shoppers: usize,
+    /// bench identity: timed runs, each on a fresh workspace (min and median reported).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) runs: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum)]
