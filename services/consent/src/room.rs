@@ -563,6 +563,58 @@ impl ConsentRoom {
         let Some(subject) = self.resolve_subject(workspace, query, false).await? else {
             return Ok(Vec::new());
         };
+        self.states_of(workspace, &subject, purposes, now).await
+    }
+
+    /// [`ConsentRoom::current`] of many subjects at once (ingestion's consent gate): the
+    /// identifiers of every query are looked up in one round trip, and only the subjects
+    /// that exist cost more. One answer per query, in order; a query whose subject cannot be
+    /// read (erased) gets its own error, the others still answer.
+    pub async fn current_many(
+        &self,
+        workspace: &str,
+        queries: &[SubjectQuery],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<Vec<PurposeState>, ConsentError>>, ConsentError> {
+        let mut per_query = Vec::with_capacity(queries.len());
+        let mut all: Vec<Vec<u8>> = Vec::new();
+        for query in queries {
+            let indexes = self.blind_indexes(workspace, query).await?;
+            all.extend(indexes.iter().cloned());
+            per_query.push(indexes);
+        }
+        all.sort_unstable();
+        all.dedup();
+        let found: std::collections::HashMap<Vec<u8>, SubjectRow> = self
+            .store
+            .find_subjects(workspace, &all)
+            .await?
+            .into_iter()
+            .map(|row| (row.blind_index.clone(), row))
+            .collect();
+        let mut out = Vec::with_capacity(queries.len());
+        for indexes in per_query {
+            // As `resolve_subject`: the subject of the first identifier that has one.
+            let Some(row) = indexes.iter().find_map(|bi| found.get(bi)) else {
+                out.push(Ok(Vec::new()));
+                continue;
+            };
+            let answer = match self.open_ref(workspace, row).await {
+                Ok(subject) => self.states_of(workspace, &subject, &[], now).await,
+                Err(e) => Err(e),
+            };
+            out.push(answer);
+        }
+        Ok(out)
+    }
+
+    async fn states_of(
+        &self,
+        workspace: &str,
+        subject: &Subject,
+        purposes: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<PurposeState>, ConsentError> {
         let rows = self
             .store
             .current_states(workspace, &subject.subject_ref)

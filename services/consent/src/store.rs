@@ -415,6 +415,9 @@ const ENTRY_COLUMNS: &str =
     "sequence, entry_id, subject_ref, recorded_at, body, prev_hash, hash, key_version, signature";
 
 /// Runs the same query text on either pool (placeholders `$n` work on both backends).
+/// Identifiers per `find_subjects` query (bound parameters stay under SQLite's limit).
+const FIND_SUBJECTS_CHUNK: usize = 500;
+
 macro_rules! on_pool {
     ($self:ident, $pool:ident => $body:expr) => {
         match &$self.0 {
@@ -936,28 +939,40 @@ impl ConsentStore for SqlConsentStore {
                 .filter_map(|bi| found.get(bi).cloned())
                 .collect());
         }
-        let mut out = Vec::new();
-        for bi in blind_indexes {
-            let row = on_pool!(self, pool => match sqlx::query(
-                "SELECT subject_id, sealed_ref FROM consent_subjects WHERE workspace_id = $1 AND blind_index = $2",
-            )
-            .bind(workspace)
-            .bind(bi)
-            .fetch_optional(pool)
-            .await?
-            {
-                Some(r) => Some(SubjectRow {
-                    blind_index: bi.clone(),
-                    subject_id: r.try_get("subject_id")?,
-                    sealed_ref: r.try_get("sealed_ref")?,
-                }),
-                None => None,
+        // SQLite: one query per chunk of identifiers (ingestion asks for hundreds at once),
+        // answered in the order asked.
+        let mut found: std::collections::HashMap<Vec<u8>, (String, Vec<u8>)> =
+            std::collections::HashMap::new();
+        for chunk in blind_indexes.chunks(FIND_SUBJECTS_CHUNK) {
+            let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT blind_index, subject_id, sealed_ref FROM consent_subjects \
+                 WHERE workspace_id = $1 AND blind_index IN ({})",
+                params.join(", ")
+            );
+            on_pool!(self, pool => {
+                let mut query = sqlx::query(&sql).bind(workspace);
+                for bi in chunk {
+                    query = query.bind(bi.as_slice());
+                }
+                for r in query.fetch_all(pool).await? {
+                    found.insert(
+                        r.try_get("blind_index")?,
+                        (r.try_get("subject_id")?, r.try_get("sealed_ref")?),
+                    );
+                }
             });
-            if let Some(row) = row {
-                out.push(row);
-            }
         }
-        Ok(out)
+        Ok(blind_indexes
+            .iter()
+            .filter_map(|bi| {
+                found.get(bi).map(|(subject_id, sealed_ref)| SubjectRow {
+                    blind_index: bi.clone(),
+                    subject_id: subject_id.clone(),
+                    sealed_ref: sealed_ref.clone(),
+                })
+            })
+            .collect())
     }
 
     async fn subject_by_id(

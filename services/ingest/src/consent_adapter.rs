@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use meridian_bus::{EventHandler, HandlerError, OutboxEvent, Tx};
 use meridian_consent::{ConsentError, ConsentRoom, IdKind, SubjectId, SubjectQuery};
 use meridian_identity::IdentifierType;
@@ -14,9 +13,6 @@ use prost::Message;
 
 use crate::error::IngestError;
 use crate::gate::{ConsentCache, ConsentLookup, ConsentSnapshot, SubjectIdentifier};
-
-/// Subjects looked up at once.
-const CONCURRENT_LOOKUPS: usize = 8;
 
 /// The consent room as the gate's [`ConsentLookup`].
 #[derive(Clone)]
@@ -60,39 +56,37 @@ impl ConsentLookup for ConsentRoomLookup {
                 identifiers: ids.iter().map(subject_id).collect(),
             })
             .collect();
-        let room = &self.room;
-        let answers: Vec<Result<ConsentSnapshot, IngestError>> =
-            futures::stream::iter(queries.into_iter().map(|query| async move {
-                match room.current(workspace, &query, &[], now).await {
-                    Ok(states) => Ok(ConsentSnapshot {
-                        purposes: states
-                            .into_iter()
-                            .map(|s| {
-                                let state = match s.decision {
-                                    meridian_consent::ledger::Decision::Given => {
-                                        ConsentState::Given
-                                    }
-                                    meridian_consent::ledger::Decision::Refused
-                                    | meridian_consent::ledger::Decision::Withdrawn => {
-                                        ConsentState::Refused
-                                    }
-                                    meridian_consent::ledger::Decision::Expired => {
-                                        ConsentState::None
-                                    }
-                                };
-                                (s.purpose, state)
-                            })
-                            .collect(),
-                    }),
-                    // An erased subject has no consent any more.
-                    Err(ConsentError::SubjectErased) => Ok(ConsentSnapshot::default()),
-                    Err(e) => Err(IngestError::Consent(e.to_string())),
-                }
-            }))
-            .buffered(CONCURRENT_LOOKUPS)
+        // One batched lookup per Ingest call: the consent room finds every subject of the
+        // batch in one round trip (most shoppers never recorded consent).
+        let answers = self
+            .room
+            .current_many(workspace, &queries, now)
+            .await
+            .map_err(|e| IngestError::Consent(e.to_string()))?;
+        answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(states) => Ok(ConsentSnapshot {
+                    purposes: states
+                        .into_iter()
+                        .map(|s| {
+                            let state = match s.decision {
+                                meridian_consent::ledger::Decision::Given => ConsentState::Given,
+                                meridian_consent::ledger::Decision::Refused
+                                | meridian_consent::ledger::Decision::Withdrawn => {
+                                    ConsentState::Refused
+                                }
+                                meridian_consent::ledger::Decision::Expired => ConsentState::None,
+                            };
+                            (s.purpose, state)
+                        })
+                        .collect(),
+                }),
+                // An erased subject has no consent any more.
+                Err(ConsentError::SubjectErased) => Ok(ConsentSnapshot::default()),
+                Err(e) => Err(IngestError::Consent(e.to_string())),
+            })
             .collect()
-            .await;
-        answers.into_iter().collect()
     }
 }
 

@@ -476,26 +476,29 @@ impl IngestRoom {
         // 6. store: events + outbox in one transaction, then acknowledge
         if !prepared.is_empty() {
             self.ensure_partition(received_at).await?;
-            let rows: Vec<EventRow> = prepared.iter().map(|p| p.row.clone()).collect();
-            let outbox: Vec<OutboxEvent> = prepared.iter().map(|p| p.outbox.clone()).collect();
+            // Moved, not cloned: the rows and outbox events go to the store as they are.
+            let mut rows: Vec<EventRow> = Vec::with_capacity(prepared.len());
+            let mut outbox: Vec<OutboxEvent> = Vec::with_capacity(prepared.len());
+            let mut meta: Vec<(usize, Vec<(String, String)>)> = Vec::with_capacity(prepared.len());
+            for p in prepared {
+                rows.push(p.row);
+                outbox.push(p.outbox);
+                meta.push((p.index, p.stripped));
+            }
             let written = inner.store.insert(ws, &rows, &outbox).await?;
-            for (p, w) in prepared.into_iter().zip(written) {
+            for ((row, (index, stripped)), w) in rows.iter().zip(meta).zip(written) {
                 let outcome = if w {
                     Outcome::Accepted
                 } else {
                     Outcome::Duplicate
                 };
-                for (_, rule) in &p.stripped {
+                for (_, rule) in &stripped {
                     metrics().stripped(rule);
                 }
-                results[p.index] = Some(EventResult {
-                    stripped_fields: p.stripped.iter().map(|(f, _)| f.clone()).collect(),
-                    rule: p
-                        .stripped
-                        .first()
-                        .map(|(_, r)| r.clone())
-                        .unwrap_or_default(),
-                    ..result(p.index, &p.row.message_id, outcome)
+                results[index] = Some(EventResult {
+                    rule: stripped.first().map(|(_, r)| r.clone()).unwrap_or_default(),
+                    stripped_fields: stripped.into_iter().map(|(f, _)| f).collect(),
+                    ..result(index, &row.message_id, outcome)
                 });
             }
         }

@@ -511,9 +511,8 @@ async fn insert_pg(
         .filter_map(|(r, w)| w.then_some(r))
         .collect();
     if !new_rows.is_empty() {
-        let col = |f: fn(&EventRow) -> Vec<u8>| -> Vec<Vec<u8>> {
-            new_rows.iter().map(|r| f(r)).collect()
-        };
+        let col =
+            |f: fn(&EventRow) -> &[u8]| -> Vec<&[u8]> { new_rows.iter().map(|r| f(r)).collect() };
         sqlx::query(
             "INSERT INTO ingest_events (workspace_id, received_at, event_id, message_id, kind, event_name, \
              occurred_at, jurisdiction, anchor_kind, anchor_index, sealed_subject, identifiers, body, purposes) \
@@ -529,20 +528,24 @@ async fn insert_pg(
         .bind(new_rows.iter().map(|r| r.occurred_at).collect::<Vec<_>>())
         .bind(new_rows.iter().map(|r| r.jurisdiction.as_str()).collect::<Vec<_>>())
         .bind(new_rows.iter().map(|r| r.anchor_kind).collect::<Vec<_>>())
-        .bind(col(|r| r.anchor_index.as_bytes().to_vec()))
+        .bind(col(|r| &r.anchor_index.as_bytes()[..]))
         .bind(new_rows.iter().map(|r| r.sealed_subject.as_str()).collect::<Vec<_>>())
-        .bind(col(|r| r.identifiers.clone()))
-        .bind(col(|r| r.body.clone()))
+        .bind(col(|r| r.identifiers.as_slice()))
+        .bind(col(|r| r.body.as_slice()))
         .bind(new_rows.iter().map(|r| r.purposes.as_str()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
-        let events: Vec<OutboxEvent> = outbox
-            .iter()
-            .zip(&written)
-            .filter(|(_, w)| **w)
-            .map(|(e, _)| e.clone())
-            .collect();
-        meridian_bus::enqueue_all(&mut tx, &events).await?;
+        if new_rows.len() == rows.len() {
+            meridian_bus::enqueue_all(&mut tx, outbox).await?;
+        } else {
+            let events: Vec<OutboxEvent> = outbox
+                .iter()
+                .zip(&written)
+                .filter(|(_, w)| **w)
+                .map(|(e, _)| e.clone())
+                .collect();
+            meridian_bus::enqueue_all(&mut tx, &events).await?;
+        }
     }
     tx.commit().await?;
     Ok(written)
