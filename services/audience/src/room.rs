@@ -238,7 +238,6 @@ impl AudienceRoom {
         Ok((members, next))
     }
 
-    /// Recomputes every segment of the workspace in full (the scheduled job).
     /// The segments a profile is a member of: id, name and when it joined.
     pub async fn memberships_of(
         &self,
@@ -248,6 +247,7 @@ impl AudienceRoom {
         self.store.memberships_of(workspace, profile_id).await
     }
 
+    /// Recomputes every segment of the workspace in full, whatever their schedules.
     pub async fn recompute_all(
         &self,
         workspace: &str,
