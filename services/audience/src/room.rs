@@ -278,6 +278,8 @@ pub struct ScheduledPass {
     pub planned: u64,
     /// Profiles that joined or left.
     pub changed: u64,
+    /// Segments whose claimed slot failed (logged; they run again at their next slot).
+    pub failed: u64,
 }
 
 impl AudienceRoom {
@@ -325,25 +327,38 @@ impl AudienceRoom {
                 pass.planned += 1;
                 continue;
             }
-            let rule = segment::parse(&due.definition)?;
-            let (joined, left) = self
-                .store
-                .recompute_members(
-                    &due.workspace_id,
-                    &due.segment_id,
-                    &rule,
-                    local_day(now, zone),
-                    now,
-                )
-                .await?;
-            tracing::info!(
-                segment = %due.segment_id,
-                joined = joined.len(),
-                left = left.len(),
-                "scheduled segment recompute"
-            );
-            pass.recomputed += 1;
-            pass.changed += (joined.len() + left.len()) as u64;
+            // The slot is claimed: a failure here waits for the next slot (the segment
+            // still follows profile changes meanwhile) and does not hold up the others.
+            let recomputed = match segment::parse(&due.definition) {
+                Ok(rule) => {
+                    self.store
+                        .recompute_members(
+                            &due.workspace_id,
+                            &due.segment_id,
+                            &rule,
+                            local_day(now, zone),
+                            now,
+                        )
+                        .await
+                }
+                Err(e) => Err(e.into()),
+            };
+            match recomputed {
+                Ok((joined, left)) => {
+                    tracing::info!(
+                        segment = %due.segment_id,
+                        joined = joined.len(),
+                        left = left.len(),
+                        "scheduled segment recompute"
+                    );
+                    pass.recomputed += 1;
+                    pass.changed += (joined.len() + left.len()) as u64;
+                }
+                Err(e) => {
+                    tracing::warn!(segment = %due.segment_id, error = %e, "scheduled segment recompute failed; next slot planned");
+                    pass.failed += 1;
+                }
+            }
         }
         Ok(pass)
     }

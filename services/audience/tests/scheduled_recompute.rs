@@ -140,7 +140,8 @@ async fn aged_out_events_leave_at_the_next_scheduled_recompute(store: AudienceSt
         ScheduledPass {
             recomputed: 1,
             planned: 0,
-            changed: 1
+            changed: 1,
+            failed: 0,
         }
     );
     assert_eq!(member_ids(&store, "s_carted").await, ["p_recent"]);
@@ -243,6 +244,37 @@ async fn schedules_are_checked_when_saved(store: AudienceStore) {
         .unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].segment_id, saved.segment_id);
+
+    // A segment that cannot be recomputed (a definition that no longer reads) fails on
+    // its own: the other due segments still run, and its slot moves on.
+    let now = Utc::now();
+    store
+        .insert_segment(
+            WS,
+            &SegmentRow {
+                segment_id: "s_broken".into(),
+                name: "broken".into(),
+                definition: "{".into(),
+                purpose: "marketing.advertising.third_party.targeted".into(),
+                recompute_schedule: "0 3 * * *".into(),
+                version: 1,
+                created_at: now,
+                updated_at: now,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(room.recompute_due(now).await.unwrap().planned, 2);
+    let later = at("2100-01-01T00:00:00Z");
+    assert_eq!(
+        room.recompute_due(later).await.unwrap(),
+        ScheduledPass {
+            recomputed: 1,
+            failed: 1,
+            ..Default::default()
+        }
+    );
+    assert!(store.due_segments(later).await.unwrap().is_empty());
 }
 
 macro_rules! per_backend {
