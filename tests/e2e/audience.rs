@@ -105,6 +105,63 @@ async fn segments_are_created_previewed_listed_and_updated() {
         assert_eq!((updated.version, updated.name.as_str()), (2, "carted 7d"));
         assert_eq!(updated.definition, CARTED_NOT_BOUGHT);
 
+        // The same rule in YAML; a schedule that is not five-field cron is refused,
+        // naming the field.
+        let yaml = audience
+            .create_segment(authorized(
+                CreateSegmentRequest {
+                    name: "carted (YAML)".into(),
+                    definition: "all:\n  - event: {name: Product Added, within_days: 7}\n  - not:\n      event: {name: Order Completed, within_days: 7}\n".into(),
+                    purpose: "marketing.advertising.third_party.targeted".into(),
+                    recompute_schedule: "30 3 * * 1-5".into(),
+                    ..Default::default()
+                },
+                Some(&key),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .segment
+            .unwrap();
+        assert_eq!(yaml.recompute_schedule, "30 3 * * 1-5");
+        let bad_schedule = audience
+            .update_segment(authorized(
+                UpdateSegmentRequest {
+                    segment_id: yaml.segment_id.clone(),
+                    recompute_schedule: "0 25 * * *".into(),
+                    ..Default::default()
+                },
+                Some(&key),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(bad_schedule.code(), tonic::Code::InvalidArgument);
+        assert!(
+            bad_schedule.message().contains("recompute_schedule"),
+            "{}",
+            bad_schedule.message()
+        );
+        let bad_yaml = audience
+            .create_segment(authorized(
+                CreateSegmentRequest {
+                    name: "bad".into(),
+                    definition: "all:\n  - event: {name: x, within_days: 0}\n".into(),
+                    purpose: "marketing.advertising.third_party.targeted".into(),
+                    ..Default::default()
+                },
+                Some(&key),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(bad_yaml.code(), tonic::Code::InvalidArgument);
+        assert!(
+            bad_yaml
+                .message()
+                .contains("definition.all[0].event.within_days"),
+            "{}",
+            bad_yaml.message()
+        );
+
         let missing = audience
             .list_members(authorized(
                 ListMembersRequest {

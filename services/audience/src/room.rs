@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use crate::error::AudienceError;
+use crate::schedule::Schedule;
 use crate::segment::{self, local_day};
 use crate::store::{AudienceStore, MemberRow, Preview, SegmentRow};
 
@@ -53,32 +54,9 @@ fn check_schedule(field: &str, schedule: &str) -> Result<(), AudienceError> {
     if schedule.is_empty() {
         return Ok(());
     }
-    let fields: Vec<&str> = schedule.split_whitespace().collect();
-    let ranges = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
-    let valid = fields.len() == 5
-        && fields.iter().zip(ranges).all(|(f, (lo, hi))| {
-            f.split(',').all(|item| {
-                let (range, step) = item.split_once('/').unwrap_or((item, "1"));
-                let step_ok = step.parse::<u32>().is_ok_and(|s| s >= 1);
-                let range_ok = range == "*"
-                    || range
-                        .split_once('-')
-                        .map_or_else(
-                            || range.parse::<u32>().ok().map(|v| (v, v)),
-                            |(a, b)| Some((a.parse().ok()?, b.parse().ok()?)),
-                        )
-                        .is_some_and(|(a, b): (u32, u32)| lo <= a && a <= b && b <= hi);
-                step_ok && range_ok
-            })
-        });
-    if valid {
-        Ok(())
-    } else {
-        Err(AudienceError::invalid(
-            field,
-            "must be a five-field cron expression (`0 2 * * *`)",
-        ))
-    }
+    Schedule::parse(schedule)
+        .map(|_| ())
+        .map_err(|e| AudienceError::invalid(field, format!("{e} (five-field cron, `0 3 * * *`)")))
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), AudienceError> {
@@ -260,7 +238,6 @@ impl AudienceRoom {
         Ok((members, next))
     }
 
-    /// Recomputes every segment of the workspace in full (the scheduled job).
     /// The segments a profile is a member of: id, name and when it joined.
     pub async fn memberships_of(
         &self,
@@ -270,6 +247,7 @@ impl AudienceRoom {
         self.store.memberships_of(workspace, profile_id).await
     }
 
+    /// Recomputes every segment of the workspace in full, whatever their schedules.
     pub async fn recompute_all(
         &self,
         workspace: &str,
@@ -287,6 +265,122 @@ impl AudienceRoom {
             changed += (joined.len() + left.len()) as u64;
         }
         Ok(changed)
+    }
+}
+
+/// What one pass of the scheduler did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScheduledPass {
+    /// Segments recomputed in full.
+    pub recomputed: u64,
+    /// Segments seen for the first time (or with a changed schedule) whose next slot was
+    /// planned.
+    pub planned: u64,
+    /// Profiles that joined or left.
+    pub changed: u64,
+    /// Segments whose claimed slot failed (logged; they run again at their next slot).
+    pub failed: u64,
+}
+
+impl AudienceRoom {
+    /// Runs the scheduled full recomputes due at `now`: each due segment's slot is claimed
+    /// in the store (moved to its next run) before it is recomputed, so a slot runs once
+    /// across replicas and restarts. Slots missed while nothing ran collapse into one run.
+    /// A segment not planned yet gets its next slot and no run (it was computed when saved).
+    pub async fn recompute_due(&self, now: DateTime<Utc>) -> Result<ScheduledPass, AudienceError> {
+        let mut pass = ScheduledPass::default();
+        let mut zones: std::collections::HashMap<String, Tz> = Default::default();
+        for due in self.store.due_segments(now).await? {
+            let schedule = match Schedule::parse(&due.recompute_schedule) {
+                Ok(schedule) => schedule,
+                Err(e) => {
+                    // Saved before schedules were checked this strictly: left alone.
+                    tracing::warn!(segment = %due.segment_id, error = %e, "segment recompute schedule does not parse; not scheduled");
+                    continue;
+                }
+            };
+            let zone = match zones.get(&due.workspace_id) {
+                Some(zone) => *zone,
+                None => {
+                    let zone = self.store.workspace_time_zone(&due.workspace_id).await?;
+                    zones.insert(due.workspace_id.clone(), zone);
+                    zone
+                }
+            };
+            let Some(next) = schedule.next_after(now, zone) else {
+                continue;
+            };
+            let claimed = self
+                .store
+                .claim_recompute_slot(
+                    &due.workspace_id,
+                    &due.segment_id,
+                    &due.recompute_schedule,
+                    due.next_recompute_at,
+                    next,
+                )
+                .await?;
+            if !claimed {
+                continue;
+            }
+            if due.next_recompute_at.is_none() {
+                pass.planned += 1;
+                continue;
+            }
+            // The slot is claimed: a failure here waits for the next slot (the segment
+            // still follows profile changes meanwhile) and does not hold up the others.
+            let recomputed = match segment::parse(&due.definition) {
+                Ok(rule) => {
+                    self.store
+                        .recompute_members(
+                            &due.workspace_id,
+                            &due.segment_id,
+                            &rule,
+                            local_day(now, zone),
+                            now,
+                        )
+                        .await
+                }
+                Err(e) => Err(e.into()),
+            };
+            match recomputed {
+                Ok((joined, left)) => {
+                    tracing::info!(
+                        segment = %due.segment_id,
+                        joined = joined.len(),
+                        left = left.len(),
+                        "scheduled segment recompute"
+                    );
+                    pass.recomputed += 1;
+                    pass.changed += (joined.len() + left.len()) as u64;
+                }
+                Err(e) => {
+                    tracing::warn!(segment = %due.segment_id, error = %e, "scheduled segment recompute failed; next slot planned");
+                    pass.failed += 1;
+                }
+            }
+        }
+        Ok(pass)
+    }
+
+    /// The background task: looks for due recomputes every `interval` until `shutdown`.
+    pub async fn run_scheduled_recomputes(
+        &self,
+        interval: std::time::Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if let Err(e) = self.recompute_due(Utc::now()).await {
+                tracing::warn!(error = %e, "scheduled segment recompute failed; retrying later");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
     }
 }
 

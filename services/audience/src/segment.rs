@@ -1,4 +1,5 @@
-//! The segment rule language: a small JSON document, validated into a [`Rule`] (errors name
+//! The segment rule language: a small JSON or YAML document (same
+//! structure), validated into a [`Rule`] (errors name
 //! the part at fault, `definition.all[1].event.within_days`), compiled to one SQL condition
 //! over the audience read model for PostgreSQL or SQLite.
 //!
@@ -12,6 +13,21 @@
 //!   {"region": ["DE", "FR", "IT"]},
 //!   {"has_identifier": "email"}
 //! ]}
+//! ```
+//!
+//! The same rule in YAML (a definition not starting with `{` is read as YAML; errors name
+//! the part at fault with the same paths):
+//!
+//! ```yaml
+//! all:
+//!   - event: {name: Product Viewed, within_days: 7}
+//!   - not:
+//!       event: {name: Order Completed, within_days: 7}
+//!   - spend: {currency: EUR, at_least: "200.00", within_days: 90}
+//!   - trait: {name: aipl_stage, eq: interest}
+//!   - trait: {name: rfm_score, gte: 4}
+//!   - region: [DE, FR, IT]
+//!   - has_identifier: email
 //! ```
 //!
 //! - `all` / `any`: lists of rules (1..=50); `not`: one rule.
@@ -117,11 +133,108 @@ const IDENTIFIER_TYPES: &[&str] = &[
     "click_id",
 ];
 
-/// Parses and validates a definition (JSON). Paths start at `definition`.
+/// Parses and validates a definition, JSON or YAML (same structure). Paths start at
+/// `definition`. A definition whose first non-blank character is `{` is read as JSON;
+/// anything else as YAML.
 pub fn parse(definition: &str) -> Result<Rule, RuleError> {
-    let value: Value = serde_json::from_str(definition)
-        .map_err(|e| err("definition", format!("not valid JSON ({e})")))?;
+    let value: Value = if definition.trim_start().starts_with('{') {
+        serde_json::from_str(definition)
+            .map_err(|e| err("definition", format!("not valid JSON ({e})")))?
+    } else {
+        from_yaml(definition)?
+    };
     rule(&value, "definition", 0)
+}
+
+/// Deepest YAML nesting read (a rule nests at most `MAX_DEPTH` levels, two YAML levels
+/// each); deeper input is refused before validation.
+const MAX_YAML_DEPTH: usize = 2 * MAX_DEPTH + 8;
+
+/// Reads a YAML definition into the JSON value the validator walks, so both forms get
+/// the same checks and error paths.
+fn from_yaml(definition: &str) -> Result<Value, RuleError> {
+    use yaml_rust2::parser::{Event, Parser};
+    // A first pass over the events, before anything is built: the loader copies what an
+    // alias points to (a few lines could expand to gigabytes) and nests without bound.
+    let mut parser = Parser::new_from_str(definition);
+    let mut depth = 0usize;
+    loop {
+        let (event, _) = parser
+            .next_token()
+            .map_err(|e| err("definition", format!("not valid YAML ({e})")))?;
+        match event {
+            Event::StreamEnd => break,
+            Event::Alias(_) => {
+                return Err(err(
+                    "definition",
+                    "YAML aliases (`*name`) are not supported",
+                ));
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > MAX_YAML_DEPTH {
+                    return Err(err(
+                        "definition",
+                        format!("nested deeper than {MAX_YAML_DEPTH} levels"),
+                    ));
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    let mut documents = yaml_rust2::YamlLoader::load_from_str(definition)
+        .map_err(|e| err("definition", format!("not valid YAML ({e})")))?;
+    match documents.len() {
+        0 => Err(err("definition", "is empty")),
+        1 => yaml_value(documents.remove(0), "definition", 0),
+        n => Err(err(
+            "definition",
+            format!("must be one YAML document, not {n}"),
+        )),
+    }
+}
+
+fn yaml_value(yaml: yaml_rust2::Yaml, path: &str, depth: usize) -> Result<Value, RuleError> {
+    use yaml_rust2::Yaml;
+    if depth > MAX_YAML_DEPTH {
+        return Err(err(
+            path,
+            format!("nested deeper than {MAX_YAML_DEPTH} levels"),
+        ));
+    }
+    Ok(match yaml {
+        Yaml::Null => Value::Null,
+        Yaml::Boolean(b) => Value::Bool(b),
+        Yaml::Integer(i) => Value::from(i),
+        Yaml::Real(text) => text
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number)
+            .ok_or_else(|| err(path, format!("`{text}` is not a finite number")))?,
+        Yaml::String(text) => Value::String(text),
+        Yaml::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| yaml_value(item, &format!("{path}[{i}]"), depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        Yaml::Hash(entries) => {
+            let mut object = Map::new();
+            for (key, item) in entries {
+                let Yaml::String(key) = key else {
+                    return Err(err(path, "keys must be text"));
+                };
+                let item = yaml_value(item, &format!("{path}.{key}"), depth + 1)?;
+                object.insert(key, item);
+            }
+            Value::Object(object)
+        }
+        Yaml::Alias(_) => return Err(err(path, "YAML aliases (`*name`) are not supported")),
+        Yaml::BadValue => return Err(err(path, "is not a YAML value")),
+    })
 }
 
 fn single_key<'a>(value: &'a Value, path: &str) -> Result<(&'a str, &'a Value), RuleError> {
@@ -645,6 +758,105 @@ mod tests {
             let error = parse(definition).unwrap_err();
             assert_eq!(error.path, path, "{definition}: {error}");
         }
+    }
+
+    /// The YAML example of the module docs is the JSON example.
+    const DOCUMENTED_YAML: &str = "
+all:
+  - event: {name: Product Viewed, within_days: 7}
+  - not:
+      event: {name: Order Completed, within_days: 7}
+  - spend: {currency: EUR, at_least: \"200.00\", within_days: 90}
+  - trait: {name: aipl_stage, eq: interest}
+  - trait: {name: rfm_score, gte: 4}
+  - region: [DE, FR, IT]
+  - has_identifier: email
+";
+
+    #[test]
+    fn yaml_means_the_same_as_json() {
+        let json = parse(
+            r#"{"all": [
+              {"event": {"name": "Product Viewed", "within_days": 7}},
+              {"not": {"event": {"name": "Order Completed", "within_days": 7}}},
+              {"spend": {"currency": "EUR", "at_least": "200.00", "within_days": 90}},
+              {"trait": {"name": "aipl_stage", "eq": "interest"}},
+              {"trait": {"name": "rfm_score", "gte": 4}},
+              {"region": ["DE", "FR", "IT"]},
+              {"has_identifier": "email"}
+            ]}"#,
+        )
+        .unwrap();
+        assert_eq!(parse(DOCUMENTED_YAML).unwrap(), json);
+        // Flat event form, block style, and numbers written as YAML floats.
+        assert_eq!(
+            parse("event: Product Added\nwithin_days: 7\ncount_at_least: 2\n").unwrap(),
+            parse(r#"{"event": {"name": "Product Added", "within_days": 7, "min_count": 2}}"#)
+                .unwrap()
+        );
+        assert_eq!(
+            parse("trait:\n  name: rfm_score\n  gte: 4.5\n").unwrap(),
+            Rule::Trait {
+                name: "rfm_score".into(),
+                test: TraitTest::Gte(4.5)
+            }
+        );
+    }
+
+    #[test]
+    fn yaml_errors_name_the_part_at_fault() {
+        let cases = [
+            ("all: [\n", "definition"),
+            ("", "definition"),
+            ("a: 1\n---\nb: 2\n", "definition"),
+            ("all: []", "definition.all"),
+            (
+                "all:\n  - event: {name: x, within_days: 0}\n",
+                "definition.all[0].event.within_days",
+            ),
+            (
+                "any:\n  - region: [DE]\n  - trait: {name: rfm, gt: high}\n",
+                "definition.any[1].trait.gt",
+            ),
+            (
+                "not:\n  spend: {currency: eur, at_least: \"1\", within_days: 3}\n",
+                "definition.not.spend.currency",
+            ),
+            (
+                "event: {name: x, within_days: 3, color: 1}",
+                "definition.event.color",
+            ),
+            ("has_identifier: ssn", "definition.has_identifier"),
+            ("bogus: 1", "definition.bogus"),
+            (
+                "trait: {name: rfm_score, gte: .nan}",
+                "definition.trait.gte",
+            ),
+            ("trait: {name: rfm_score, 4: 1}", "definition.trait"),
+            ("all:\n  - &a {region: [DE]}\n  - *a\n", "definition"),
+            ("- region: [DE]", "definition"),
+        ];
+        for (definition, path) in cases {
+            let error = parse(definition).unwrap_err();
+            assert_eq!(error.path, path, "{definition}: {error}");
+        }
+        assert!(
+            parse("all: [\n")
+                .unwrap_err()
+                .reason
+                .starts_with("not valid YAML")
+        );
+        assert!(
+            parse("all:\n  - &a {region: [DE]}\n  - *a\n")
+                .unwrap_err()
+                .reason
+                .contains("aliases")
+        );
+        // Deep nesting is refused, not recursed into (block style as well as flow).
+        let block: String = (0..40).map(|i| format!("{}- \n", "  ".repeat(i))).collect();
+        assert!(parse(&block).unwrap_err().reason.contains("nested deeper"));
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(parse(&deep).unwrap_err().path, "definition");
     }
 
     #[test]

@@ -38,6 +38,18 @@ pub struct SegmentRow {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A segment with a recompute schedule, as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledSegment {
+    pub workspace_id: String,
+    pub segment_id: String,
+    pub definition: String,
+    pub recompute_schedule: String,
+    /// The slot to run next; `None` until the scheduler first saw the segment (or since
+    /// its schedule changed).
+    pub next_recompute_at: Option<DateTime<Utc>>,
+}
+
 /// A member of a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberRow {
@@ -657,7 +669,9 @@ impl AudienceStore {
         segment: &SegmentRow,
         expected_version: u32,
     ) -> Result<bool, AudienceError> {
-        const UPDATE: &str = "UPDATE audience_segments SET name = $1, definition = $2, purpose = $3, recompute_schedule = $4, version = $5, updated_at = $6 \
+        // A changed schedule forgets its next slot: the scheduler plans it afresh.
+        const UPDATE: &str = "UPDATE audience_segments SET name = $1, definition = $2, purpose = $3, recompute_schedule = $4, version = $5, updated_at = $6, \
+             next_recompute_at = CASE WHEN recompute_schedule = $4 THEN next_recompute_at ELSE NULL END \
              WHERE workspace_id = $7 AND segment_id = $8 AND version = $9";
         macro_rules! run {
             ($pool:expr) => {
@@ -747,6 +761,80 @@ impl AudienceStore {
             Store::Sqlite(pool) => run!(pool),
         }
     }
+    /// Segments of every workspace whose scheduled recompute is due at `now`, or not yet
+    /// planned (no next slot).
+    pub async fn due_segments(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ScheduledSegment>, AudienceError> {
+        // Timestamps are fixed-width RFC 3339 UTC text, so text order is time order.
+        const SELECT: &str = "SELECT workspace_id, segment_id, definition, recompute_schedule, next_recompute_at \
+             FROM audience_segments WHERE recompute_schedule <> '' AND (next_recompute_at IS NULL OR next_recompute_at <= $1) \
+             ORDER BY workspace_id, segment_id";
+        macro_rules! run {
+            ($pool:expr) => {{
+                let rows = sqlx::query(SELECT).bind(ts(now)).fetch_all($pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        let next: Option<String> = row.try_get("next_recompute_at")?;
+                        Ok(ScheduledSegment {
+                            workspace_id: row.try_get("workspace_id")?,
+                            segment_id: row.try_get("segment_id")?,
+                            definition: row.try_get("definition")?,
+                            recompute_schedule: row.try_get("recompute_schedule")?,
+                            next_recompute_at: next.as_deref().map(parse_ts).transpose()?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, AudienceError>>()
+            }};
+        }
+        match &self.store {
+            Store::Postgres(pool) => run!(pool),
+            Store::Sqlite(pool) => run!(pool),
+        }
+    }
+
+    /// Moves a segment's next recompute slot from `expected` to `next` if no one else
+    /// moved it first (another replica, or this one before a restart). True when this
+    /// caller won the slot.
+    pub async fn claim_recompute_slot(
+        &self,
+        workspace: &str,
+        segment_id: &str,
+        schedule: &str,
+        expected: Option<DateTime<Utc>>,
+        next: DateTime<Utc>,
+    ) -> Result<bool, AudienceError> {
+        // The schedule is part of the condition: a slot planned for an old schedule is not
+        // claimed once the schedule changed.
+        const FROM_SLOT: &str = "UPDATE audience_segments SET next_recompute_at = $1 \
+             WHERE workspace_id = $2 AND segment_id = $3 AND recompute_schedule = $4 AND next_recompute_at = $5";
+        const FROM_NONE: &str = "UPDATE audience_segments SET next_recompute_at = $1 \
+             WHERE workspace_id = $2 AND segment_id = $3 AND recompute_schedule = $4 AND next_recompute_at IS NULL";
+        let (sql, expected) = match expected {
+            Some(at) => (FROM_SLOT, Some(ts(at))),
+            None => (FROM_NONE, None),
+        };
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut query = sqlx::query(sql)
+                    .bind(ts(next))
+                    .bind(workspace)
+                    .bind(segment_id)
+                    .bind(schedule);
+                if let Some(expected) = expected {
+                    query = query.bind(expected);
+                }
+                query.execute($pool).await?.rows_affected()
+            }};
+        }
+        let n = match &self.store {
+            Store::Postgres(pool) => run!(pool),
+            Store::Sqlite(pool) => run!(pool),
+        };
+        Ok(n == 1)
+    }
+
     /// The segments a profile is a member of: id, name and when it joined (access requests).
     pub async fn memberships_of(
         &self,

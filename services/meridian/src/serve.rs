@@ -197,6 +197,16 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
                         "consent withdrawals not followed on the embedded store yet: members leave destinations at the next sync"
                     );
                 }
+                // Full recomputes on each segment's schedule (what leaves a time window
+                // without a new event); slots are claimed in the store, once per replica set.
+                {
+                    let room = room.clone();
+                    let shutdown = shutdown_rx.clone();
+                    room_tasks.push(tokio::spawn(async move {
+                        room.run_scheduled_recomputes(std::time::Duration::from_secs(30), shutdown)
+                            .await
+                    }));
+                }
                 routes.add_service(meridian_audience::AudienceApi::new(room).into_server());
             }
         }
