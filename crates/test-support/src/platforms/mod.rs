@@ -110,3 +110,32 @@ pub(crate) fn json_response(
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_failures_come_first_then_the_outage_until_it_ends() {
+        let failures = FailureQueue::default();
+        assert_eq!(failures.next(), None);
+        failures.set_outage(Some(Failure::Unavailable));
+        failures.push(
+            Failure::Throttle {
+                retry_after_seconds: 1,
+            },
+            1,
+        );
+        assert_eq!(
+            failures.next(),
+            Some(Failure::Throttle {
+                retry_after_seconds: 1
+            })
+        );
+        for _ in 0..3 {
+            assert_eq!(failures.next(), Some(Failure::Unavailable));
+        }
+        failures.set_outage(None);
+        assert_eq!(failures.next(), None);
+    }
+}
