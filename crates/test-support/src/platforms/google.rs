@@ -38,6 +38,8 @@ struct Inner {
     jobs: Mutex<HashMap<String, Job>>,
     /// User list resource name → identifiers (canonical JSON of one `userIdentifiers` entry).
     lists: Mutex<HashMap<String, HashSet<String>>>,
+    /// (user list, identifier) of every `remove` operation a job ran, repeats included.
+    removed: Mutex<Vec<(String, String)>>,
     failures: FailureQueue,
 }
 
@@ -55,6 +57,7 @@ impl GoogleAdsFake {
                 developer_token: developer_token.to_owned(),
                 jobs: Mutex::default(),
                 lists: Mutex::default(),
+                removed: Mutex::default(),
                 failures: FailureQueue::default(),
             }),
         }
@@ -73,6 +76,27 @@ impl GoogleAdsFake {
 
     pub fn fail_next(&self, failure: Failure, times: usize) {
         self.inner.failures.push(failure, times);
+    }
+
+    /// Every request fails with `failure` until [`GoogleAdsFake::recover`].
+    pub fn fail_until_recovered(&self, failure: Failure) {
+        self.inner.failures.set_outage(Some(failure));
+    }
+
+    /// Ends an outage started by [`GoogleAdsFake::fail_until_recovered`].
+    pub fn recover(&self) {
+        self.inner.failures.set_outage(None);
+    }
+
+    /// Every identifier a ran job's `remove` operations took out of the user list, in order
+    /// (canonical JSON, as [`GoogleAdsFake::members`]): one removed twice appears twice
+    /// (removing what the list no longer holds changes nothing).
+    pub fn removed(&self, user_list: &str) -> Vec<String> {
+        lock(&self.inner.removed)
+            .iter()
+            .filter(|(l, _)| l == user_list)
+            .map(|(_, id)| id.clone())
+            .collect()
     }
 
     /// Identifiers the user list holds after the jobs that ran: each one `userIdentifiers`
@@ -331,9 +355,11 @@ async fn job_action(
             job.ran = true;
             let mut lists = lock(&fake.inner.lists);
             let list = lists.entry(job.user_list.clone()).or_default();
+            let mut removed = lock(&fake.inner.removed);
             for (remove, id) in job.operations.drain(..) {
                 if remove {
                     list.remove(&id);
+                    removed.push((job.user_list.clone(), id));
                 } else {
                     list.insert(id);
                 }

@@ -67,6 +67,8 @@ struct Inner {
     keep_members: bool,
     audiences: Mutex<HashMap<String, Audience>>,
     batches: Mutex<Vec<Batch>>,
+    /// (audience, row) of every removal row applied, in order, repeats included.
+    removed: Mutex<Vec<(String, Vec<String>)>>,
     failures: FailureQueue,
 }
 
@@ -85,6 +87,7 @@ impl MetaFake {
                 keep_members,
                 audiences: Mutex::default(),
                 batches: Mutex::default(),
+                removed: Mutex::default(),
                 failures: FailureQueue::default(),
             }),
         }
@@ -103,6 +106,27 @@ impl MetaFake {
     /// Answers the next `times` requests with `failure`.
     pub fn fail_next(&self, failure: Failure, times: usize) {
         self.inner.failures.push(failure, times);
+    }
+
+    /// Every request fails with `failure` until [`MetaFake::recover`].
+    pub fn fail_until_recovered(&self, failure: Failure) {
+        self.inner.failures.set_outage(Some(failure));
+    }
+
+    /// Ends an outage started by [`MetaFake::fail_until_recovered`].
+    pub fn recover(&self) {
+        self.inner.failures.set_outage(None);
+    }
+
+    /// Every row a removal (`DELETE`) applied to the audience, in order: a row removed
+    /// twice appears twice (removing a row the audience no longer holds changes nothing, as
+    /// on Meta). A replayed batch of a session is not applied again, so not listed.
+    pub fn removed_rows(&self, audience_id: &str) -> Vec<Vec<String>> {
+        lock(&self.inner.removed)
+            .iter()
+            .filter(|(a, _)| a == audience_id)
+            .map(|(_, row)| row.clone())
+            .collect()
     }
 
     /// The rows the audience holds now (schema order of the requests that added them).
@@ -312,6 +336,9 @@ async fn handle(
         if !replay {
             if !removal {
                 audience.received += received;
+            } else {
+                lock(&fake.inner.removed)
+                    .extend(rows.iter().map(|row| (audience_id.clone(), row.clone())));
             }
             if fake.inner.keep_members {
                 for row in rows {

@@ -25,18 +25,35 @@ pub enum Failure {
     Unavailable,
 }
 
-/// The failures queued for the next requests, first one first.
+/// The failures queued for the next requests, first one first, then an outage's failure
+/// for every request until it ends.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct FailureQueue(Arc<Mutex<VecDeque<Failure>>>);
+pub(crate) struct FailureQueue(Arc<Mutex<Failures>>);
+
+#[derive(Debug, Default)]
+struct Failures {
+    queued: VecDeque<Failure>,
+    outage: Option<Failure>,
+}
 
 impl FailureQueue {
     pub(crate) fn push(&self, failure: Failure, times: usize) {
-        let mut queue = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        queue.extend(std::iter::repeat_n(failure, times));
+        let mut failures = lock(&self.0);
+        failures.queued.extend(std::iter::repeat_n(failure, times));
+    }
+
+    /// Every request fails with `failure` (`None`: the outage is over). An outage lasts
+    /// until the test ends it, however many retries the client makes meanwhile.
+    pub(crate) fn set_outage(&self, failure: Option<Failure>) {
+        lock(&self.0).outage = failure;
     }
 
     pub(crate) fn next(&self) -> Option<Failure> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+        let mut failures = lock(&self.0);
+        failures
+            .queued
+            .pop_front()
+            .or_else(|| failures.outage.clone())
     }
 }
 
@@ -92,4 +109,33 @@ pub(crate) fn json_response(
         value.to_string(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_failures_come_first_then_the_outage_until_it_ends() {
+        let failures = FailureQueue::default();
+        assert_eq!(failures.next(), None);
+        failures.set_outage(Some(Failure::Unavailable));
+        failures.push(
+            Failure::Throttle {
+                retry_after_seconds: 1,
+            },
+            1,
+        );
+        assert_eq!(
+            failures.next(),
+            Some(Failure::Throttle {
+                retry_after_seconds: 1
+            })
+        );
+        for _ in 0..3 {
+            assert_eq!(failures.next(), Some(Failure::Unavailable));
+        }
+        failures.set_outage(None);
+        assert_eq!(failures.next(), None);
+    }
 }
