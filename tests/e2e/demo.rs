@@ -19,7 +19,8 @@ fn counts(v: &Value) -> BTreeMap<String, u64> {
 #[tokio::test]
 async fn demo_runs_the_whole_loop_and_its_summary_adds_up() {
     let env = Environment::new(Backend::Sqlite).await;
-    let (ok, stdout, stderr) = env.run(&["demo", "--shoppers", "40", "--json"]).await;
+    // enough shoppers that every market shows up, and with it drops, strips and exclusions
+    let (ok, stdout, stderr) = env.run(&["demo", "--shoppers", "120", "--json"]).await;
     assert!(ok, "the demo failed: {stderr}\n{stdout}");
     let json = &stdout[stdout
         .find("\n{")
@@ -27,15 +28,29 @@ async fn demo_runs_the_whole_loop_and_its_summary_adds_up() {
     let s: Value = serde_json::from_str(json).unwrap();
     let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} in {s}"));
 
-    assert_eq!(n("shoppers"), 40);
-    assert_eq!(n("consents_recorded"), 40, "one consent record per shopper");
+    assert_eq!(n("shoppers"), 120);
+    assert_eq!(
+        n("consents_recorded"),
+        120,
+        "one consent record per shopper"
+    );
     // every event sent is accounted for, and every drop names its rule
     assert_eq!(
         n("events_accepted") + n("events_duplicate") + n("events_rejected") + n("events_dropped"),
         n("events_sent")
     );
     assert!(n("events_accepted") > 0);
-    assert_eq!(n("events_rejected"), 0, "the generator sends valid events");
+    assert_eq!(
+        n("events_rejected"),
+        0,
+        "the generator sends valid events: {}",
+        s["rejections_by_field"]
+    );
+    // stripped fields are counted by the rule that stripped them
+    assert_eq!(
+        counts(&s["strips_by_rule"]).values().sum::<u64>(),
+        n("fields_stripped")
+    );
     let drops = counts(&s["drops_by_rule"]);
     assert_eq!(drops.values().sum::<u64>(), n("events_dropped"));
     // shoppers without consent in opt-in regimes lose their events, by the regime's rule
@@ -50,7 +65,7 @@ async fn demo_runs_the_whole_loop_and_its_summary_adds_up() {
 
     // stitching joined devices, emails and customer ids into fewer profiles than shoppers'
     // identifiers, and every profile has an AIPL stage
-    assert!(n("profiles") > 0 && n("profiles") <= 40, "{s}");
+    assert!(n("profiles") > 0 && n("profiles") <= 120, "{s}");
     assert!(n("merges") > 0);
     assert_eq!(
         counts(&s["aipl_stages"]).values().sum::<u64>(),

@@ -48,6 +48,10 @@ pub(crate) struct Summary {
     pub(crate) events_dropped: u64,
     pub(crate) fields_stripped: u64,
     pub(crate) drops_by_rule: BTreeMap<String, u64>,
+    /// Fields stripped, by the rule that gave them no basis.
+    pub(crate) strips_by_rule: BTreeMap<String, u64>,
+    /// Rejected events, by the field at fault.
+    pub(crate) rejections_by_field: BTreeMap<String, u64>,
     pub(crate) profiles: usize,
     pub(crate) merges: usize,
     pub(crate) aipl_stages: BTreeMap<String, usize>,
@@ -411,8 +415,38 @@ async fn ingest(
             {
                 accepted.insert(r.message_id.clone());
             }
-            if !r.rule.is_empty() {
-                *summary.drops_by_rule.entry(r.rule.clone()).or_default() += 1;
+            match v1::EventOutcome::try_from(r.outcome) {
+                Ok(v1::EventOutcome::Dropped) => {
+                    *summary.drops_by_rule.entry(r.rule.clone()).or_default() += 1;
+                }
+                Ok(v1::EventOutcome::Rejected) => {
+                    // `events[12].identifiers[1].value` → `identifiers[].value`
+                    let field = r.field.split_once('.').map_or(r.field.as_str(), |(_, f)| f);
+                    let field: String = field
+                        .chars()
+                        .scan(false, |in_index, c| {
+                            Some(match c {
+                                '[' => {
+                                    *in_index = true;
+                                    Some('[')
+                                }
+                                ']' => {
+                                    *in_index = false;
+                                    Some(']')
+                                }
+                                _ if *in_index => None,
+                                c => Some(c),
+                            })
+                        })
+                        .flatten()
+                        .collect();
+                    *summary.rejections_by_field.entry(field).or_default() += 1;
+                }
+                _ if !r.stripped_fields.is_empty() => {
+                    *summary.strips_by_rule.entry(r.rule.clone()).or_default() +=
+                        r.stripped_fields.len() as u64;
+                }
+                _ => {}
             }
         }
         bar.advance(batch.len());
@@ -626,7 +660,14 @@ async fn audience(
             .context("GetSyncStatus returned no status")?;
     }
     bar.finish();
-    if status.state != v1::SyncState::Succeeded as i32 {
+    // Too few members allowed: the destination is sent nothing, by design, not an error.
+    let below_minimum = status.last_error == "audience_below_minimum";
+    if below_minimum {
+        println!(
+            "  audience sync: fewer allowed members than the destination's minimum; nothing sent"
+        );
+    }
+    if status.state != v1::SyncState::Succeeded as i32 && !below_minimum {
         bail!(
             "the audience sync ended {:?}: {}",
             status.state(),
@@ -739,8 +780,8 @@ async fn requests(
 }
 
 fn print_summary(s: &Summary) {
-    let row = |k: &str, v: String| println!("  │ {k:<46} │ {v:>18} │");
-    let rule = |c: char| println!("  {}", std::iter::repeat_n(c, 71).collect::<String>());
+    let row = |k: &str, v: String| println!("  │ {k:<52} │ {v:>18} │");
+    let rule = |c: char| println!("  {}", std::iter::repeat_n(c, 77).collect::<String>());
     println!();
     rule('─');
     row("shoppers", s.shoppers.to_string());
@@ -752,7 +793,13 @@ fn print_summary(s: &Summary) {
         row(&format!("    by {rule_id}"), n.to_string());
     }
     row("  rejected (invalid)", s.events_rejected.to_string());
+    for (field, n) in &s.rejections_by_field {
+        row(&format!("    at {field}"), n.to_string());
+    }
     row("  fields stripped", s.fields_stripped.to_string());
+    for (rule_id, n) in &s.strips_by_rule {
+        row(&format!("    by {rule_id}"), n.to_string());
+    }
     row("profiles", s.profiles.to_string());
     row("identity links (merges)", s.merges.to_string());
     for (stage, n) in &s.aipl_stages {

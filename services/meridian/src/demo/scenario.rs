@@ -124,9 +124,9 @@ const PRODUCTS: [(&str, i64); 6] = [
 fn phone(rng: &mut Rng, country: &str) -> String {
     match country {
         "DE" => format!("0151 {} {}", rng.digits(4), rng.digits(4)),
+        // 06 12: an assigned mobile block (libphonenumber refuses unassigned ones like 06 39)
         "FR" => format!(
-            "06 {} {} {} {}",
-            rng.digits(2),
+            "06 12 {} {} {}",
             rng.digits(2),
             rng.digits(2),
             rng.digits(2)
