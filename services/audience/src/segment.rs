@@ -39,7 +39,7 @@
 //! - `trait`: a computed trait (`rfm_segment`, `rfm_score`, `aipl_stage`, …) compared with
 //!   exactly one of `eq`, `ne` (text or number), `gt`, `gte`, `lt`, `lte` (number) or
 //!   `exists: true`.
-//! - `region`: home region in the list; `jurisdiction`: jurisdiction in the list.
+//! - `region`: home region in the list; `jurisdiction`: jurisdiction in the list (`FR` also names the EEA jurisdiction `EU-FR`).
 //! - `has_identifier`: `email`, `phone`, `device_id`, `customer_id`, …
 //!
 //! Consent, purpose and transfer are not part of the rule: they are decided per member and
@@ -431,6 +431,19 @@ fn rule(value: &Value, path: &str, depth: usize) -> Result<Rule, RuleError> {
             Ok(if key == "region" {
                 Rule::Region(codes)
             } else {
+                // Jurisdictions of EEA member states are `EU-XX` in the policies, and the
+                // API accepts `XX` for them (see `common.proto`): so does a rule.
+                let mut codes = codes;
+                let eea: Vec<String> = codes
+                    .iter()
+                    .filter(|c| c.len() == 2)
+                    .map(|c| format!("EU-{c}"))
+                    .collect();
+                for code in eea {
+                    if !codes.contains(&code) {
+                        codes.push(code);
+                    }
+                }
                 Rule::Jurisdiction(codes)
             })
         }
@@ -867,5 +880,22 @@ all:
         let utc = local_day(at, chrono_tz::UTC);
         assert_eq!(local_day(at, chrono_tz::Europe::Paris), utc + 1);
         assert_eq!(local_day(at, chrono_tz::America::Los_Angeles), utc);
+    }
+
+    #[test]
+    fn a_country_code_names_its_eea_jurisdiction_too() {
+        assert_eq!(
+            parse(r#"{"jurisdiction": ["FR", "US-CA", "EU-DE"]}"#).unwrap(),
+            Rule::Jurisdiction(vec![
+                "FR".into(),
+                "US-CA".into(),
+                "EU-DE".into(),
+                "EU-FR".into()
+            ])
+        );
+        assert_eq!(
+            parse(r#"{"region": ["FR"]}"#).unwrap(),
+            Rule::Region(vec!["FR".into()])
+        );
     }
 }
