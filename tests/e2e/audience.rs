@@ -372,8 +372,6 @@ mod destinations {
 
     #[tokio::test]
     async fn segment_syncs_to_four_platforms_and_a_withdrawal_takes_exactly_that_member_back() {
-        let nats = std::env::var("NATS_URL")
-            .expect("NATS_URL must point at a NATS JetStream server for the end-to-end tests");
         let env = Environment::new(Backend::Postgres).await;
         let key = env.api_key("acme", "admin").await;
 
@@ -399,9 +397,13 @@ mod destinations {
             std::fs::write(secrets.path().join(name), format!("{value}\n")).unwrap();
         }
         let secrets_dir = secrets.path().to_str().unwrap().to_owned();
+        let [(url_var, nats), (stream_var, stream), (root_var, root)] =
+            crate::harness::own_jetstream();
         let server = env
             .serve_with_env(&[
-                ("NATS_URL", &nats),
+                (url_var, &nats),
+                (stream_var, &stream),
+                (root_var, &root),
                 ("MERIDIAN_DESTINATION_CREDENTIALS_DIR", &secrets_dir),
             ])
             .await;
@@ -696,7 +698,7 @@ mod destinations {
             tiktok_left.remove(&t);
         }
         eventually(
-            Duration::from_secs(20),
+            Duration::from_secs(90),
             "removals at every platform",
             async || {
                 meta.members("23850001") == meta_left

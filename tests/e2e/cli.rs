@@ -145,10 +145,10 @@ async fn outbox_dead_letters_list_and_replay_refuses_unknown_ids() {
 
 #[tokio::test]
 async fn serve_runs_on_postgres_with_jetstream_and_on_the_in_process_bus() {
-    let nats = std::env::var("NATS_URL")
-        .expect("NATS_URL must point at a NATS JetStream server for the end-to-end tests");
     let env = Environment::new(Backend::Postgres).await;
-    let server = env.serve_with_env(&[("NATS_URL", &nats)]).await;
+    let jetstream = crate::harness::own_jetstream();
+    let vars: Vec<(&str, &str)> = jetstream.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = env.serve_with_env(&vars).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());
     health
         .check(tonic_health::pb::HealthCheckRequest::default())

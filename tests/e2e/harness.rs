@@ -221,6 +221,20 @@ impl Server {
     }
 }
 
+/// A JetStream of the test's own: `NATS_URL`, plus a stream and subject root no other
+/// test (or earlier run) uses. Servers sharing the default streams would share durable
+/// consumers too, and take each other's events.
+pub fn own_jetstream() -> [(&'static str, String); 3] {
+    let nats = std::env::var("NATS_URL")
+        .expect("NATS_URL must point at a NATS JetStream server for the end-to-end tests");
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    [
+        ("NATS_URL", nats),
+        ("MERIDIAN_NATS_STREAM", format!("E2E_{run}")),
+        ("MERIDIAN_NATS_SUBJECT_ROOT", format!("e2e-{run}")),
+    ]
+}
+
 /// A request with `authorization: Bearer <key>` (or none).
 pub fn authorized<T>(message: T, key: Option<&str>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
