@@ -282,7 +282,7 @@ impl EventHandler for ReadModelConsumer {
                     .map_err(failed)?
                 {
                     EventCounted::Counted | EventCounted::Skipped => Ok(()),
-                    // The bus retries with backoff (see `events_subscription`); an event
+                    // The bus retries with backoff (see `subscriptions`); an event
                     // whose identifiers never stitch ends in the dead letters, visible.
                     EventCounted::ProfileNotYetKnown => Err(HandlerError::Failed(
                         "no profile holds the event's identifiers yet".into(),
