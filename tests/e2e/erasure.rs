@@ -328,19 +328,11 @@ fn shopper_events(tag: &str, phone: &str) -> Vec<Event> {
 /// no longer opens, another shopper is untouched, and the receipt verifies.
 #[tokio::test]
 async fn erasure_leaves_nothing_of_the_shopper_on_postgres_and_jetstream() {
-    let nats = std::env::var("NATS_URL")
-        .expect("NATS_URL must point at a NATS JetStream server for the end-to-end tests");
-    // A stream and subject root of its own: tests running at once share the NATS server.
-    let run = uuid::Uuid::now_v7().simple().to_string();
     let env = Environment::new(Backend::Postgres).await;
     let key = env.api_key("acme", "admin").await;
-    let server = env
-        .serve_with_env(&[
-            ("NATS_URL", &nats),
-            ("MERIDIAN_NATS_STREAM", &format!("E2E_{run}")),
-            ("MERIDIAN_NATS_SUBJECT_ROOT", &format!("e2e-{run}")),
-        ])
-        .await;
+    let jetstream = crate::harness::own_jetstream();
+    let vars: Vec<(&str, &str)> = jetstream.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = env.serve_with_env(&vars).await;
     let mut ingest = ingest_service_client::IngestServiceClient::new(server.channel.clone());
     let mut identity = identity_service_client::IdentityServiceClient::new(server.channel.clone());
     let mut dsr = dsr_service_client::DsrServiceClient::new(server.channel.clone());
@@ -699,9 +691,6 @@ mod at_destinations {
         }
 
         async fn synced() -> (World, Server) {
-            let nats = std::env::var("NATS_URL")
-                .expect("NATS_URL must point at a NATS JetStream server for the end-to-end tests");
-            let run = uuid::Uuid::now_v7().simple().to_string();
             let env = Environment::new(Backend::Postgres).await;
             let key = env.api_key("acme", "admin").await;
             let meta = MetaFake::new(META_TOKEN, true);
@@ -715,20 +704,18 @@ mod at_destinations {
             ] {
                 std::fs::write(secrets.path().join(name), format!("{value}\n")).unwrap();
             }
-            let vars = vec![
-                ("NATS_URL".to_owned(), nats),
-                ("MERIDIAN_NATS_STREAM".to_owned(), format!("E2E_{run}")),
-                (
-                    "MERIDIAN_NATS_SUBJECT_ROOT".to_owned(),
-                    format!("e2e-{run}"),
-                ),
+            let mut vars: Vec<(String, String)> = crate::harness::own_jetstream()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+            vars.extend([
                 (
                     "MERIDIAN_DESTINATION_CREDENTIALS_DIR".to_owned(),
                     secrets.path().to_str().unwrap().to_owned(),
                 ),
                 // A killed server's held saga is taken over this long after its last renewal.
                 ("MERIDIAN_ERASURE_LEASE_SECONDS".to_owned(), "10".to_owned()),
-            ];
+            ]);
             let world = World {
                 env,
                 key,

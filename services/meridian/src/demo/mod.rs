@@ -421,25 +421,18 @@ async fn ingest(
                 }
                 Ok(v1::EventOutcome::Rejected) => {
                     // `events[12].identifiers[1].value` → `identifiers[].value`
-                    let field = r.field.split_once('.').map_or(r.field.as_str(), |(_, f)| f);
-                    let field: String = field
-                        .chars()
-                        .scan(false, |in_index, c| {
-                            Some(match c {
-                                '[' => {
-                                    *in_index = true;
-                                    Some('[')
-                                }
-                                ']' => {
-                                    *in_index = false;
-                                    Some(']')
-                                }
-                                _ if *in_index => None,
-                                c => Some(c),
-                            })
-                        })
-                        .flatten()
-                        .collect();
+                    let path = r.field.split_once('.').map_or(r.field.as_str(), |(_, f)| f);
+                    let mut field = String::with_capacity(path.len());
+                    let mut in_index = false;
+                    for c in path.chars() {
+                        match c {
+                            '[' => in_index = true,
+                            ']' => in_index = false,
+                            _ if in_index => continue,
+                            _ => {}
+                        }
+                        field.push(c);
+                    }
                     *summary.rejections_by_field.entry(field).or_default() += 1;
                 }
                 _ if !r.stripped_fields.is_empty() => {
