@@ -7,6 +7,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use meridian_store::Store;
 use tokio::net::TcpListener;
 
@@ -21,6 +22,12 @@ pub(crate) async fn serve(
         .route("/readyz", get(ready))
         .with_state(store)
         .merge(rooms);
+    // TCP_NODELAY, as for gRPC: a small response must not wait for a delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
