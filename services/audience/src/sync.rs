@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use meridian_bus::{EventHandler, HandlerError, OutboxEvent, Tx};
+use meridian_bus::{EventHandler, HandlerError, OutboxEvent, RetryPolicy, Subscription, Tx};
 use meridian_destinations::connector::Direction;
 use meridian_destinations::transport::Transport;
 use meridian_policy::{Action, ConsentState, PolicyEngine, Question};
@@ -927,6 +927,25 @@ fn error_code(reason: &str) -> String {
 /// subject's profiles are removed from every destination that may no longer hold them.
 pub struct ConsentWithdrawals {
     pub room: AudienceRoom,
+}
+
+/// The subscription [`ConsentWithdrawals`] runs under (consumer `audience-consent`, family
+/// `consent`). A withdrawal must reach the platforms within seconds, so a failed attempt
+/// (a store hiccup under load) is retried after a quarter of a second, not the bus
+/// default's one second doubling to minutes. A platform that refuses a removal fails the
+/// event too: twelve attempts span about three minutes of outage before it becomes a dead
+/// letter (replayable with `meridian outbox replay`).
+pub fn withdrawal_subscription() -> Subscription {
+    let mut subscription = Subscription::new(
+        "audience-consent".parse().expect("a valid consumer name"),
+        "consent".parse().expect("a valid event family"),
+    );
+    subscription.retry = RetryPolicy {
+        max_attempts: 12,
+        initial_backoff: std::time::Duration::from_millis(250),
+        max_backoff: std::time::Duration::from_secs(30),
+    };
+    subscription
 }
 
 impl ConsentWithdrawals {

@@ -182,10 +182,7 @@ pub(crate) async fn run(config: Config, services: Vec<ServiceName>) -> anyhow::R
                 if matches!(store, meridian_store::Store::Postgres(_)) {
                     room_tasks.push(tokio::spawn(meridian_bus::run_consumer(
                         bus.clone(),
-                        meridian_bus::Subscription::new(
-                            "audience-consent".parse().context("consumer name")?,
-                            "consent".parse().context("event family")?,
-                        ),
+                        meridian_audience::sync::withdrawal_subscription(),
                         Arc::new(meridian_audience::sync::ConsentWithdrawals {
                             room: room.clone(),
                         }),
