@@ -8,6 +8,7 @@
 //! only what all of them allow is kept. GDPR's opt-in rules then apply, so without consent
 //! nothing but essential processing passes: the strictest reading, never the loosest.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -339,6 +340,18 @@ pub struct CollectionContext<'a> {
     pub age: Option<u8>,
     /// Consent per purpose, already merged (event choices over the recorded state).
     pub consent: &'a [(String, ConsentState)],
+    /// Answers already given in this context, shared by the events of a call that are
+    /// judged alike; `None` asks the policy engine every time.
+    pub answers: Option<&'a Answers>,
+}
+
+/// The answers of one judging context (jurisdictions, GPC, age, merged consent) per
+/// (purpose index, category), kept for one call: the events of a batch mostly share their
+/// context, and each asks the same questions field after field (resolving a question in
+/// the policy engine costs string lookups and allocations every time).
+#[derive(Debug, Default)]
+pub struct Answers {
+    by_purpose: RefCell<Vec<HashMap<String, Result<(), Denied>>>>,
 }
 
 impl CollectionContext<'_> {
@@ -367,12 +380,39 @@ impl CollectionContext<'_> {
         Ok(())
     }
 
+    /// [`Self::allows`] for the purpose at `index` of `consent`, remembered in `answers`.
+    fn allows_at(&self, index: usize, category: &str) -> Result<(), Denied> {
+        let Some((purpose, state)) = self.consent.get(index) else {
+            return Err(Denied {
+                rule: meridian_policy::DEFAULT_DENY.to_owned(),
+            });
+        };
+        let Some(answers) = self.answers else {
+            return self.allows(purpose, *state, category);
+        };
+        if let Some(known) = answers
+            .by_purpose
+            .borrow()
+            .get(index)
+            .and_then(|m| m.get(category))
+        {
+            return known.clone();
+        }
+        let answer = self.allows(purpose, *state, category);
+        let mut by_purpose = answers.by_purpose.borrow_mut();
+        if by_purpose.len() <= index {
+            by_purpose.resize_with(index + 1, HashMap::new);
+        }
+        by_purpose[index].insert(category.to_owned(), answer.clone());
+        answer
+    }
+
     /// The purposes (of `consent`, in order) that allow `category`; else the first denial.
     pub fn allowed_purposes(&self, category: &str) -> Result<Vec<usize>, Denied> {
         let mut allowed = Vec::new();
         let mut first_denial = None;
-        for (i, (purpose, state)) in self.consent.iter().enumerate() {
-            match self.allows(purpose, *state, category) {
+        for i in 0..self.consent.len() {
+            match self.allows_at(i, category) {
                 Ok(()) => allowed.push(i),
                 Err(d) => {
                     first_denial.get_or_insert(d);
@@ -391,11 +431,11 @@ impl CollectionContext<'_> {
     /// Whether any of the `purposes` (indexes into `consent`) allows `category`.
     pub fn any_allows(&self, purposes: &[usize], category: &str) -> Result<(), Denied> {
         let mut first_denial = None;
-        for i in purposes {
-            let Some((purpose, state)) = self.consent.get(*i) else {
+        for &i in purposes {
+            if i >= self.consent.len() {
                 continue;
-            };
-            match self.allows(purpose, *state, category) {
+            }
+            match self.allows_at(i, category) {
                 Ok(()) => return Ok(()),
                 Err(d) => {
                     first_denial.get_or_insert(d);
@@ -574,6 +614,7 @@ mod tests {
             gpc: false,
             age: None,
             consent: &consent,
+            answers: None,
         };
         assert!(strict.allowed_purposes("user.behavior").is_err());
         let ca = vec!["US-CA".to_owned()];
@@ -583,6 +624,7 @@ mod tests {
             gpc: false,
             age: None,
             consent: &consent,
+            answers: None,
         };
         assert!(loose.allowed_purposes("user.behavior").is_ok());
     }
