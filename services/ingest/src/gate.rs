@@ -8,6 +8,7 @@
 //! only what all of them allow is kept. GDPR's opt-in rules then apply, so without consent
 //! nothing but essential processing passes: the strictest reading, never the loosest.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -339,6 +340,18 @@ pub struct CollectionContext<'a> {
     pub age: Option<u8>,
     /// Consent per purpose, already merged (event choices over the recorded state).
     pub consent: &'a [(String, ConsentState)],
+    /// Answers already given in this context, shared by the events of a call that are
+    /// judged alike; `None` asks the policy engine every time.
+    pub answers: Option<&'a Answers>,
+}
+
+/// The answers of one judging context (jurisdictions, GPC, age, merged consent) per
+/// (purpose index, category), kept for one call: the events of a batch mostly share their
+/// context, and each asks the same questions field after field (resolving a question in
+/// the policy engine costs string lookups and allocations every time).
+#[derive(Debug, Default)]
+pub struct Answers {
+    by_purpose: RefCell<Vec<HashMap<String, Result<(), Denied>>>>,
 }
 
 impl CollectionContext<'_> {
@@ -367,12 +380,39 @@ impl CollectionContext<'_> {
         Ok(())
     }
 
+    /// [`Self::allows`] for the purpose at `index` of `consent`, remembered in `answers`.
+    fn allows_at(&self, index: usize, category: &str) -> Result<(), Denied> {
+        let Some((purpose, state)) = self.consent.get(index) else {
+            return Err(Denied {
+                rule: meridian_policy::DEFAULT_DENY.to_owned(),
+            });
+        };
+        let Some(answers) = self.answers else {
+            return self.allows(purpose, *state, category);
+        };
+        if let Some(known) = answers
+            .by_purpose
+            .borrow()
+            .get(index)
+            .and_then(|m| m.get(category))
+        {
+            return known.clone();
+        }
+        let answer = self.allows(purpose, *state, category);
+        let mut by_purpose = answers.by_purpose.borrow_mut();
+        if by_purpose.len() <= index {
+            by_purpose.resize_with(index + 1, HashMap::new);
+        }
+        by_purpose[index].insert(category.to_owned(), answer.clone());
+        answer
+    }
+
     /// The purposes (of `consent`, in order) that allow `category`; else the first denial.
     pub fn allowed_purposes(&self, category: &str) -> Result<Vec<usize>, Denied> {
         let mut allowed = Vec::new();
         let mut first_denial = None;
-        for (i, (purpose, state)) in self.consent.iter().enumerate() {
-            match self.allows(purpose, *state, category) {
+        for i in 0..self.consent.len() {
+            match self.allows_at(i, category) {
                 Ok(()) => allowed.push(i),
                 Err(d) => {
                     first_denial.get_or_insert(d);
@@ -391,11 +431,11 @@ impl CollectionContext<'_> {
     /// Whether any of the `purposes` (indexes into `consent`) allows `category`.
     pub fn any_allows(&self, purposes: &[usize], category: &str) -> Result<(), Denied> {
         let mut first_denial = None;
-        for i in purposes {
-            let Some((purpose, state)) = self.consent.get(*i) else {
+        for &i in purposes {
+            if i >= self.consent.len() {
                 continue;
-            };
-            match self.allows(purpose, *state, category) {
+            }
+            match self.allows_at(i, category) {
                 Ok(()) => return Ok(()),
                 Err(d) => {
                     first_denial.get_or_insert(d);
@@ -455,39 +495,71 @@ pub fn strip_fields(
     map: &mut Map<String, Value>,
 ) -> Vec<(String, String)> {
     let policies = ctx.policies;
-    let mut stripped = Vec::new();
-    let keys: Vec<String> = map.keys().cloned().collect();
-    for key in keys {
+    // Judged first without copying a key (most events lose nothing), then removed in the
+    // order they were judged, exactly as when each was removed on the spot.
+    let mut removals: Vec<(&str, Option<&str>, String)> = Vec::new();
+    let mut path = String::new();
+    let mut child_path = String::new();
+    for (key, value) in map.iter() {
         // `properties.*` are listed with their prefix; traits and context without.
-        let path = match kind {
-            FieldKind::Event => format!("{prefix}.{key}"),
-            _ => key.clone(),
-        };
-        let children_listed = map.get(&key).and_then(Value::as_object).is_some_and(|obj| {
-            obj.keys()
-                .any(|c| policies.fields().is_listed(kind, &format!("{path}.{c}")))
+        path.clear();
+        if kind == FieldKind::Event {
+            path.push_str(prefix);
+            path.push('.');
+        }
+        path.push_str(key);
+        let children = value.as_object().filter(|obj| {
+            obj.keys().any(|c| {
+                join(&mut child_path, &path, c);
+                policies.fields().is_listed(kind, &child_path)
+            })
         });
-        if children_listed {
-            if let Some(Value::Object(child)) = map.get_mut(&key) {
-                let child_keys: Vec<String> = child.keys().cloned().collect();
-                for c in child_keys {
-                    let child_path = format!("{path}.{c}");
-                    let category = policies.classify_field(kind, &child_path);
-                    if let Err(d) = ctx.any_allows(purposes, category) {
-                        child.remove(&c);
-                        stripped.push((format!("{prefix}.{key}.{c}"), d.rule));
-                    }
+        if let Some(obj) = children {
+            for c in obj.keys() {
+                join(&mut child_path, &path, c);
+                let category = policies.classify_field(kind, &child_path);
+                if let Err(d) = ctx.any_allows(purposes, category) {
+                    removals.push((key, Some(c), d.rule));
                 }
             }
             continue;
         }
         let category = policies.classify_field(kind, &path);
         if let Err(d) = ctx.any_allows(purposes, category) {
-            map.remove(&key);
-            stripped.push((format!("{prefix}.{key}"), d.rule));
+            removals.push((key, None, d.rule));
+        }
+    }
+    if removals.is_empty() {
+        return Vec::new();
+    }
+    let removals: Vec<(String, Option<String>, String)> = removals
+        .into_iter()
+        .map(|(k, c, rule)| (k.to_owned(), c.map(str::to_owned), rule))
+        .collect();
+    let mut stripped = Vec::with_capacity(removals.len());
+    for (key, child, rule) in removals {
+        match child {
+            Some(c) => {
+                if let Some(Value::Object(obj)) = map.get_mut(&key) {
+                    obj.remove(&c);
+                }
+                stripped.push((format!("{prefix}.{key}.{c}"), rule));
+            }
+            None => {
+                map.remove(&key);
+                stripped.push((format!("{prefix}.{key}"), rule));
+            }
         }
     }
     stripped
+}
+
+/// `out` = `path.child`, reusing `out`'s buffer.
+fn join(out: &mut String, path: &str, child: &str) {
+    out.clear();
+    out.push_str(path);
+    out.push('.');
+    out.push_str(child);
 }
 
 #[cfg(test)]
@@ -574,6 +646,7 @@ mod tests {
             gpc: false,
             age: None,
             consent: &consent,
+            answers: None,
         };
         assert!(strict.allowed_purposes("user.behavior").is_err());
         let ca = vec!["US-CA".to_owned()];
@@ -583,7 +656,117 @@ mod tests {
             gpc: false,
             age: None,
             consent: &consent,
+            answers: None,
         };
         assert!(loose.allowed_purposes("user.behavior").is_ok());
+    }
+
+    /// The strip as it was written before judging and removing were split: keys copied,
+    /// each removed on the spot.
+    fn strip_fields_one_by_one(
+        ctx: &CollectionContext<'_>,
+        purposes: &[usize],
+        kind: FieldKind,
+        prefix: &str,
+        map: &mut Map<String, Value>,
+    ) -> Vec<(String, String)> {
+        let policies = ctx.policies;
+        let mut stripped = Vec::new();
+        let keys: Vec<String> = map.keys().cloned().collect();
+        for key in keys {
+            let path = match kind {
+                FieldKind::Event => format!("{prefix}.{key}"),
+                _ => key.clone(),
+            };
+            let children_listed = map.get(&key).and_then(Value::as_object).is_some_and(|obj| {
+                obj.keys()
+                    .any(|c| policies.fields().is_listed(kind, &format!("{path}.{c}")))
+            });
+            if children_listed {
+                if let Some(Value::Object(child)) = map.get_mut(&key) {
+                    let child_keys: Vec<String> = child.keys().cloned().collect();
+                    for c in child_keys {
+                        let category = policies.classify_field(kind, &format!("{path}.{c}"));
+                        if let Err(d) = ctx.any_allows(purposes, category) {
+                            child.remove(&c);
+                            stripped.push((format!("{prefix}.{key}.{c}"), d.rule));
+                        }
+                    }
+                }
+                continue;
+            }
+            let category = policies.classify_field(kind, &path);
+            if let Err(d) = ctx.any_allows(purposes, category) {
+                map.remove(&key);
+                stripped.push((format!("{prefix}.{key}"), d.rule));
+            }
+        }
+        stripped
+    }
+
+    #[test]
+    fn fields_are_stripped_as_when_removed_one_by_one() {
+        let p = engine();
+        let properties: Map<String, Value> = serde_json::from_str(
+            r#"{"revenue":1,"email":"a@example.com","order_id":"o","phone":"+331","address":{"city":"Paris","street":"1 rue"},"ssn":"x","health":"y","url":"u","ip":"1.2.3.4"}"#,
+        )
+        .unwrap();
+        let traits: Map<String, Value> = serde_json::from_str(
+            r#"{"email":"a@example.com","firstName":"A","address":{"city":"Paris","street":"1 rue","postalCode":"75001"},"birthday":"2000-01-01","phone":"+331","plan":"pro","age":12}"#,
+        )
+        .unwrap();
+        let context: Map<String, Value> = serde_json::from_str(
+            r#"{"ip":"203.0.113.1","userAgent":"UA","device":{"id":"d","advertisingId":"ad","model":"m"},"location":{"latitude":1.5,"city":"Paris"},"page":{"url":"u","title":"t"},"storefront":{"id":"s"}}"#,
+        )
+        .unwrap();
+        let mut stripped_any = 0;
+        for jurisdiction in ["US-CA", "EU-FR", "BR"] {
+            for (state, gpc, age) in [
+                (ConsentState::Given, false, None),
+                (ConsentState::None, false, None),
+                (ConsentState::None, true, Some(13)),
+                (ConsentState::Refused, true, None),
+            ] {
+                let consent: Vec<(String, ConsentState)> = [
+                    "analytics.reporting",
+                    "personalize.content.profiled",
+                    "marketing.advertising.first_party.targeted",
+                ]
+                .iter()
+                .map(|p| ((*p).to_owned(), state))
+                .collect();
+                let jurisdictions = vec![jurisdiction.to_owned()];
+                let answers = Answers::default();
+                for remembered in [None, Some(&answers)] {
+                    let ctx = CollectionContext {
+                        policies: &p,
+                        jurisdictions: &jurisdictions,
+                        gpc,
+                        age,
+                        consent: &consent,
+                        answers: remembered,
+                    };
+                    let purposes: Vec<usize> = (0..consent.len()).collect();
+                    for (kind, prefix, map) in [
+                        (FieldKind::Event, "properties", &properties),
+                        (FieldKind::Trait, "traits", &traits),
+                        (FieldKind::Context, "context", &context),
+                    ] {
+                        let (mut old, mut new) = (map.clone(), map.clone());
+                        let expected =
+                            strip_fields_one_by_one(&ctx, &purposes, kind, prefix, &mut old);
+                        let got = strip_fields(&ctx, &purposes, kind, prefix, &mut new);
+                        assert_eq!(got, expected, "{jurisdiction} {state:?} {prefix}");
+                        // Same keys in the same order.
+                        assert_eq!(
+                            serde_json::to_string(&new).unwrap(),
+                            serde_json::to_string(&old).unwrap()
+                        );
+                        stripped_any += got.len();
+                    }
+                }
+            }
+        }
+        assert!(stripped_any > 0, "the contexts must strip something");
     }
 }

@@ -56,72 +56,73 @@ pub(crate) fn instant(ts: &prost_types::Timestamp) -> Result<DateTime<Utc>, &'st
     DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).unwrap_or(0)).ok_or("out of range")
 }
 
-pub(crate) fn json_value(v: &prost_types::Value) -> Value {
+/// A protobuf value as JSON, moved rather than copied (the request is not needed after).
+pub(crate) fn json_value(v: prost_types::Value) -> Value {
     use prost_types::value::Kind;
-    match &v.kind {
+    match v.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => Value::Bool(*b),
-        Some(Kind::NumberValue(n)) => Number::from_f64(*n).map_or(Value::Null, Value::Number),
-        Some(Kind::StringValue(s)) => Value::String(s.clone()),
-        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(json_value).collect()),
+        Some(Kind::BoolValue(b)) => Value::Bool(b),
+        Some(Kind::NumberValue(n)) => Number::from_f64(n).map_or(Value::Null, Value::Number),
+        Some(Kind::StringValue(s)) => Value::String(s),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.into_iter().map(json_value).collect()),
         Some(Kind::StructValue(s)) => Value::Object(json_map(s)),
     }
 }
 
-pub(crate) fn json_map(s: &prost_types::Struct) -> Map<String, Value> {
+pub(crate) fn json_map(s: prost_types::Struct) -> Map<String, Value> {
     s.fields
-        .iter()
-        .map(|(k, v)| (k.clone(), json_value(v)))
+        .into_iter()
+        .map(|(k, v)| (k, json_value(v)))
         .collect()
 }
 
-fn put(map: &mut Map<String, Value>, key: &str, value: &str) {
+fn put(map: &mut Map<String, Value>, key: &str, value: String) {
     if !value.is_empty() {
-        map.insert(key.to_owned(), Value::String(value.to_owned()));
+        map.insert(key.to_owned(), Value::String(value));
     }
 }
 
 /// `meridian.v1.Context` in Segment's field names.
-fn context_map(c: &v1::Context) -> Map<String, Value> {
+fn context_map(c: v1::Context) -> Map<String, Value> {
     let mut m = Map::new();
-    put(&mut m, "ip", &c.ip);
-    put(&mut m, "userAgent", &c.user_agent);
-    put(&mut m, "locale", &c.locale);
-    put(&mut m, "timezone", &c.timezone);
-    put(&mut m, "referrer", &c.referrer);
-    if let Some(p) = &c.page {
+    put(&mut m, "ip", c.ip);
+    put(&mut m, "userAgent", c.user_agent);
+    put(&mut m, "locale", c.locale);
+    put(&mut m, "timezone", c.timezone);
+    put(&mut m, "referrer", c.referrer);
+    if let Some(p) = c.page {
         let mut o = Map::new();
-        put(&mut o, "path", &p.path);
-        put(&mut o, "referrer", &p.referrer);
-        put(&mut o, "search", &p.search);
-        put(&mut o, "title", &p.title);
-        put(&mut o, "url", &p.url);
+        put(&mut o, "path", p.path);
+        put(&mut o, "referrer", p.referrer);
+        put(&mut o, "search", p.search);
+        put(&mut o, "title", p.title);
+        put(&mut o, "url", p.url);
         m.insert("page".into(), Value::Object(o));
     }
-    if let Some(p) = &c.campaign {
+    if let Some(p) = c.campaign {
         let mut o = Map::new();
-        put(&mut o, "name", &p.name);
-        put(&mut o, "source", &p.source);
-        put(&mut o, "medium", &p.medium);
-        put(&mut o, "term", &p.term);
-        put(&mut o, "content", &p.content);
+        put(&mut o, "name", p.name);
+        put(&mut o, "source", p.source);
+        put(&mut o, "medium", p.medium);
+        put(&mut o, "term", p.term);
+        put(&mut o, "content", p.content);
         m.insert("campaign".into(), Value::Object(o));
     }
-    if let Some(s) = &c.storefront {
+    if let Some(s) = c.storefront {
         let mut o = Map::new();
-        put(&mut o, "id", &s.id);
-        put(&mut o, "platform", &s.platform);
-        put(&mut o, "country", &s.country);
-        put(&mut o, "currency", &s.currency);
+        put(&mut o, "id", s.id);
+        put(&mut o, "platform", s.platform);
+        put(&mut o, "country", s.country);
+        put(&mut o, "currency", s.currency);
         m.insert("storefront".into(), Value::Object(o));
     }
-    if let Some(d) = &c.device {
+    if let Some(d) = c.device {
         let mut o = Map::new();
-        put(&mut o, "id", &d.id);
-        put(&mut o, "manufacturer", &d.manufacturer);
-        put(&mut o, "model", &d.model);
-        put(&mut o, "type", &d.r#type);
-        put(&mut o, "advertisingId", &d.advertising_id);
+        put(&mut o, "id", d.id);
+        put(&mut o, "manufacturer", d.manufacturer);
+        put(&mut o, "model", d.model);
+        put(&mut o, "type", d.r#type);
+        put(&mut o, "advertisingId", d.advertising_id);
         o.insert(
             "adTrackingEnabled".into(),
             Value::Bool(d.ad_tracking_enabled),
@@ -132,7 +133,8 @@ fn context_map(c: &v1::Context) -> Map<String, Value> {
 }
 
 /// A protobuf event as the room's [`RawEvent`].
-pub fn raw_event(e: &v1::Event) -> RawEvent {
+pub fn raw_event(e: v1::Event) -> RawEvent {
+    let encoded_len = e.encoded_len();
     let mut decode_error = None;
     let mut time = |ts: &Option<prost_types::Timestamp>, field: &str| match ts {
         None => None,
@@ -146,46 +148,47 @@ pub fn raw_event(e: &v1::Event) -> RawEvent {
     };
     let timestamp = time(&e.timestamp, "timestamp");
     let sent_at = time(&e.sent_at, "sent_at");
-    let consent = e.consent.as_ref();
+    let gpc = e.consent.as_ref().is_some_and(|c| c.gpc);
     RawEvent {
-        message_id: e.message_id.clone(),
+        message_id: e.message_id,
         type_code: e.r#type,
-        anonymous_id: e.anonymous_id.clone(),
-        user_id: e.user_id.clone(),
+        anonymous_id: e.anonymous_id,
+        user_id: e.user_id,
         identifiers: e
             .identifiers
-            .iter()
+            .into_iter()
             .map(|i| DeliveredIdentifier {
                 type_code: i.r#type,
-                value: i.value.clone(),
-                source: i.source.clone(),
-                default_region: i.default_region.clone(),
+                value: i.value,
+                source: i.source,
+                default_region: i.default_region,
             })
             .collect(),
-        event: e.event.clone(),
-        name: e.name.clone(),
-        group_id: e.group_id.clone(),
-        previous_id: e.previous_id.clone(),
-        properties: e.properties.as_ref().map(json_map).unwrap_or_default(),
-        traits: e.traits.as_ref().map(json_map).unwrap_or_default(),
-        context: e.context.as_ref().map(context_map).unwrap_or_default(),
+        event: e.event,
+        name: e.name,
+        group_id: e.group_id,
+        previous_id: e.previous_id,
+        properties: e.properties.map(json_map).unwrap_or_default(),
+        traits: e.traits.map(json_map).unwrap_or_default(),
+        context: e.context.map(context_map).unwrap_or_default(),
         timestamp,
         sent_at,
-        jurisdiction: e.jurisdiction.clone(),
-        choices: consent
+        jurisdiction: e.jurisdiction,
+        choices: e
+            .consent
             .map(|c| {
                 c.choices
-                    .iter()
+                    .into_iter()
                     .map(|c| DeliveredChoice {
-                        purpose: c.purpose.clone(),
+                        purpose: c.purpose,
                         decision: c.decision,
                     })
                     .collect()
             })
             .unwrap_or_default(),
-        gpc: consent.is_some_and(|c| c.gpc),
+        gpc,
         age_band: e.age_band,
-        encoded_len: e.encoded_len(),
+        encoded_len,
         decode_error,
     }
 }
@@ -253,7 +256,7 @@ impl v1::ingest_service_server::IngestService for IngestGrpc {
             None => None,
             Some(ts) => Some(instant(ts).map_err(|r| status::invalid_argument("sent_at", r))?),
         };
-        let events: Vec<RawEvent> = body.events.iter().map(raw_event).collect();
+        let events: Vec<RawEvent> = body.events.into_iter().map(raw_event).collect();
         let report = self.room.ingest(&workspace, events, sent_at).await?;
         Ok(Response::new(to_proto(report, "events")))
     }

@@ -16,13 +16,13 @@ use meridian_proto::bus::v1 as bus;
 use meridian_store::Store;
 use meridian_vault::{BlindIndex, SubjectKey, Vault, VaultError};
 use prost::Message;
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::IngestError;
 use crate::event::{EventKind, RawEvent, ValidEvent, Violation, corrected_timestamp, validate};
 use crate::gate::{
-    CollectionContext, ConsentCache, ConsentLookup, ConsentSnapshot, ResolvedJurisdiction,
+    Answers, CollectionContext, ConsentCache, ConsentLookup, ConsentSnapshot, ResolvedJurisdiction,
     SubjectIdentifier, identifier_category, judged_in, resolve_jurisdiction, strip_fields,
 };
 use crate::metrics::metrics;
@@ -172,6 +172,18 @@ struct Work {
     ids: Vec<(SubjectIdentifier, String)>,
     stripped: Vec<(String, String)>,
     jurisdiction: ResolvedJurisdiction,
+}
+
+/// How many of the latest distinct judging contexts of a call an event is compared with.
+const JUDGED_CONTEXTS_SEARCHED: usize = 8;
+
+/// A judging context met in a call, and the policy answers given in it.
+struct Judged {
+    jurisdictions: Vec<String>,
+    gpc: bool,
+    age: Option<u8>,
+    consent: Vec<(String, ConsentState)>,
+    answers: Answers,
 }
 
 /// One event ready to store.
@@ -377,15 +389,45 @@ impl IngestRoom {
 
         // 4. policy: drop or strip
         let mut kept: Vec<(Work, Vec<String>)> = Vec::with_capacity(work.len());
+        let mut contexts: Vec<Judged> = Vec::new();
         for (mut w, snapshot) in work.into_iter().zip(snapshots) {
             let consent = merged_consent(&inner.config.purposes, &w.event, &snapshot);
             let jurisdictions = judged_in(&inner.policies, &w.jurisdiction);
+            // The latest contexts only: a batch of many distinct contexts stays linear.
+            let known = contexts
+                .iter()
+                .enumerate()
+                .rev()
+                .take(JUDGED_CONTEXTS_SEARCHED)
+                .find(|(_, j)| {
+                    j.gpc == w.event.gpc
+                        && j.age == w.event.age
+                        && j.jurisdictions == jurisdictions
+                        && j.consent == consent
+                })
+                .map(|(k, _)| k);
+            let k = match known {
+                Some(k) => k,
+                None => {
+                    contexts.push(Judged {
+                        jurisdictions,
+                        gpc: w.event.gpc,
+                        age: w.event.age,
+                        consent,
+                        answers: Answers::default(),
+                    });
+                    contexts.len() - 1
+                }
+            };
+            let judged = &contexts[k];
+            let consent = &judged.consent;
             let ctx = CollectionContext {
                 policies: &inner.policies,
-                jurisdictions: &jurisdictions,
-                gpc: w.event.gpc,
-                age: w.event.age,
-                consent: &consent,
+                jurisdictions: &judged.jurisdictions,
+                gpc: judged.gpc,
+                age: judged.age,
+                consent,
+                answers: Some(&judged.answers),
             };
             let base = inner
                 .policies
@@ -447,6 +489,7 @@ impl IngestRoom {
             let names: Vec<String> = purposes.iter().map(|i| consent[*i].0.clone()).collect();
             kept.push((w, names));
         }
+        drop(contexts);
 
         // 5. protect: anchor, subject keys, seal; rows and outbox events
         let mut prepared = Vec::with_capacity(kept.len());
@@ -822,29 +865,26 @@ fn prepare(
             r#type: i32::from(id.kind.code()),
             source: id.source.clone(),
             blind_index: id.blind_index.as_bytes().to_vec(),
-            sealed_value: key.seal(
-                &record,
-                &format!("identifiers.{pos}"),
-                normalized.as_bytes(),
-            )?,
+            sealed_value: key.seal(&record, &identifier_field(pos), normalized.as_bytes())?,
         });
-        body_ids.push(json!({
-            "type": id.kind.name(),
-            "source": id.source,
-            "value": id.value.as_str(),
-        }));
+        body_ids.push(BodyIdentifier {
+            r#type: id.kind.name(),
+            source: &id.source,
+            value: id.value.as_str(),
+        });
     }
     let stripped: Vec<&str> = w.stripped.iter().map(|(f, _)| f.as_str()).collect();
-    let body = json!({
-        "name": ev.name,
-        "group_id": ev.group_id,
-        "properties": ev.properties,
-        "traits": ev.traits,
-        "context": ev.context,
-        "identifiers": body_ids,
-        "original_timestamp": ev.original_timestamp.map(|t| t.to_rfc3339()),
-        "stripped": stripped,
-    });
+    let original_timestamp = ev.original_timestamp.map(|t| t.to_rfc3339());
+    let body = Body {
+        name: &ev.name,
+        group_id: &ev.group_id,
+        properties: &ev.properties,
+        traits: &ev.traits,
+        context: &ev.context,
+        identifiers: &body_ids,
+        original_timestamp: original_timestamp.as_deref(),
+        stripped: &stripped,
+    };
     let body_bytes = zeroize::Zeroizing::new(
         serde_json::to_vec(&body).map_err(|_| IngestError::Corrupt("event body".into()))?,
     );
@@ -909,6 +949,46 @@ fn prepare(
     })
 }
 
+/// The sealed body's JSON, serialized straight from the event: building a
+/// `serde_json::Value` first deep-copied every property, trait and context field (the
+/// largest allocation cost of a call). Field order is the stored format's.
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    name: &'a str,
+    group_id: &'a str,
+    properties: &'a serde_json::Map<String, Value>,
+    traits: &'a serde_json::Map<String, Value>,
+    context: &'a serde_json::Map<String, Value>,
+    identifiers: &'a [BodyIdentifier<'a>],
+    original_timestamp: Option<&'a str>,
+    stripped: &'a [&'a str],
+}
+
+#[derive(serde::Serialize)]
+struct BodyIdentifier<'a> {
+    r#type: &'a str,
+    source: &'a str,
+    value: &'a str,
+}
+
+/// The sealing field of the identifier at `pos` (`identifiers.0`, ...).
+fn identifier_field(pos: usize) -> std::borrow::Cow<'static, str> {
+    const FIELDS: [&str; 8] = [
+        "identifiers.0",
+        "identifiers.1",
+        "identifiers.2",
+        "identifiers.3",
+        "identifiers.4",
+        "identifiers.5",
+        "identifiers.6",
+        "identifiers.7",
+    ];
+    match FIELDS.get(pos) {
+        Some(f) => std::borrow::Cow::Borrowed(f),
+        None => std::borrow::Cow::Owned(format!("identifiers.{pos}")),
+    }
+}
+
 fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
@@ -963,4 +1043,74 @@ fn revenue(ev: &ValidEvent) -> Option<bus::Money> {
         currency,
         minor_units: minor as i64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The body serialized from borrowed parts is byte for byte the JSON of the `json!`
+    /// value it replaced (the stored format, opened by `events_of`).
+    #[test]
+    fn the_body_is_serialized_as_the_stored_format() {
+        let properties: serde_json::Map<String, Value> = serde_json::from_str(
+            r#"{"z":1,"a":{"y":[1,2.5,"x"],"b":null},"price":39.9,"name":"Linen \"shirt\"\n"}"#,
+        )
+        .unwrap();
+        let traits: serde_json::Map<String, Value> =
+            serde_json::from_str(r#"{"email":"a@example.com","age":41}"#).unwrap();
+        let context: serde_json::Map<String, Value> =
+            serde_json::from_str(r#"{"storefront":{"id":"s-1"},"ip":"203.0.113.1"}"#).unwrap();
+        let ids = [
+            ("email", "", "a@example.com"),
+            ("storefront_customer_id", "shop", "42"),
+        ];
+        let stripped = ["properties.ssn", "traits.phone"];
+        for timestamp in [None, Some(Utc::now().to_rfc3339())] {
+            let old = json!({
+                "name": "Ana",
+                "group_id": "",
+                "properties": properties,
+                "traits": traits,
+                "context": context,
+                "identifiers": ids.iter().map(|(t, s, v)| json!({
+                    "type": t,
+                    "source": s,
+                    "value": v,
+                })).collect::<Vec<_>>(),
+                "original_timestamp": timestamp,
+                "stripped": stripped,
+            });
+            let body_ids: Vec<BodyIdentifier<'_>> = ids
+                .iter()
+                .map(|(t, s, v)| BodyIdentifier {
+                    r#type: t,
+                    source: s,
+                    value: v,
+                })
+                .collect();
+            let new = Body {
+                name: "Ana",
+                group_id: "",
+                properties: &properties,
+                traits: &traits,
+                context: &context,
+                identifiers: &body_ids,
+                original_timestamp: timestamp.as_deref(),
+                stripped: &stripped,
+            };
+            assert_eq!(
+                String::from_utf8(serde_json::to_vec(&new).unwrap()).unwrap(),
+                String::from_utf8(serde_json::to_vec(&old).unwrap()).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn identifier_fields_are_numbered() {
+        for pos in [0, 1, 7, 8, 12] {
+            assert_eq!(identifier_field(pos), format!("identifiers.{pos}"));
+        }
+    }
 }

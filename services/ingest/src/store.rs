@@ -489,52 +489,59 @@ async fn insert_pg(
     let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.received_at).collect();
     // Claimed in message-id order, so two batches sharing ids never wait on each other in
     // opposite orders.
-    let claimed: Vec<String> = sqlx::query_scalar(
+    let inserted = sqlx::query(
         "INSERT INTO ingest_message_ids (workspace_id, message_id, event_id, received_at) \
          SELECT $1, m, e, r FROM UNNEST($2::text[], $3::uuid[], $4::timestamptz[]) AS t(m, e, r) ORDER BY m \
-         ON CONFLICT DO NOTHING RETURNING message_id",
+         ON CONFLICT DO NOTHING",
     )
     .bind(workspace)
     .bind(&message_ids)
     .bind(&event_ids)
     .bind(&received)
-    .fetch_all(&mut *tx)
-    .await?;
-    let claimed: HashSet<String> = claimed.into_iter().collect();
-    let written: Vec<bool> = rows
-        .iter()
-        .map(|r| claimed.contains(&r.message_id))
-        .collect();
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    // Usually every id is new, and nothing needs to come back. Otherwise the claimed ids
+    // are those stored with this batch's event ids (fresh v7 UUIDs: no other batch has them).
+    let written: Vec<bool> = if inserted == rows.len() as u64 {
+        vec![true; rows.len()]
+    } else {
+        let mine: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT i.event_id FROM ingest_message_ids i \
+             WHERE i.workspace_id = $1 AND i.message_id = ANY($2) AND i.event_id = ANY($3)",
+        )
+        .bind(workspace)
+        .bind(&message_ids)
+        .bind(&event_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mine: HashSet<Uuid> = mine.into_iter().collect();
+        rows.iter().map(|r| mine.contains(&r.event_id)).collect()
+    };
     let new_rows: Vec<&EventRow> = rows
         .iter()
         .zip(&written)
         .filter_map(|(r, w)| w.then_some(r))
         .collect();
     if !new_rows.is_empty() {
-        let col =
-            |f: fn(&EventRow) -> &[u8]| -> Vec<&[u8]> { new_rows.iter().map(|r| f(r)).collect() };
-        sqlx::query(
-            "INSERT INTO ingest_events (workspace_id, received_at, event_id, message_id, kind, event_name, \
-             occurred_at, jurisdiction, anchor_kind, anchor_index, sealed_subject, identifiers, body, purposes) \
-             SELECT $1, * FROM UNNEST($2::timestamptz[], $3::uuid[], $4::text[], $5::int2[], $6::text[], \
-             $7::timestamptz[], $8::text[], $9::int2[], $10::bytea[], $11::text[], $12::bytea[], $13::bytea[], $14::text[])",
-        )
-        .bind(workspace)
-        .bind(new_rows.iter().map(|r| r.received_at).collect::<Vec<_>>())
-        .bind(new_rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
-        .bind(new_rows.iter().map(|r| r.message_id.as_str()).collect::<Vec<_>>())
-        .bind(new_rows.iter().map(|r| r.kind).collect::<Vec<_>>())
-        .bind(new_rows.iter().map(|r| r.event_name.as_str()).collect::<Vec<_>>())
-        .bind(new_rows.iter().map(|r| r.occurred_at).collect::<Vec<_>>())
-        .bind(new_rows.iter().map(|r| r.jurisdiction.as_str()).collect::<Vec<_>>())
-        .bind(new_rows.iter().map(|r| r.anchor_kind).collect::<Vec<_>>())
-        .bind(col(|r| &r.anchor_index.as_bytes()[..]))
-        .bind(new_rows.iter().map(|r| r.sealed_subject.as_str()).collect::<Vec<_>>())
-        .bind(col(|r| r.identifiers.as_slice()))
-        .bind(col(|r| r.body.as_slice()))
-        .bind(new_rows.iter().map(|r| r.purposes.as_str()).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
+        // Binary COPY rather than a multi-row INSERT: PostgreSQL parses no arrays and runs
+        // no executor per row.
+        let data = copy_rows(workspace, &new_rows)?;
+        let mut copy = tx
+            .copy_in_raw(
+                "COPY ingest_events (workspace_id, received_at, event_id, message_id, kind, event_name, \
+                 occurred_at, jurisdiction, anchor_kind, anchor_index, sealed_subject, identifiers, body, purposes) \
+                 FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        copy.send(data).await?;
+        let copied = copy.finish().await?;
+        if copied != new_rows.len() as u64 {
+            return Err(IngestError::Corrupt(format!(
+                "COPY stored {copied} of {} events",
+                new_rows.len()
+            )));
+        }
         if new_rows.len() == rows.len() {
             meridian_bus::enqueue_all(&mut tx, outbox).await?;
         } else {
@@ -549,6 +556,66 @@ async fn insert_pg(
     }
     tx.commit().await?;
     Ok(written)
+}
+
+/// Microseconds since PostgreSQL's epoch (2000-01-01T00:00:00Z), truncated toward it as
+/// sqlx encodes a bound `DateTime<Utc>` (the `UNNEST` insert this replaces).
+fn pg_micros(t: DateTime<Utc>) -> Result<i64, IngestError> {
+    const PG_EPOCH: DateTime<Utc> = DateTime::from_timestamp_nanos(946_684_800_000_000_000);
+    (t - PG_EPOCH)
+        .num_microseconds()
+        .ok_or_else(|| IngestError::Corrupt(format!("{t} is out of PostgreSQL's range")))
+}
+
+/// `rows` as the data of a binary `COPY ingest_events (...)` (the column order of
+/// [`insert_pg`]): signature, flags and extension length, then per row a field count and
+/// each field as (length, bytes), then the trailer.
+fn copy_rows(workspace: &str, rows: &[&EventRow]) -> Result<Vec<u8>, IngestError> {
+    fn field(buf: &mut Vec<u8>, bytes: &[u8]) {
+        // Field lengths are bounded by the gRPC message size, far below 2 GiB.
+        buf.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        buf.extend_from_slice(bytes);
+    }
+    fn time(buf: &mut Vec<u8>, t: DateTime<Utc>) -> Result<(), IngestError> {
+        field(buf, &pg_micros(t)?.to_be_bytes());
+        Ok(())
+    }
+    let size: usize = rows
+        .iter()
+        .map(|r| {
+            200 + r.message_id.len()
+                + r.event_name.len()
+                + r.jurisdiction.len()
+                + r.sealed_subject.len()
+                + r.identifiers.len()
+                + r.body.len()
+                + r.purposes.len()
+                + workspace.len()
+        })
+        .sum();
+    let mut buf = Vec::with_capacity(19 + size + 2);
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    for r in rows {
+        buf.extend_from_slice(&14i16.to_be_bytes());
+        field(&mut buf, workspace.as_bytes());
+        time(&mut buf, r.received_at)?;
+        field(&mut buf, r.event_id.as_bytes());
+        field(&mut buf, r.message_id.as_bytes());
+        field(&mut buf, &r.kind.to_be_bytes());
+        field(&mut buf, r.event_name.as_bytes());
+        time(&mut buf, r.occurred_at)?;
+        field(&mut buf, r.jurisdiction.as_bytes());
+        field(&mut buf, &r.anchor_kind.to_be_bytes());
+        field(&mut buf, r.anchor_index.as_bytes());
+        field(&mut buf, r.sealed_subject.as_bytes());
+        field(&mut buf, &r.identifiers);
+        field(&mut buf, &r.body);
+        field(&mut buf, r.purposes.as_bytes());
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    Ok(buf)
 }
 
 async fn insert_sqlite(

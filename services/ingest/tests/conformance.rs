@@ -633,6 +633,94 @@ async fn retention_drops_expired_events(h: Harness) {
     }
 }
 
+/// The stored rows are the rows given, column for column, whatever the batch size (the
+/// PostgreSQL store writes events with binary `COPY`, and large outbox batches too).
+async fn stored_rows_read_back_as_written(h: Harness) {
+    let room = h.room(Arc::new(NoRecordedConsent));
+    let now = Utc::now();
+    room.prepare_partitions(now).await.unwrap();
+    // Whole microseconds: what both stores keep.
+    let at = |offset: i64| {
+        chrono::DateTime::from_timestamp_micros(now.timestamp_micros() + offset).unwrap()
+    };
+    let rows: Vec<EventRow> = (0..70u8)
+        .map(|i| EventRow {
+            event_id: uuid::Uuid::now_v7(),
+            message_id: format!("copy-{i:02}-é"),
+            kind: i16::from(i % 4),
+            event_name: if i % 5 == 0 {
+                String::new()
+            } else {
+                format!("Event \"{i}\"\ttab")
+            },
+            // Before the Unix and PostgreSQL epochs, and now.
+            occurred_at: match i % 3 {
+                0 => chrono::DateTime::from_timestamp_micros(-86_400_000_123).unwrap(),
+                1 => chrono::DateTime::from_timestamp_micros(946_684_799_999_999).unwrap(),
+                _ => at(-i64::from(i)),
+            },
+            received_at: at(i64::from(i)),
+            jurisdiction: if i % 2 == 0 { "US-CA" } else { "unknown" }.into(),
+            anchor_kind: i16::from(i % 11),
+            anchor_index: meridian_vault::BlindIndex([i; 32]),
+            sealed_subject: format!("subject-{}", i % 7),
+            identifiers: (0..usize::from(i % 4) * 33)
+                .map(|b| (b % 256) as u8)
+                .collect(),
+            body: (0..usize::from(i) * 13)
+                .map(|b| (b * 7 % 256) as u8)
+                .collect(),
+            purposes: if i % 6 == 0 {
+                String::new()
+            } else {
+                "analytics.reporting,personalize".into()
+            },
+        })
+        .collect();
+    let outbox: Vec<OutboxEvent> = rows
+        .iter()
+        .map(|r| {
+            OutboxEvent::new(
+                WS.parse().unwrap(),
+                "ingest-event".parse().unwrap(),
+                r.sealed_subject.as_str(),
+                r.body.clone(),
+            )
+        })
+        .collect();
+    // One small batch, then a large one that repeats one of its message ids.
+    let written = room
+        .store()
+        .insert(WS, &rows[..3], &outbox[..3])
+        .await
+        .unwrap();
+    assert_eq!(written, vec![true; 3]);
+    let mut again = rows[2..].to_vec();
+    again[0].event_id = uuid::Uuid::now_v7();
+    let written = room.store().insert(WS, &again, &outbox[2..]).await.unwrap();
+    let mut expected = vec![true; again.len()];
+    expected[0] = false;
+    assert_eq!(written, expected);
+
+    let indexes: Vec<_> = rows.iter().map(|r| r.anchor_index).collect();
+    let mut stored = room
+        .store()
+        .events_of(WS, &indexes, None, 1000)
+        .await
+        .unwrap();
+    stored.sort_by_key(|r| r.event_id);
+    let mut expected = rows.clone();
+    expected.sort_by_key(|r| r.event_id);
+    assert!(
+        stored == expected,
+        "the stored rows differ from the rows given"
+    );
+    let payloads = h.outbox_payloads().await;
+    // Each announced once, the repeated message id's by the first batch.
+    let given: Vec<Vec<u8>> = outbox.iter().map(|e| e.payload.clone()).collect();
+    assert_eq!(payloads, given);
+}
+
 /// Instantiates each conformance check once per backend.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
@@ -665,4 +753,5 @@ conformance!(
     consent_changes_invalidate_the_cache,
     events_are_paged_per_identifier_and_purged,
     retention_drops_expired_events,
+    stored_rows_read_back_as_written,
 );
