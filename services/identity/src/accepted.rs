@@ -168,15 +168,14 @@ fn decode_one(
             };
             let plain = data_key.open(&e.event_id, &field, &id.sealed_value)?;
             let value = String::from_utf8_lossy(&plain);
-            let plain_id = match kind {
-                IdentifierType::StorefrontCustomerId => value
-                    .split(['\u{0}', ':'])
-                    .nth(1)
-                    .unwrap_or(value.as_ref())
-                    .to_owned(),
-                _ => value.to_string(),
+            // Borrowed from the zeroized plaintext: no unzeroized copy of the value is made.
+            let plain_id: &str = match kind {
+                IdentifierType::StorefrontCustomerId => {
+                    value.split(['\u{0}', ':']).nth(1).unwrap_or(value.as_ref())
+                }
+                _ => value.as_ref(),
             };
-            if rules.is_blocked(kind, &plain_id) || rules.is_blocked(kind, &value) {
+            if rules.is_blocked(kind, plain_id) || rules.is_blocked(kind, &value) {
                 blocked.push(key);
                 continue;
             }

@@ -526,11 +526,11 @@ impl StoreIdentity {
             let (mut records, mut fields) = (Vec::with_capacity(n), Vec::with_capacity(n));
             for r in &b.identifiers {
                 kinds.push(r.state.key.kind.code());
-                idx.push(r.state.key.index.0.to_vec());
+                idx.push(r.state.key.index.0.as_slice());
                 profiles.push(r.state.profile.0);
-                sources.push(r.source.clone());
-                subjects.push(r.sealed.as_ref().map(|s| s.subject.clone()));
-                sealed.push(r.sealed.as_ref().map(|s| s.bytes.clone()));
+                sources.push(r.source.as_str());
+                subjects.push(r.sealed.as_ref().map(|s| s.subject.as_str()));
+                sealed.push(r.sealed.as_ref().map(|s| s.bytes.as_slice()));
                 firsts.push(r.state.first_seen);
                 shared.push(r.state.shared);
                 users.push(users_to_bytes(&r.state.seen_user_ids));
@@ -560,9 +560,9 @@ impl StoreIdentity {
             for e in &b.new_edges {
                 seqs.push(seq_i64(e.seq)?);
                 fk.push(e.from.kind.code());
-                fi.push(e.from.index.0.to_vec());
+                fi.push(e.from.index.0.as_slice());
                 tk.push(e.to.kind.code());
-                ti.push(e.to.index.0.to_vec());
+                ti.push(e.to.index.0.as_slice());
                 rules.push(e.rule.as_str());
                 events.push(e.event_id.as_str());
                 ats.push(e.at);
@@ -593,9 +593,9 @@ impl StoreIdentity {
             );
             for c in &b.conflicts {
                 fk.push(c.from.kind.code());
-                fi.push(c.from.index.0.to_vec());
+                fi.push(c.from.index.0.as_slice());
                 tk.push(c.to.kind.code());
-                ti.push(c.to.index.0.to_vec());
+                ti.push(c.to.index.0.as_slice());
                 rules.push(c.rule.as_str());
                 events.push(c.event_id.as_str());
                 ats.push(c.at);
@@ -1378,11 +1378,11 @@ async fn insert_anchored(tx: &mut Tx<'_>, ws: &str, b: &ChangeBatch) -> Result<(
                     ids.push(p.event_id.as_str());
                     profiles.push(p.profile.0);
                     kinds.push(p.anchor.kind.code());
-                    idx.push(p.anchor.index.0.to_vec());
+                    idx.push(p.anchor.index.0.as_slice());
                     sources.push(p.source.as_str());
                     micros.push(p.observed_micros);
                     subjects.push(p.sealed_subject.as_str());
-                    sealed.push(p.sealed_traits.clone());
+                    sealed.push(p.sealed_traits.as_slice());
                 }
                 sqlx::query(INSERT_TRAIT_PAYLOADS_PG)
                     .bind(ws)
@@ -1420,7 +1420,7 @@ async fn insert_anchored(tx: &mut Tx<'_>, ws: &str, b: &ChangeBatch) -> Result<(
                     ids.push(a.event_id.as_str());
                     profiles.push(a.profile.0);
                     kinds.push(a.anchor.kind.code());
-                    idx.push(a.anchor.index.0.to_vec());
+                    idx.push(a.anchor.index.0.as_slice());
                     micros.push(a.activity.occurred_at.timestamp_micros());
                     stages.push(a.activity.stage.code());
                     orders.push(is_order);

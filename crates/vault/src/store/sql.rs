@@ -28,6 +28,16 @@ pub(super) enum Dialect {
 /// Rows per statement in the batch calls: within both backends' bind-parameter limits.
 pub(super) const BATCH_ROWS: usize = 1_000;
 
+/// Subject key rows of the subjects in one array (`$1` workspace, `$2` `text[]`): PostgreSQL
+/// plans and binds one parameter however many subjects, where an `IN` list is a new
+/// statement text (parsed and planned again) for every length and 1000 binds a call.
+pub(super) const SELECT_SUBJECTS_ANY_PG: &str = "SELECT subject_id, key_id, kek_version, wrapped_key FROM vault_subject_keys \
+     WHERE workspace_id = $1 AND subject_id = ANY($2)";
+
+/// Identifier subjects of the blind indexes in one array (`$1` workspace, `$2` `bytea[]`).
+pub(super) const SELECT_IDENTIFIERS_ANY_PG: &str = "SELECT blind_index, subject_id FROM vault_identifier_subjects \
+     WHERE workspace_id = $1 AND blind_index = ANY($2)";
+
 impl Dialect {
     fn adapt(self, sql: &str) -> String {
         match self {
@@ -60,7 +70,7 @@ fn workspace_rows(rows: usize, width: usize) -> String {
 }
 
 impl Queries {
-    /// Subject key rows of `n` subjects (`$1` workspace, `$2…` subjects).
+    /// Subject key rows of `n` subjects (`$1` workspace, `$2…` subjects): SQLite's form.
     pub(super) fn select_subjects(&self, n: usize) -> String {
         self.dialect.adapt(&format!(
             "SELECT subject_id, key_id, kek_version, wrapped_key FROM vault_subject_keys \
@@ -78,7 +88,8 @@ impl Queries {
         ))
     }
 
-    /// Identifier subjects of `n` blind indexes (`$1` workspace, `$2…` indexes).
+    /// Identifier subjects of `n` blind indexes (`$1` workspace, `$2…` indexes): SQLite's
+    /// form.
     pub(super) fn select_identifiers(&self, n: usize) -> String {
         self.dialect.adapt(&format!(
             "SELECT blind_index, subject_id FROM vault_identifier_subjects \
@@ -159,7 +170,9 @@ impl Queries {
     }
 }
 
-/// Implements [`super::KeyStore`] for a struct with `pool: sqlx::Pool<$db>` and `q: Queries`.
+/// Implements [`super::KeyStore`] for a struct with `pool: sqlx::Pool<$db>` and `q: Queries`,
+/// and the backend's own batched lookups: `LOOKUP_ROWS` (keys per statement),
+/// `subject_key_rows` and `identifier_subject_rows` (the rows of one chunk of keys).
 macro_rules! sql_key_store {
     ($store:ty, $db:ty) => {
         impl $crate::store::KeyStore for $store {
@@ -217,13 +230,8 @@ macro_rules! sql_key_store {
                 Box::pin(async move {
                     use sqlx::Row as _;
                     let mut out = Vec::with_capacity(subjects.len());
-                    for chunk in subjects.chunks($crate::store::sql::BATCH_ROWS) {
-                        let sql = self.q.select_subjects(chunk.len());
-                        let mut query = sqlx::query(&sql).bind(workspace);
-                        for subject in chunk {
-                            query = query.bind(*subject);
-                        }
-                        for row in query.fetch_all(&self.pool).await? {
+                    for chunk in subjects.chunks(Self::LOOKUP_ROWS) {
+                        for row in self.subject_key_rows(workspace, chunk).await? {
                             let subject: String = row.try_get("subject_id")?;
                             out.push((subject, $crate::store::sql::subject_state(&row)?));
                         }
@@ -266,13 +274,8 @@ macro_rules! sql_key_store {
                 Box::pin(async move {
                     use sqlx::Row as _;
                     let mut out = Vec::with_capacity(indexes.len());
-                    for chunk in indexes.chunks($crate::store::sql::BATCH_ROWS) {
-                        let sql = self.q.select_identifiers(chunk.len());
-                        let mut query = sqlx::query(&sql).bind(workspace);
-                        for index in chunk {
-                            query = query.bind(index.as_slice());
-                        }
-                        for row in query.fetch_all(&self.pool).await? {
+                    for chunk in indexes.chunks(Self::LOOKUP_ROWS) {
+                        for row in self.identifier_subject_rows(workspace, chunk).await? {
                             let bytes: Vec<u8> = row.try_get("blind_index")?;
                             let index = <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
                                 $crate::error::StoreError::Corrupt("blind index is not 32 bytes")

@@ -2,8 +2,10 @@
 //! destroyed wrapped key is overwritten in the database file rather than left in a free page.
 
 use sqlx::SqlitePool;
+use sqlx::sqlite::SqliteRow;
 
-use super::sql::{Dialect, Queries};
+use super::sql::{BATCH_ROWS, Dialect, Queries};
+use crate::error::StoreError;
 
 /// Wrapped keys in SQLite (`vault_subject_keys`, `vault_workspace_keys`).
 pub struct SqliteKeyStore {
@@ -18,6 +20,35 @@ impl SqliteKeyStore {
             pool,
             q: Queries::new(Dialect::Sqlite),
         }
+    }
+
+    /// SQLite has no array parameter: a chunk is an `IN` list, one bind a key.
+    const LOOKUP_ROWS: usize = BATCH_ROWS;
+
+    async fn subject_key_rows(
+        &self,
+        workspace: &str,
+        subjects: &[&str],
+    ) -> Result<Vec<SqliteRow>, StoreError> {
+        let sql = self.q.select_subjects(subjects.len());
+        let mut query = sqlx::query(&sql).bind(workspace);
+        for subject in subjects {
+            query = query.bind(*subject);
+        }
+        Ok(query.fetch_all(&self.pool).await?)
+    }
+
+    async fn identifier_subject_rows(
+        &self,
+        workspace: &str,
+        indexes: &[[u8; 32]],
+    ) -> Result<Vec<SqliteRow>, StoreError> {
+        let sql = self.q.select_identifiers(indexes.len());
+        let mut query = sqlx::query(&sql).bind(workspace);
+        for index in indexes {
+            query = query.bind(index.as_slice());
+        }
+        Ok(query.fetch_all(&self.pool).await?)
     }
 }
 
