@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::future::BoxFuture;
-use meridian_store::Store;
+use meridian_store::{BinaryCopy, CopyDataError, Store};
 use sqlx::{PgConnection, Postgres, Row, Sqlite, SqliteConnection, Transaction};
 use uuid::Uuid;
 
@@ -156,55 +156,36 @@ async fn insert_pg(conn: &mut PgConnection, events: &[OutboxEvent]) -> Result<()
 /// writes hundreds of events per transaction).
 const COPY_MIN_ROWS: usize = 32;
 
-/// Microseconds since PostgreSQL's epoch (2000-01-01T00:00:00Z), truncated toward it as
-/// sqlx encodes a bound `DateTime<Utc>`, so both write paths store the same instant.
-fn pg_micros(t: DateTime<Utc>) -> Result<i64, BusError> {
-    const PG_EPOCH: DateTime<Utc> = DateTime::from_timestamp_nanos(946_684_800_000_000_000);
-    (t - PG_EPOCH).num_microseconds().ok_or_else(|| {
-        BusError::Database(sqlx::Error::Encode(
-            format!("{t} is out of PostgreSQL's range").into(),
-        ))
-    })
-}
-
 async fn copy_pg(conn: &mut PgConnection, events: &[OutboxEvent]) -> Result<(), BusError> {
-    fn field(buf: &mut Vec<u8>, bytes: &[u8]) {
-        // A payload is one protobuf message, far below 2 GiB.
-        buf.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
-        buf.extend_from_slice(bytes);
-    }
+    let encode = |e: CopyDataError| BusError::Database(sqlx::Error::Encode(e.into()));
     let size: usize = events
         .iter()
         .map(|e| {
-            80 + e.workspace_id.as_str().len()
+            // 6 length words, a UUID, a timestamp.
+            50 + e.workspace_id.as_str().len()
                 + e.family.as_str().len()
                 + e.key.len()
                 + e.payload.len()
         })
         .sum();
-    // Binary COPY data: signature, flags, extension length; per row the field count and
-    // (length, bytes) per field; the trailer.
-    let mut buf = Vec::with_capacity(21 + size);
-    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    buf.extend_from_slice(&0i32.to_be_bytes());
-    buf.extend_from_slice(&0i32.to_be_bytes());
+    let mut data = BinaryCopy::with_capacity(size);
     for e in events {
-        buf.extend_from_slice(&6i16.to_be_bytes());
-        field(&mut buf, e.event_id.as_bytes());
-        field(&mut buf, e.workspace_id.as_str().as_bytes());
-        field(&mut buf, e.family.as_str().as_bytes());
-        field(&mut buf, e.key.as_bytes());
-        field(&mut buf, &e.payload);
-        field(&mut buf, &pg_micros(e.occurred_at)?.to_be_bytes());
+        data.row(6);
+        data.bytes(e.event_id.as_bytes()).map_err(encode)?;
+        data.bytes(e.workspace_id.as_str().as_bytes())
+            .map_err(encode)?;
+        data.bytes(e.family.as_str().as_bytes()).map_err(encode)?;
+        data.bytes(e.key.as_bytes()).map_err(encode)?;
+        data.bytes(&e.payload).map_err(encode)?;
+        data.timestamptz(e.occurred_at).map_err(encode)?;
     }
-    buf.extend_from_slice(&(-1i16).to_be_bytes());
     let mut copy = conn
         .copy_in_raw(
             "COPY outbox_events (event_id, workspace_id, family, event_key, payload, occurred_at) \
              FROM STDIN (FORMAT binary)",
         )
         .await?;
-    copy.send(buf).await?;
+    copy.send(data.finish()).await?;
     copy.finish().await?;
     Ok(())
 }

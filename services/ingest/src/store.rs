@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, TimeZone, Utc};
 use meridian_bus::OutboxEvent;
-use meridian_store::Store;
+use meridian_store::{BinaryCopy, CopyDataError, Store};
 use meridian_vault::BlindIndex;
 use sqlx::{PgPool, QueryBuilder, Row, Sqlite, SqlitePool};
 use uuid::Uuid;
@@ -526,7 +526,7 @@ async fn insert_pg(
     if !new_rows.is_empty() {
         // Binary COPY rather than a multi-row INSERT: PostgreSQL parses no arrays and runs
         // no executor per row.
-        let data = copy_rows(workspace, &new_rows)?;
+        let data = copy_rows(workspace, &new_rows).map_err(|e| sqlx::Error::Encode(e.into()))?;
         let mut copy = tx
             .copy_in_raw(
                 "COPY ingest_events (workspace_id, received_at, event_id, message_id, kind, event_name, \
@@ -558,32 +558,14 @@ async fn insert_pg(
     Ok(written)
 }
 
-/// Microseconds since PostgreSQL's epoch (2000-01-01T00:00:00Z), truncated toward it as
-/// sqlx encodes a bound `DateTime<Utc>` (the `UNNEST` insert this replaces).
-fn pg_micros(t: DateTime<Utc>) -> Result<i64, IngestError> {
-    const PG_EPOCH: DateTime<Utc> = DateTime::from_timestamp_nanos(946_684_800_000_000_000);
-    (t - PG_EPOCH)
-        .num_microseconds()
-        .ok_or_else(|| IngestError::Corrupt(format!("{t} is out of PostgreSQL's range")))
-}
-
-/// `rows` as the data of a binary `COPY ingest_events (...)` (the column order of
-/// [`insert_pg`]): signature, flags and extension length, then per row a field count and
-/// each field as (length, bytes), then the trailer.
-fn copy_rows(workspace: &str, rows: &[&EventRow]) -> Result<Vec<u8>, IngestError> {
-    fn field(buf: &mut Vec<u8>, bytes: &[u8]) {
-        // Field lengths are bounded by the gRPC message size, far below 2 GiB.
-        buf.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
-        buf.extend_from_slice(bytes);
-    }
-    fn time(buf: &mut Vec<u8>, t: DateTime<Utc>) -> Result<(), IngestError> {
-        field(buf, &pg_micros(t)?.to_be_bytes());
-        Ok(())
-    }
+/// `rows` as the data of a binary `COPY ingest_events (...)`, in the column order of
+/// [`insert_pg`].
+fn copy_rows(workspace: &str, rows: &[&EventRow]) -> Result<Vec<u8>, CopyDataError> {
     let size: usize = rows
         .iter()
         .map(|r| {
-            200 + r.message_id.len()
+            // 14 length words, 2 timestamps, 2 int2, a UUID, a blind index.
+            130 + r.message_id.len()
                 + r.event_name.len()
                 + r.jurisdiction.len()
                 + r.sealed_subject.len()
@@ -593,29 +575,25 @@ fn copy_rows(workspace: &str, rows: &[&EventRow]) -> Result<Vec<u8>, IngestError
                 + workspace.len()
         })
         .sum();
-    let mut buf = Vec::with_capacity(19 + size + 2);
-    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    buf.extend_from_slice(&0i32.to_be_bytes());
-    buf.extend_from_slice(&0i32.to_be_bytes());
+    let mut copy = BinaryCopy::with_capacity(size);
     for r in rows {
-        buf.extend_from_slice(&14i16.to_be_bytes());
-        field(&mut buf, workspace.as_bytes());
-        time(&mut buf, r.received_at)?;
-        field(&mut buf, r.event_id.as_bytes());
-        field(&mut buf, r.message_id.as_bytes());
-        field(&mut buf, &r.kind.to_be_bytes());
-        field(&mut buf, r.event_name.as_bytes());
-        time(&mut buf, r.occurred_at)?;
-        field(&mut buf, r.jurisdiction.as_bytes());
-        field(&mut buf, &r.anchor_kind.to_be_bytes());
-        field(&mut buf, r.anchor_index.as_bytes());
-        field(&mut buf, r.sealed_subject.as_bytes());
-        field(&mut buf, &r.identifiers);
-        field(&mut buf, &r.body);
-        field(&mut buf, r.purposes.as_bytes());
+        copy.row(14);
+        copy.bytes(workspace.as_bytes())?;
+        copy.timestamptz(r.received_at)?;
+        copy.bytes(r.event_id.as_bytes())?;
+        copy.bytes(r.message_id.as_bytes())?;
+        copy.int2(r.kind);
+        copy.bytes(r.event_name.as_bytes())?;
+        copy.timestamptz(r.occurred_at)?;
+        copy.bytes(r.jurisdiction.as_bytes())?;
+        copy.int2(r.anchor_kind);
+        copy.bytes(r.anchor_index.as_bytes())?;
+        copy.bytes(r.sealed_subject.as_bytes())?;
+        copy.bytes(&r.identifiers)?;
+        copy.bytes(&r.body)?;
+        copy.bytes(r.purposes.as_bytes())?;
     }
-    buf.extend_from_slice(&(-1i16).to_be_bytes());
-    Ok(buf)
+    Ok(copy.finish())
 }
 
 async fn insert_sqlite(
