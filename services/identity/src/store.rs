@@ -1194,8 +1194,42 @@ fn chunk_size(tx: &Tx<'_>) -> usize {
     }
 }
 
-/// Runs `template` with `{IDS}` standing for "is one of `ids`" (bound from `$2` on), in
-/// chunks; returns the first column of returned rows (for `RETURNING profile_id`).
+/// Runs `$template`, with `{IDS}` standing for "is one of `$ids`" (bound from `$2` on), in
+/// chunks, and runs `$each` on every returned row as `$row`: written once, it compiles for
+/// both backends' row types.
+macro_rules! each_profile_row {
+    ($tx:expr, $template:expr, $ws:expr, $ids:expr, |$row:ident| $each:block) => {
+        for chunk in $ids.chunks(chunk_size($tx)) {
+            match $tx {
+                Tx::Postgres(conn) => {
+                    let sql = $template.replace("{IDS}", "= ANY($2::uuid[])");
+                    let v: Vec<Uuid> = chunk.iter().map(|p| p.0).collect();
+                    let rows = sqlx::query(&sql)
+                        .bind($ws)
+                        .bind(v)
+                        .fetch_all(&mut **conn)
+                        .await?;
+                    for $row in &rows $each
+                }
+                Tx::Sqlite(conn) => {
+                    let list = (0..chunk.len())
+                        .map(|i| format!("${}", i + 2))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let sql = $template.replace("{IDS}", &format!("IN ({list})"));
+                    let mut q = sqlx::query(&sql).bind($ws);
+                    for p in chunk {
+                        q = q.bind(p.0);
+                    }
+                    for $row in &q.fetch_all(&mut **conn).await? $each
+                }
+            }
+        }
+    };
+}
+
+/// Runs `template` with `{IDS}` standing for "is one of `ids`"; returns the first column
+/// of returned rows (for `RETURNING profile_id`).
 async fn for_profiles(
     tx: &mut Tx<'_>,
     template: &str,
@@ -1203,36 +1237,9 @@ async fn for_profiles(
     ids: &[ProfileId],
 ) -> Result<Vec<ProfileId>, IdentityError> {
     let mut out = Vec::new();
-    for chunk in ids.chunks(chunk_size(tx)) {
-        match tx {
-            Tx::Postgres(conn) => {
-                let sql = template.replace("{IDS}", "= ANY($2::uuid[])");
-                let v: Vec<Uuid> = chunk.iter().map(|p| p.0).collect();
-                let rows = sqlx::query(&sql)
-                    .bind(ws)
-                    .bind(v)
-                    .fetch_all(&mut **conn)
-                    .await?;
-                for r in rows {
-                    out.push(ProfileId(r.try_get(0)?));
-                }
-            }
-            Tx::Sqlite(conn) => {
-                let list = (0..chunk.len())
-                    .map(|i| format!("${}", i + 2))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let sql = template.replace("{IDS}", &format!("IN ({list})"));
-                let mut q = sqlx::query(&sql).bind(ws);
-                for p in chunk {
-                    q = q.bind(p.0);
-                }
-                for r in q.fetch_all(&mut **conn).await? {
-                    out.push(ProfileId(r.try_get(0)?));
-                }
-            }
-        }
-    }
+    each_profile_row!(tx, template, ws, ids, |r| {
+        out.push(ProfileId(r.try_get(0)?));
+    });
     Ok(out)
 }
 
@@ -1245,36 +1252,9 @@ async fn activity_of(
     const TEMPLATE: &str = "SELECT profile_id, occurred_micros, stage, is_order, currency, minor_units \
          FROM identity_activity WHERE workspace_id = $1 AND profile_id {IDS}";
     let mut out = Vec::new();
-    for chunk in ids.chunks(chunk_size(tx)) {
-        match tx {
-            Tx::Postgres(conn) => {
-                let sql = TEMPLATE.replace("{IDS}", "= ANY($2::uuid[])");
-                let v: Vec<Uuid> = chunk.iter().map(|p| p.0).collect();
-                let rows = sqlx::query(&sql)
-                    .bind(ws)
-                    .bind(v)
-                    .fetch_all(&mut **conn)
-                    .await?;
-                for r in &rows {
-                    out.push(activity_from_row!(r)?);
-                }
-            }
-            Tx::Sqlite(conn) => {
-                let list = (0..chunk.len())
-                    .map(|i| format!("${}", i + 2))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let sql = TEMPLATE.replace("{IDS}", &format!("IN ({list})"));
-                let mut q = sqlx::query(&sql).bind(ws);
-                for p in chunk {
-                    q = q.bind(p.0);
-                }
-                for r in &q.fetch_all(&mut **conn).await? {
-                    out.push(activity_from_row!(r)?);
-                }
-            }
-        }
-    }
+    each_profile_row!(tx, TEMPLATE, ws, ids, |r| {
+        out.push(activity_from_row!(r)?);
+    });
     Ok(out)
 }
 
@@ -1287,44 +1267,13 @@ async fn stages_in(
     const TEMPLATE: &str = "SELECT profile_id, aipl_stage FROM identity_computed_traits \
          WHERE workspace_id = $1 AND profile_id {IDS}";
     let mut out = HashMap::new();
-    for chunk in ids.chunks(chunk_size(tx)) {
-        match tx {
-            Tx::Postgres(conn) => {
-                let sql = TEMPLATE.replace("{IDS}", "= ANY($2::uuid[])");
-                let v: Vec<Uuid> = chunk.iter().map(|p| p.0).collect();
-                let rows = sqlx::query(&sql)
-                    .bind(ws)
-                    .bind(v)
-                    .fetch_all(&mut **conn)
-                    .await?;
-                for r in &rows {
-                    let stage: i16 = r.try_get(1)?;
-                    out.insert(
-                        ProfileId(r.try_get(0)?),
-                        AiplStage::from_code(i64::from(stage)),
-                    );
-                }
-            }
-            Tx::Sqlite(conn) => {
-                let list = (0..chunk.len())
-                    .map(|i| format!("${}", i + 2))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let sql = TEMPLATE.replace("{IDS}", &format!("IN ({list})"));
-                let mut q = sqlx::query(&sql).bind(ws);
-                for p in chunk {
-                    q = q.bind(p.0);
-                }
-                for r in &q.fetch_all(&mut **conn).await? {
-                    let stage: i16 = r.try_get(1)?;
-                    out.insert(
-                        ProfileId(r.try_get(0)?),
-                        AiplStage::from_code(i64::from(stage)),
-                    );
-                }
-            }
-        }
-    }
+    each_profile_row!(tx, TEMPLATE, ws, ids, |r| {
+        let stage: i16 = r.try_get(1)?;
+        out.insert(
+            ProfileId(r.try_get(0)?),
+            AiplStage::from_code(i64::from(stage)),
+        );
+    });
     Ok(out)
 }
 
