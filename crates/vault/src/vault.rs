@@ -20,6 +20,9 @@ use crate::store::{
     KeyStore, StoredSubjectKey, StoredWorkspaceKey, SubjectKeyState, WorkspaceKeyPurpose,
 };
 
+/// Data keys found in the cache, by subject.
+type CachedDeks<'s> = HashMap<&'s str, Arc<Dek>>;
+
 /// Tuning of a [`Vault`].
 #[derive(Debug, Clone)]
 pub struct VaultConfig {
@@ -273,6 +276,33 @@ impl Vault {
         }
     }
 
+    /// Splits `subjects` into the data keys the cache holds and the distinct subjects it
+    /// does not (sorted: the store is asked for them in one batch).
+    fn cached_deks<'s>(
+        &self,
+        workspace: &str,
+        subjects: &[&'s str],
+        now: Instant,
+    ) -> Result<(CachedDeks<'s>, Vec<&'s str>)> {
+        let mut deks: CachedDeks<'s> = HashMap::with_capacity(subjects.len());
+        let mut missing: Vec<&str> = Vec::new();
+        for subject in subjects {
+            check_id(subject)?;
+            if deks.contains_key(subject) {
+                continue;
+            }
+            match self.cache.get(workspace, subject, now) {
+                Some(dek) => {
+                    deks.insert(subject, dek);
+                }
+                None => missing.push(subject),
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        Ok((deks, missing))
+    }
+
     /// Data keys for many subjects at once, in the order given, created where absent. The
     /// subjects not in this replica's cache cost one lookup round trip, the new ones one
     /// insert (and a re-read only when another replica raced us). Fails with
@@ -284,22 +314,7 @@ impl Vault {
     ) -> Result<Vec<SubjectKey>> {
         check_id(workspace)?;
         let started = Instant::now();
-        let mut deks: HashMap<&str, Arc<Dek>> = HashMap::with_capacity(subjects.len());
-        let mut missing: Vec<&str> = Vec::new();
-        for subject in subjects {
-            check_id(subject)?;
-            if deks.contains_key(subject) {
-                continue;
-            }
-            match self.cache.get(workspace, subject, started) {
-                Some(dek) => {
-                    deks.insert(subject, dek);
-                }
-                None => missing.push(subject),
-            }
-        }
-        missing.sort_unstable();
-        missing.dedup();
+        let (mut deks, missing) = self.cached_deks(workspace, subjects, started)?;
         if !missing.is_empty() {
             let generation = self.cache.generation();
             let mut loaded: HashMap<String, Dek> = HashMap::with_capacity(missing.len());
@@ -372,22 +387,7 @@ impl Vault {
     ) -> Result<Vec<Option<SubjectKey>>> {
         check_id(workspace)?;
         let started = Instant::now();
-        let mut deks: HashMap<&str, Arc<Dek>> = HashMap::with_capacity(subjects.len());
-        let mut missing: Vec<&str> = Vec::new();
-        for subject in subjects {
-            check_id(subject)?;
-            if deks.contains_key(subject) {
-                continue;
-            }
-            match self.cache.get(workspace, subject, started) {
-                Some(dek) => {
-                    deks.insert(subject, dek);
-                }
-                None => missing.push(subject),
-            }
-        }
-        missing.sort_unstable();
-        missing.dedup();
+        let (mut deks, missing) = self.cached_deks(workspace, subjects, started)?;
         if !missing.is_empty() {
             let generation = self.cache.generation();
             for (subject, state) in self.store.subject_keys(workspace, &missing).await? {
