@@ -49,9 +49,26 @@ impl BinaryCopy {
         Ok(())
     }
 
+    /// A NULL field.
+    pub fn null(&mut self) {
+        self.buf.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+
+    /// A `bool` field.
+    pub fn bool(&mut self, value: bool) {
+        self.buf.extend_from_slice(&1i32.to_be_bytes());
+        self.buf.push(u8::from(value));
+    }
+
     /// An `int2` field.
     pub fn int2(&mut self, value: i16) {
         self.buf.extend_from_slice(&2i32.to_be_bytes());
+        self.buf.extend_from_slice(&value.to_be_bytes());
+    }
+
+    /// An `int8` field.
+    pub fn int8(&mut self, value: i64) {
+        self.buf.extend_from_slice(&8i32.to_be_bytes());
         self.buf.extend_from_slice(&value.to_be_bytes());
     }
 
@@ -72,6 +89,18 @@ impl BinaryCopy {
     pub fn finish(mut self) -> Vec<u8> {
         self.buf.extend_from_slice(&(-1i16).to_be_bytes());
         self.buf
+    }
+
+    /// Finishes the data and sends it with `statement` (`COPY … FROM STDIN (FORMAT
+    /// binary)`) on `conn`; returns how many rows PostgreSQL stored.
+    pub async fn send(
+        self,
+        conn: &mut sqlx::PgConnection,
+        statement: &str,
+    ) -> Result<u64, sqlx::Error> {
+        let mut copy = conn.copy_in_raw(statement).await?;
+        copy.send(self.finish()).await?;
+        copy.finish().await
     }
 }
 
@@ -96,6 +125,25 @@ mod tests {
         expected.extend_from_slice(&[0, 0, 0, 2, 0xff, 0xfe]);
         // Half a microsecond before the epoch truncates toward it: 0 µs.
         expected.extend_from_slice(&[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0]);
+        expected.extend_from_slice(&[0xff, 0xff]);
+        assert_eq!(data, expected);
+    }
+
+    #[test]
+    fn nulls_booleans_and_int8_are_laid_out_as_postgresql_reads_them() {
+        let mut copy = BinaryCopy::with_capacity(0);
+        copy.row(4);
+        copy.null();
+        copy.bool(true);
+        copy.bool(false);
+        copy.int8(-2);
+        let data = copy.finish();
+        let mut expected = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
+        expected.extend_from_slice(&[0, 4]);
+        expected.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
+        expected.extend_from_slice(&[0, 0, 0, 1, 1]);
+        expected.extend_from_slice(&[0, 0, 0, 1, 0]);
+        expected.extend_from_slice(&[0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe]);
         expected.extend_from_slice(&[0xff, 0xff]);
         assert_eq!(data, expected);
     }

@@ -527,15 +527,14 @@ async fn insert_pg(
         // Binary COPY rather than a multi-row INSERT: PostgreSQL parses no arrays and runs
         // no executor per row.
         let data = copy_rows(workspace, &new_rows).map_err(|e| sqlx::Error::Encode(e.into()))?;
-        let mut copy = tx
-            .copy_in_raw(
+        let copied = data
+            .send(
+                &mut tx,
                 "COPY ingest_events (workspace_id, received_at, event_id, message_id, kind, event_name, \
                  occurred_at, jurisdiction, anchor_kind, anchor_index, sealed_subject, identifiers, body, purposes) \
                  FROM STDIN (FORMAT binary)",
             )
             .await?;
-        copy.send(data).await?;
-        let copied = copy.finish().await?;
         if copied != new_rows.len() as u64 {
             return Err(IngestError::Corrupt(format!(
                 "COPY stored {copied} of {} events",
@@ -560,7 +559,7 @@ async fn insert_pg(
 
 /// `rows` as the data of a binary `COPY ingest_events (...)`, in the column order of
 /// [`insert_pg`].
-fn copy_rows(workspace: &str, rows: &[&EventRow]) -> Result<Vec<u8>, CopyDataError> {
+fn copy_rows(workspace: &str, rows: &[&EventRow]) -> Result<BinaryCopy, CopyDataError> {
     let size: usize = rows
         .iter()
         .map(|r| {
@@ -593,7 +592,7 @@ fn copy_rows(workspace: &str, rows: &[&EventRow]) -> Result<Vec<u8>, CopyDataErr
         copy.bytes(&r.body)?;
         copy.bytes(r.purposes.as_bytes())?;
     }
-    Ok(copy.finish())
+    Ok(copy)
 }
 
 async fn insert_sqlite(
