@@ -43,8 +43,9 @@ impl BusKind {
 pub trait Bus: Send + Sync {
     fn kind(&self) -> BusKind;
 
-    /// Publishes up to `limit` unsent outbox rows and marks them sent once the bus holds
-    /// them durably. Returns how many were published.
+    /// Publishes up to `limit` unsent outbox rows and, once the bus holds them durably,
+    /// marks them sent (in-process: they are its log) or deletes them (JetStream holds the
+    /// copy). Returns how many were published.
     async fn relay_batch(&self, limit: usize) -> Result<usize, BusError>;
 
     /// One round of consumption: takes up to `subscription.batch_size` deliveries (new

@@ -1,7 +1,7 @@
 //! The NATS JetStream bus: the relay publishes outbox rows with `Nats-Msg-Id` = event id
-//! (JetStream drops a re-publish within the stream's duplicate window) and marks them sent
-//! only after the publish ack; consumers are durable pull consumers with explicit acks,
-//! sent after the effect committed.
+//! (JetStream drops a re-publish within the stream's duplicate window) and deletes them
+//! only after the publish ack (JetStream holds the copy from then on); consumers are
+//! durable pull consumers with explicit acks, sent after the effect committed.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -22,7 +22,7 @@ use crate::consume::{
 };
 use crate::error::BusError;
 use crate::event::{EventFamily, OutboxEvent};
-use crate::outbox::{StoredEvent, Tx, claim_unsent_pg, sqlite_time, unsent_sqlite};
+use crate::outbox::{StoredEvent, Tx, take_unsent_pg, unsent_sqlite};
 
 /// How event families map to JetStream streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,26 +349,21 @@ impl Bus for JetStreamBus {
     async fn relay_batch(&self, limit: usize) -> Result<usize, BusError> {
         match &self.store {
             Store::Postgres(pool) => {
-                // The claim (row locks) lasts until the acks are in and the rows are marked;
-                // a crash in between rolls back, and the rows are published again (JetStream
-                // drops the duplicates within its window, consumers skip the rest).
+                // The rows are deleted in a transaction that commits only once the acks are
+                // in; a crash in between rolls back, and the rows are published again
+                // (JetStream drops the duplicates within its window, consumers skip the rest).
                 let mut tx = pool.begin().await?;
-                let events = claim_unsent_pg(&mut tx, limit).await?;
+                let events = take_unsent_pg(&mut tx, limit).await?;
                 if events.is_empty() {
                     return Ok(0);
                 }
                 self.publish_all(&events).await?;
-                let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-                sqlx::query("UPDATE outbox_events SET sent_at = now() WHERE seq = ANY($1)")
-                    .bind(&seqs)
-                    .execute(&mut *tx)
-                    .await?;
                 tx.commit().await?;
                 Ok(events.len())
             }
             Store::Sqlite(pool) => {
                 // SQLite has a single writer: holding it across network round trips would
-                // stall every room, so read, publish, then mark. Two relays on one file may
+                // stall every room, so read, publish, then delete. Two relays on one file may
                 // publish a row twice; the duplicate window and idempotent consumers absorb it.
                 let mut conn = pool.acquire().await?;
                 let events = unsent_sqlite(&mut conn, limit).await?;
@@ -377,10 +372,10 @@ impl Bus for JetStreamBus {
                     return Ok(0);
                 }
                 self.publish_all(&events).await?;
-                let mut builder =
-                    sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE outbox_events SET sent_at = ");
-                builder.push_bind(sqlite_time(Utc::now()));
-                builder.push(" WHERE sent_at IS NULL AND seq IN (");
+                // Deleted once JetStream holds them, as on PostgreSQL.
+                let mut builder = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "DELETE FROM outbox_events WHERE seq IN (",
+                );
                 let mut list = builder.separated(", ");
                 for event in &events {
                     list.push_bind(event.seq);

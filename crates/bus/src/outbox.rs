@@ -179,14 +179,12 @@ async fn copy_pg(conn: &mut PgConnection, events: &[OutboxEvent]) -> Result<(), 
         data.bytes(&e.payload).map_err(encode)?;
         data.timestamptz(e.occurred_at).map_err(encode)?;
     }
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY outbox_events (event_id, workspace_id, family, event_key, payload, occurred_at) \
-             FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    copy.send(data.finish()).await?;
-    copy.finish().await?;
+    data.send(
+        conn,
+        "COPY outbox_events (event_id, workspace_id, family, event_key, payload, occurred_at) \
+         FROM STDIN (FORMAT binary)",
+    )
+    .await?;
     Ok(())
 }
 
@@ -285,19 +283,34 @@ pub(crate) fn parse_sqlite_time(text: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("bad instant: {e}"))
 }
 
-/// Unsent rows, oldest first, locked for this transaction; other relays skip them.
-pub(crate) async fn claim_unsent_pg(
+/// Takes the oldest unsent rows out of the outbox, oldest first: deleted in this
+/// transaction, which the caller commits only once the bus holds them (a rollback puts them
+/// back). Rows another relay has claimed are skipped.
+///
+/// Deleted, not marked sent: JetStream keeps the published copy, and a `sent_at` update
+/// rewrote every row and its index entries (the partial index on unsent rows rules out a
+/// HOT update). `bench ingest` measured the claim and the update at 24 µs of PostgreSQL
+/// time per event, this statement at 10.
+pub(crate) async fn take_unsent_pg(
     conn: &mut PgConnection,
     limit: usize,
 ) -> Result<Vec<StoredEvent>, BusError> {
+    // Deleted by row address (a TID scan; locked rows cannot move): a third cheaper than
+    // joining back on `seq`.
     let rows = sqlx::query(&format!(
-        "SELECT {EVENT_COLUMNS} FROM outbox_events WHERE sent_at IS NULL \
-         ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"
+        "DELETE FROM outbox_events WHERE ctid = ANY(ARRAY(SELECT ctid FROM outbox_events \
+         WHERE sent_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED)) RETURNING {EVENT_COLUMNS}"
     ))
     .bind(limit_i64(limit))
     .fetch_all(conn)
     .await?;
-    rows.iter().map(event_from_pg_row).collect()
+    let mut events = rows
+        .iter()
+        .map(event_from_pg_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    // RETURNING follows the delete's scan order, not the subquery's.
+    events.sort_unstable_by_key(|e| e.seq);
+    Ok(events)
 }
 
 /// Unsent rows, oldest first (SQLite has one writer; see the JetStream relay for why no lock
@@ -324,7 +337,8 @@ pub(crate) fn limit_i64(limit: usize) -> i64 {
 pub struct OutboxStats {
     /// Rows not yet published.
     pub unsent: u64,
-    /// Rows published.
+    /// Rows published and kept: the in-process bus reads its log from them until they are
+    /// pruned. The JetStream relay deletes rows once JetStream holds them.
     pub sent: u64,
 }
 
