@@ -198,6 +198,8 @@ pub struct NodeState {
 pub struct Changes {
     /// Nodes created or whose profile, shared flag or seen user ids changed.
     pub nodes: HashSet<NodeKey>,
+    /// The nodes of `nodes` that were created by these changes (not stored before them).
+    pub created_nodes: HashSet<NodeKey>,
     pub new_edges: Vec<Edge>,
     pub removed_edges: Vec<u64>,
     pub removed_nodes: Vec<NodeKey>,
@@ -555,6 +557,7 @@ impl Graph {
         self.new_comp(ix, profile);
         changes.created_profiles.push((profile, at));
         changes.nodes.insert(key);
+        changes.created_nodes.insert(key);
         ix
     }
 
@@ -710,6 +713,7 @@ impl Graph {
         self.by_key.remove(key);
         self.nodes[ix as usize].live = false;
         changes.nodes.remove(key);
+        changes.created_nodes.remove(key);
         changes.removed_nodes.push(*key);
         Some(parts)
     }
@@ -884,11 +888,21 @@ mod tests {
         assert!(edges[0].reason().contains("same event e1"));
         assert_eq!(ch.links, 2);
         assert_eq!(ch.new_edges.len(), 2);
+        assert_eq!(ch.created_nodes, HashSet::from([anon, email, dev]));
         // Seeing the same pair again adds nothing.
         let mut ch2 = Changes::default();
         let out = g.observe(&obs("e3", 9, &[anon, email]), &mut ch2);
         assert_eq!(out.links, 0);
         assert!(ch2.new_edges.is_empty());
+        assert!(ch2.nodes.is_empty() && ch2.created_nodes.is_empty());
+        // A known node relabelled by a merge is changed, not created.
+        let mut ch3 = Changes::default();
+        let (anon2, email2) = (key(AnonymousId, 2), key(Email, 2));
+        g.observe(&obs("e4", 10, &[anon2, email2]), &mut ch3);
+        let mut ch4 = Changes::default();
+        g.observe(&obs("e5", 11, &[email2, dev]), &mut ch4);
+        assert!(ch4.nodes.contains(&email2) && ch4.nodes.contains(&anon2));
+        assert!(ch4.created_nodes.is_empty());
     }
 
     #[test]

@@ -243,6 +243,20 @@ struct Inner {
     blocked_keys: Mutex<HashMap<String, Arc<HashSet<NodeKey>>>>,
     event_source: Option<Arc<dyn ProfileEventSource>>,
     consumer_timings: Mutex<ConsumerTimings>,
+    statistics: StatisticsRefresh,
+}
+
+/// Graph size (identifiers of a workspace) from which the room keeps the planner's
+/// statistics in step with the graph it writes; they are refreshed again whenever a
+/// workspace's graph has doubled since.
+const STATISTICS_FROM_NODES: usize = 4_096;
+
+/// When this room last refreshed the store's statistics, per workspace (its graph size
+/// then), and whether a refresh is running.
+#[derive(Default)]
+struct StatisticsRefresh {
+    nodes: Mutex<HashMap<String, usize>>,
+    running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The identity room. Cheap to clone.
@@ -304,6 +318,7 @@ impl IdentityRoom {
                 blocked_keys: Mutex::new(HashMap::new()),
                 event_source,
                 consumer_timings: Mutex::new(ConsumerTimings::default()),
+                statistics: StatisticsRefresh::default(),
             }),
         }
     }
@@ -330,6 +345,7 @@ impl IdentityRoom {
                 blocked_keys: Mutex::new(HashMap::new()),
                 event_source: Some(source),
                 consumer_timings: Mutex::new(ConsumerTimings::default()),
+                statistics: StatisticsRefresh::default(),
             }),
         }
     }
@@ -361,6 +377,34 @@ impl IdentityRoom {
             .consumer_timings
             .lock()
             .unwrap_or_else(|e| e.into_inner()) += t;
+    }
+
+    /// Refreshes the store's statistics in the background once a workspace's graph reached
+    /// [`STATISTICS_FROM_NODES`] identifiers, and again each time it doubled. A workspace
+    /// loading fast outgrows PostgreSQL's estimates in seconds (autovacuum analyzes a
+    /// database at most once a minute): plans made for the small tables then read every
+    /// row of the workspace where an index lookup per profile was meant.
+    fn refresh_statistics_after_growth(&self, workspace: &str, nodes: usize) {
+        use std::sync::atomic::Ordering;
+        let stats = &self.inner.statistics;
+        {
+            let mut seen = stats.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            let last = seen.get(workspace).copied().unwrap_or(0);
+            if nodes < last.saturating_mul(2).max(STATISTICS_FROM_NODES)
+                || stats.running.swap(true, Ordering::AcqRel)
+            {
+                return;
+            }
+            seen.insert(workspace.to_owned(), nodes);
+        }
+        let store = self.inner.store.clone();
+        let running = stats.running.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.refresh_statistics().await {
+                tracing::warn!(error = %e, "refreshing the identity tables' statistics failed");
+            }
+            running.store(false, Ordering::Release);
+        });
     }
 
     pub fn profile_rules(&self) -> &ProfileRules {
@@ -476,6 +520,7 @@ impl IdentityRoom {
             match result {
                 Ok(version) => {
                     cached.version = version;
+                    self.refresh_statistics_after_growth(workspace, cached.graph.len());
                     return Ok((out, timings));
                 }
                 Err(IdentityError::StaleGraph) => {
@@ -529,8 +574,9 @@ impl IdentityRoom {
             return Err(IdentityError::Corrupt("graph not loaded".into()));
         };
         let result = self.pipeline(workspace, &indexer, cached, batches).await;
-        if result.is_err() {
-            *guard = None;
+        match &result {
+            Ok(_) => self.refresh_statistics_after_growth(workspace, cached.graph.len()),
+            Err(_) => *guard = None,
         }
         result
     }
@@ -681,7 +727,8 @@ impl IdentityRoom {
             deleted_profiles,
         } = d;
         let now = Utc::now();
-        let mut identifiers = Vec::with_capacity(changes.nodes.len());
+        let mut identifiers = Vec::new();
+        let mut new_identifiers = Vec::with_capacity(changes.created_nodes.len());
         let mut touched: HashSet<ProfileId> = HashSet::new();
         for key in &changes.nodes {
             let Some(state) = graph.node_state(key) else {
@@ -692,11 +739,16 @@ impl IdentityRoom {
                 Some((s, source)) => (Some(s), source),
                 None => (None, String::new()),
             };
-            identifiers.push(IdentifierRow {
+            let row = IdentifierRow {
                 state,
                 source,
                 sealed,
-            });
+            };
+            if changes.created_nodes.contains(key) {
+                new_identifiers.push(row);
+            } else {
+                identifiers.push(row);
+            }
         }
         // Profiles born and absorbed within this batch were never visible: skip them.
         let absorbed: HashSet<ProfileId> = changes.merged_profiles.iter().map(|m| m.0).collect();
@@ -704,6 +756,9 @@ impl IdentityRoom {
         let mut rehome: BTreeSet<ProfileId> = absorbed.iter().copied().collect();
         rehome.extend(changes.split_profiles.iter().map(|s| s.0));
         rehome.extend(changes.shrunk_profiles.iter().copied());
+        // A profile born in this batch has no stored rows to re-home: the batch's own
+        // anchored rows are written with the profile their anchor ended the batch in.
+        rehome.retain(|p| !created.contains(p));
         // Within one batch a profile may be absorbed by one that is absorbed in turn: each
         // absorbed profile points at the live one, whose row exists.
         let into: HashMap<ProfileId, ProfileId> = changes
@@ -725,6 +780,7 @@ impl IdentityRoom {
         let removed_edges: HashSet<u64> = changes.removed_edges.iter().copied().collect();
         let mut batch = ChangeBatch {
             identifiers,
+            new_identifiers,
             removed_identifiers: changes.removed_nodes.clone(),
             new_edges: changes
                 .new_edges
@@ -882,6 +938,7 @@ impl IdentityRoom {
             Ok(()) => {
                 cached.version = version;
                 self.add_consumer_timings(timings);
+                self.refresh_statistics_after_growth(workspace, cached.graph.len());
                 Ok(out)
             }
             Err(e) => {
@@ -955,9 +1012,11 @@ impl IdentityRoom {
         }
         // Activity below a stage the profile already reached adds nothing: orders always
         // count; a stage counts once per profile, when above the stored one.
+        // A profile born in this delivery has no stored stage to read.
+        let born: HashSet<ProfileId> = changes.created_profiles.iter().map(|c| c.0).collect();
         let staged: Vec<ProfileId> = activities
             .iter()
-            .filter(|a| a.activity.order.is_none())
+            .filter(|a| a.activity.order.is_none() && !born.contains(&a.profile))
             .map(|a| a.profile)
             .collect::<BTreeSet<_>>()
             .into_iter()

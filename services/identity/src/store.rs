@@ -9,8 +9,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use meridian_bus::Tx;
-use meridian_store::Store;
 use meridian_store::sqlx::{self, PgConnection, PgPool, Row, SqliteConnection, SqlitePool};
+use meridian_store::{BinaryCopy, Store};
 use meridian_vault::BlindIndex;
 use uuid::Uuid;
 
@@ -61,8 +61,12 @@ pub struct ProfileRow {
 /// One atomic write of graph changes.
 #[derive(Debug, Default, Clone)]
 pub struct ChangeBatch {
-    /// Identifiers created or changed (unique keys).
+    /// Identifiers changed or created (unique keys): upserted.
     pub identifiers: Vec<IdentifierRow>,
+    /// Identifiers this batch created, not stored before it (unique keys, none of them in
+    /// `identifiers`): inserted, PostgreSQL by binary `COPY` from [`COPY_MIN_ROWS`] on. A
+    /// key already stored fails the write (the graph and the store disagree).
+    pub new_identifiers: Vec<IdentifierRow>,
     /// Identifiers removed (applied before the upserts).
     pub removed_identifiers: Vec<NodeKey>,
     pub new_edges: Vec<Edge>,
@@ -253,6 +257,11 @@ pub trait IdentityStore: Send + Sync {
         workspace: &str,
         profile: ProfileId,
     ) -> Result<Vec<Conflict>, IdentityError>;
+    /// Refreshes the planner's statistics of the identity tables (PostgreSQL `ANALYZE`),
+    /// after a workspace's graph outgrew them. Nothing to do by default.
+    async fn refresh_statistics(&self) -> Result<(), IdentityError> {
+        Ok(())
+    }
 }
 
 /// The identity store of an open [`Store`].
@@ -444,7 +453,7 @@ const INSERT_CONFLICTS_PG: &str = "INSERT INTO identity_conflicts \
 const INSERT_PROFILE_SQLITE: &str = "INSERT INTO identity_profiles (workspace_id, profile_id, created_at, updated_at) \
      VALUES ($1, $2, $3, $3) ON CONFLICT DO NOTHING";
 const INSERT_PROFILES_PG: &str = "INSERT INTO identity_profiles (workspace_id, profile_id, created_at, updated_at) \
-     SELECT $1, p, t, t FROM UNNEST($2::uuid[], $3::timestamptz[]) AS u(p, t) ON CONFLICT DO NOTHING";
+     SELECT $1, * FROM UNNEST($2::uuid[], $3::timestamptz[], $4::timestamptz[]) ON CONFLICT DO NOTHING";
 const MERGE_PROFILE_SQLITE: &str = "UPDATE identity_profiles SET merged_into = $3, updated_at = $4 \
      WHERE workspace_id = $1 AND profile_id = $2";
 const MERGE_PROFILES_PG: &str = "UPDATE identity_profiles p SET merged_into = u.i, updated_at = u.t \
@@ -466,19 +475,194 @@ fn seq_i64(seq: u64) -> Result<i64, IdentityError> {
     i64::try_from(seq).map_err(|_| IdentityError::Corrupt("edge seq overflow".into()))
 }
 
+/// From this many rows on, PostgreSQL writes rows known to be new (created profiles and
+/// identifiers, edges, conflicts) by binary `COPY`, as the outbox does: one more round trip,
+/// but no array parsing and no executor run per row.
+pub const COPY_MIN_ROWS: usize = 32;
+
+const COPY_PROFILES: &str = "COPY identity_profiles (workspace_id, profile_id, created_at, updated_at) FROM STDIN (FORMAT binary)";
+const COPY_IDENTIFIERS: &str = "COPY identity_identifiers \
+     (workspace_id, kind, blind_index, profile_id, source, sealed_subject, sealed_value, first_seen_at, shared, seen_user_ids, sealed_record, sealed_field) \
+     FROM STDIN (FORMAT binary)";
+const COPY_EDGES: &str = "COPY identity_edges \
+     (workspace_id, seq, from_kind, from_index, to_kind, to_index, rule, event_id, linked_at) \
+     FROM STDIN (FORMAT binary)";
+const COPY_CONFLICTS: &str = "COPY identity_conflicts \
+     (workspace_id, from_kind, from_index, to_kind, to_index, rule, event_id, seen_at, reason) \
+     FROM STDIN (FORMAT binary)";
+
+fn copy_error(e: meridian_store::CopyDataError) -> IdentityError {
+    IdentityError::Database(sqlx::Error::Encode(e.into()))
+}
+
+/// A nullable text or bytea field.
+fn copy_opt(data: &mut BinaryCopy, value: Option<&[u8]>) -> Result<(), IdentityError> {
+    match value {
+        Some(v) => data.bytes(v).map_err(copy_error),
+        None => {
+            data.null();
+            Ok(())
+        }
+    }
+}
+
+fn copy_identifiers(ws: &str, rows: &[IdentifierRow]) -> Result<BinaryCopy, IdentityError> {
+    let mut data = BinaryCopy::with_capacity(rows.len() * (200 + ws.len()));
+    for r in rows {
+        let sealed = r.sealed.as_ref();
+        data.row(12);
+        data.bytes(ws.as_bytes()).map_err(copy_error)?;
+        data.int2(r.state.key.kind.code());
+        data.bytes(&r.state.key.index.0).map_err(copy_error)?;
+        data.bytes(r.state.profile.0.as_bytes())
+            .map_err(copy_error)?;
+        data.bytes(r.source.as_bytes()).map_err(copy_error)?;
+        copy_opt(&mut data, sealed.map(|s| s.subject.as_bytes()))?;
+        copy_opt(&mut data, sealed.map(|s| s.bytes.as_slice()))?;
+        data.timestamptz(r.state.first_seen).map_err(copy_error)?;
+        data.bool(r.state.shared);
+        data.bytes(&users_to_bytes(&r.state.seen_user_ids))
+            .map_err(copy_error)?;
+        copy_opt(&mut data, sealed.map(|s| s.record.as_bytes()))?;
+        copy_opt(&mut data, sealed.map(|s| s.field.as_bytes()))?;
+    }
+    Ok(data)
+}
+
+fn copy_edges(ws: &str, edges: &[Edge]) -> Result<BinaryCopy, IdentityError> {
+    let mut data = BinaryCopy::with_capacity(edges.len() * (150 + ws.len()));
+    for e in edges {
+        data.row(9);
+        data.bytes(ws.as_bytes()).map_err(copy_error)?;
+        data.int8(seq_i64(e.seq)?);
+        data.int2(e.from.kind.code());
+        data.bytes(&e.from.index.0).map_err(copy_error)?;
+        data.int2(e.to.kind.code());
+        data.bytes(&e.to.index.0).map_err(copy_error)?;
+        data.bytes(e.rule.as_str().as_bytes()).map_err(copy_error)?;
+        data.bytes(e.event_id.as_bytes()).map_err(copy_error)?;
+        data.timestamptz(e.at).map_err(copy_error)?;
+    }
+    Ok(data)
+}
+
+fn copy_conflicts(ws: &str, conflicts: &[Conflict]) -> Result<BinaryCopy, IdentityError> {
+    let mut data = BinaryCopy::with_capacity(conflicts.len() * (160 + ws.len()));
+    for c in conflicts {
+        data.row(9);
+        data.bytes(ws.as_bytes()).map_err(copy_error)?;
+        data.int2(c.from.kind.code());
+        data.bytes(&c.from.index.0).map_err(copy_error)?;
+        data.int2(c.to.kind.code());
+        data.bytes(&c.to.index.0).map_err(copy_error)?;
+        data.bytes(c.rule.as_str().as_bytes()).map_err(copy_error)?;
+        data.bytes(c.event_id.as_bytes()).map_err(copy_error)?;
+        data.timestamptz(c.at).map_err(copy_error)?;
+        data.bytes(c.reason.to_stored().as_bytes())
+            .map_err(copy_error)?;
+    }
+    Ok(data)
+}
+
+/// Profile rows: (profile, created_at, updated_at).
+fn copy_profiles(
+    ws: &str,
+    profiles: &[(ProfileId, DateTime<Utc>, DateTime<Utc>)],
+) -> Result<BinaryCopy, IdentityError> {
+    let mut data = BinaryCopy::with_capacity(profiles.len() * (60 + ws.len()));
+    for (p, created_at, updated_at) in profiles {
+        data.row(4);
+        data.bytes(ws.as_bytes()).map_err(copy_error)?;
+        data.bytes(p.0.as_bytes()).map_err(copy_error)?;
+        data.timestamptz(*created_at).map_err(copy_error)?;
+        data.timestamptz(*updated_at).map_err(copy_error)?;
+    }
+    Ok(data)
+}
+
+/// Upserts identifier rows with one `UNNEST` statement (PostgreSQL).
+async fn upsert_identifiers_pg(
+    tx: &mut PgConnection,
+    ws: &str,
+    rows: &[&IdentifierRow],
+) -> Result<(), IdentityError> {
+    let n = rows.len();
+    let (mut kinds, mut idx, mut profiles, mut sources) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut subjects, mut sealed, mut firsts, mut shared, mut users) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut records, mut fields) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for r in rows {
+        kinds.push(r.state.key.kind.code());
+        idx.push(r.state.key.index.0.as_slice());
+        profiles.push(r.state.profile.0);
+        sources.push(r.source.as_str());
+        subjects.push(r.sealed.as_ref().map(|s| s.subject.as_str()));
+        sealed.push(r.sealed.as_ref().map(|s| s.bytes.as_slice()));
+        firsts.push(r.state.first_seen);
+        shared.push(r.state.shared);
+        users.push(users_to_bytes(&r.state.seen_user_ids));
+        records.push(r.sealed.as_ref().map(|s| s.record.as_str()));
+        fields.push(r.sealed.as_ref().map(|s| s.field.as_str()));
+    }
+    sqlx::query(UPSERT_IDENTIFIERS_PG)
+        .bind(ws)
+        .bind(kinds)
+        .bind(idx)
+        .bind(profiles)
+        .bind(sources)
+        .bind(subjects)
+        .bind(sealed)
+        .bind(firsts)
+        .bind(shared)
+        .bind(users)
+        .bind(records)
+        .bind(fields)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 impl StoreIdentity {
     async fn apply_postgres(
         tx: &mut PgConnection,
         ws: &str,
         b: &ChangeBatch,
     ) -> Result<(), IdentityError> {
-        if !b.created_profiles.is_empty() {
-            let (ids, ats): (Vec<Uuid>, Vec<DateTime<Utc>>) =
-                b.created_profiles.iter().map(|(p, t)| (p.0, *t)).unzip();
+        // A created profile that is also touched is written touched (`updated_at` = the
+        // batch's time) rather than inserted and then updated.
+        let created: HashSet<ProfileId> = b.created_profiles.iter().map(|(p, _)| *p).collect();
+        let touched: HashSet<ProfileId> = b.touched_profiles.iter().copied().collect();
+        let created_rows: Vec<(ProfileId, DateTime<Utc>, DateTime<Utc>)> = b
+            .created_profiles
+            .iter()
+            .map(|(p, t)| (*p, *t, if touched.contains(p) { b.at } else { *t }))
+            .collect();
+        if created_rows.len() >= COPY_MIN_ROWS {
+            copy_profiles(ws, &created_rows)?
+                .send(tx, COPY_PROFILES)
+                .await?;
+        } else if !created_rows.is_empty() {
+            let (mut ids, mut created_at, mut updated_at) = (vec![], vec![], vec![]);
+            for (p, c, u) in &created_rows {
+                ids.push(p.0);
+                created_at.push(*c);
+                updated_at.push(*u);
+            }
             sqlx::query(INSERT_PROFILES_PG)
                 .bind(ws)
                 .bind(ids)
-                .bind(ats)
+                .bind(created_at)
+                .bind(updated_at)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -508,52 +692,22 @@ impl StoreIdentity {
                 .execute(&mut *tx)
                 .await?;
         }
-        if !b.identifiers.is_empty() {
-            let n = b.identifiers.len();
-            let (mut kinds, mut idx, mut profiles, mut sources) = (
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-            );
-            let (mut subjects, mut sealed, mut firsts, mut shared, mut users) = (
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-            );
-            let (mut records, mut fields) = (Vec::with_capacity(n), Vec::with_capacity(n));
-            for r in &b.identifiers {
-                kinds.push(r.state.key.kind.code());
-                idx.push(r.state.key.index.0.as_slice());
-                profiles.push(r.state.profile.0);
-                sources.push(r.source.as_str());
-                subjects.push(r.sealed.as_ref().map(|s| s.subject.as_str()));
-                sealed.push(r.sealed.as_ref().map(|s| s.bytes.as_slice()));
-                firsts.push(r.state.first_seen);
-                shared.push(r.state.shared);
-                users.push(users_to_bytes(&r.state.seen_user_ids));
-                records.push(r.sealed.as_ref().map(|s| s.record.as_str()));
-                fields.push(r.sealed.as_ref().map(|s| s.field.as_str()));
-            }
-            sqlx::query(UPSERT_IDENTIFIERS_PG)
-                .bind(ws)
-                .bind(kinds)
-                .bind(idx)
-                .bind(profiles)
-                .bind(sources)
-                .bind(subjects)
-                .bind(sealed)
-                .bind(firsts)
-                .bind(shared)
-                .bind(users)
-                .bind(records)
-                .bind(fields)
-                .execute(&mut *tx)
+        // New identifiers by COPY when there are enough of them; the rest (and a few new
+        // ones) in one upsert.
+        let mut upserts: Vec<&IdentifierRow> = b.identifiers.iter().collect();
+        if b.new_identifiers.len() >= COPY_MIN_ROWS {
+            copy_identifiers(ws, &b.new_identifiers)?
+                .send(tx, COPY_IDENTIFIERS)
                 .await?;
+        } else {
+            upserts.extend(&b.new_identifiers);
         }
-        if !b.new_edges.is_empty() {
+        if !upserts.is_empty() {
+            upsert_identifiers_pg(tx, ws, &upserts).await?;
+        }
+        if b.new_edges.len() >= COPY_MIN_ROWS {
+            copy_edges(ws, &b.new_edges)?.send(tx, COPY_EDGES).await?;
+        } else if !b.new_edges.is_empty() {
             let mut seqs = Vec::with_capacity(b.new_edges.len());
             let (mut fk, mut fi, mut tk, mut ti, mut rules, mut events, mut ats) =
                 (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -580,7 +734,11 @@ impl StoreIdentity {
                 .execute(&mut *tx)
                 .await?;
         }
-        if !b.conflicts.is_empty() {
+        if b.conflicts.len() >= COPY_MIN_ROWS {
+            copy_conflicts(ws, &b.conflicts)?
+                .send(tx, COPY_CONFLICTS)
+                .await?;
+        } else if !b.conflicts.is_empty() {
             let (mut fk, mut fi, mut tk, mut ti, mut rules, mut events, mut ats, mut reasons) = (
                 vec![],
                 vec![],
@@ -629,8 +787,13 @@ impl StoreIdentity {
                 .execute(&mut *tx)
                 .await?;
         }
-        if !b.touched_profiles.is_empty() {
-            let ids: Vec<Uuid> = b.touched_profiles.iter().map(|p| p.0).collect();
+        let ids: Vec<Uuid> = b
+            .touched_profiles
+            .iter()
+            .filter(|p| !created.contains(p))
+            .map(|p| p.0)
+            .collect();
+        if !ids.is_empty() {
             sqlx::query(TOUCH_PROFILES_PG)
                 .bind(ws)
                 .bind(ids)
@@ -675,7 +838,7 @@ impl StoreIdentity {
                 .execute(&mut *tx)
                 .await?;
         }
-        for r in &b.identifiers {
+        for r in b.identifiers.iter().chain(&b.new_identifiers) {
             sqlx::query(UPSERT_IDENTIFIER_SQLITE)
                 .bind(ws)
                 .bind(r.state.key.kind.code())
@@ -902,6 +1065,36 @@ impl IdentityStore for StoreIdentity {
         distinct.dedup();
         let mut new = HashSet::with_capacity(distinct.len());
         match tx {
+            // A delivery's worth: read which are recorded already, then COPY the others (a
+            // concurrent writer of the same id makes the COPY fail on the key; the bus then
+            // applies the delivery event by event, through the statement below).
+            Tx::Postgres(conn) if distinct.len() >= COPY_MIN_ROWS => {
+                let seen: Vec<String> = sqlx::query_scalar(
+                    "SELECT event_id FROM identity_applied_events \
+                     WHERE workspace_id = $1 AND event_id = ANY($2::text[])",
+                )
+                .bind(workspace)
+                .bind(distinct.as_slice())
+                .fetch_all(&mut **conn)
+                .await?;
+                let seen: HashSet<String> = seen.into_iter().collect();
+                let mut data = BinaryCopy::with_capacity(distinct.len() * (60 + workspace.len()));
+                for id in distinct.iter().filter(|id| !seen.contains(**id)) {
+                    data.row(3);
+                    data.bytes(workspace.as_bytes()).map_err(copy_error)?;
+                    data.bytes(id.as_bytes()).map_err(copy_error)?;
+                    data.timestamptz(at).map_err(copy_error)?;
+                    new.insert((*id).to_owned());
+                }
+                if !new.is_empty() {
+                    data.send(
+                        conn,
+                        "COPY identity_applied_events (workspace_id, event_id, applied_at) \
+                         FROM STDIN (FORMAT binary)",
+                    )
+                    .await?;
+                }
+            }
             Tx::Postgres(conn) => {
                 let rows: Vec<String> = sqlx::query_scalar(
                     "INSERT INTO identity_applied_events (workspace_id, event_id, applied_at) \
@@ -1101,6 +1294,20 @@ impl IdentityStore for StoreIdentity {
                 .await?;
             rows.iter().map(|r| conflict_from_row!(r)).collect()
         })
+    }
+
+    async fn refresh_statistics(&self) -> Result<(), IdentityError> {
+        if let StoreIdentity::Postgres(pool) = self {
+            sqlx::query(
+                // The tables a write reads by key or profile set (edges and conflicts are
+                // only appended to there).
+                "ANALYZE identity_identifiers, identity_profiles, identity_applied_events, \
+                 identity_trait_payloads, identity_activity, identity_computed_traits, identity_rfm",
+            )
+            .execute(pool)
+            .await?;
+        }
+        Ok(())
     }
 }
 

@@ -884,15 +884,7 @@ fn mixed_events() -> Vec<Accepted> {
 
 async fn one_delivery_stitches_like_one_event_at_a_time(h: Harness) {
     const ONE_BY_ONE: &str = "acme-one";
-    let sql = "INSERT INTO workspaces (workspace_id, home_region, time_zone) VALUES ($1, 'eu', 'Europe/Paris')";
-    match &h.store {
-        Store::Postgres(p) => {
-            sqlx::query(sql).bind(ONE_BY_ONE).execute(p).await.unwrap();
-        }
-        Store::Sqlite(p) => {
-            sqlx::query(sql).bind(ONE_BY_ONE).execute(p).await.unwrap();
-        }
-    }
+    add_workspace(&h.store, ONE_BY_ONE).await;
     h.publish_to(WS, mixed_events(), 1_000).await;
     h.publish_to(ONE_BY_ONE, mixed_events(), 1).await;
     let ids = [
@@ -993,18 +985,138 @@ async fn one_delivery_stitches_like_one_event_at_a_time(h: Harness) {
     );
 }
 
-// ---- harness --------------------------------------------------------------------------
+/// Enough shoppers that one delivery crosses the bulk-write (COPY) threshold for every kind
+/// of row: new identifiers, edges, created profiles, conflicts and applied-event records.
+fn bulk_events(shoppers: usize) -> Vec<Accepted> {
+    let mut out = Vec::new();
+    for n in 0..shoppers {
+        let (anon, user, email) = (
+            format!("bulk-anon-{n}"),
+            format!("bulk-user-{n}"),
+            format!("buyer{n}@example.org"),
+        );
+        let s = i64::try_from(n).unwrap() * 10;
+        out.push(ev(
+            &format!("bulk-{n}-1"),
+            v1::EventType::Page,
+            s,
+            &[(Anon, &anon), (Email, &email)],
+        ));
+        out.push(identify(
+            &format!("bulk-{n}-2"),
+            s + 1,
+            &[(Anon, &anon), (User, &user)],
+            "web",
+            json!({"name": format!("Buyer {n}")}),
+        ));
+        // A blocked value: recorded as a conflict, never linked.
+        out.push(ev(
+            &format!("bulk-{n}-3"),
+            v1::EventType::Page,
+            s + 2,
+            &[(User, &user), (Email, "test@test.com")],
+        ));
+        out.push(order(
+            &format!("bulk-{n}-4"),
+            s + 3,
+            &[(Email, &email)],
+            "EUR",
+            1_000,
+        ));
+    }
+    out
+}
 
-async fn harness(store: Store, key_store: Arc<dyn meridian_vault::KeyStore>) -> Harness {
-    let sql = "INSERT INTO workspaces (workspace_id, home_region, time_zone) VALUES ($1, 'eu', 'Europe/Paris')";
-    match &store {
-        Store::Postgres(p) => {
-            sqlx::query(sql).bind(WS).execute(p).await.unwrap();
-        }
-        Store::Sqlite(p) => {
-            sqlx::query(sql).bind(WS).execute(p).await.unwrap();
+async fn a_bulk_delivery_is_stored_like_one_event_at_a_time(h: Harness) {
+    const ONE_BY_ONE: &str = "acme-bulk";
+    const SHOPPERS: usize = 60;
+    add_workspace(&h.store, ONE_BY_ONE).await;
+    h.publish_to(WS, bulk_events(SHOPPERS), 1_000).await;
+    h.publish_to(ONE_BY_ONE, bulk_events(SHOPPERS), 1).await;
+    // The same ingest events again, as new outbox rows, in one delivery: applied once.
+    h.publish_to(WS, bulk_events(SHOPPERS), 1_000).await;
+    for (table, expected) in [
+        ("identity_identifiers", Some(3 * SHOPPERS)),
+        ("identity_edges", Some(2 * SHOPPERS)),
+        ("identity_conflicts", Some(SHOPPERS)),
+        ("identity_applied_events", Some(4 * SHOPPERS)),
+        ("identity_trait_payloads", Some(SHOPPERS)),
+        ("identity_activity", None),
+        ("identity_computed_traits", Some(SHOPPERS)),
+    ] {
+        let count = |ws: &str| format!("SELECT COUNT(*) FROM {table} WHERE workspace_id = '{ws}'");
+        let bulk = h.scalar(&count(WS)).await;
+        assert_eq!(bulk, h.scalar(&count(ONE_BY_ONE)).await, "{table}");
+        assert!(bulk >= i64::try_from(SHOPPERS).unwrap(), "{table}");
+        if let Some(expected) = expected {
+            assert_eq!(bulk, i64::try_from(expected).unwrap(), "{table}");
         }
     }
+    let live =
+        "SELECT COUNT(*) FROM identity_profiles WHERE merged_into IS NULL AND workspace_id = ";
+    assert_eq!(
+        h.scalar(&format!("{live}'{WS}'")).await,
+        h.scalar(&format!("{live}'{ONE_BY_ONE}'")).await
+    );
+    // What the bulk write stored reads back: one profile per shopper, its values opened
+    // from the sealed copies, its traits, orders, edges and refused links.
+    for n in (0..SHOPPERS).step_by(7) {
+        let email = format!("buyer{n}@example.org");
+        let mut per_workspace = Vec::new();
+        for ws in [WS, ONE_BY_ONE] {
+            let view = h
+                .room
+                .lookup(ws, &RawIdentifier::new(Email, &email))
+                .await
+                .unwrap();
+            let values: std::collections::BTreeSet<String> = view
+                .identifiers
+                .iter()
+                .map(|i| i.value.to_string())
+                .collect();
+            assert_eq!(
+                values,
+                [
+                    format!("bulk-anon-{n}"),
+                    format!("bulk-user-{n}"),
+                    email.clone()
+                ]
+                .into(),
+                "{ws}"
+            );
+            assert_eq!(view.traits.0["name"], json!(format!("Buyer {n}")));
+            let computed = view.computed.as_ref().unwrap();
+            assert_eq!((computed.stage, computed.orders), (AiplStage::Purchase, 1));
+            let explained = h.room.explain(ws, view.profile.profile).await.unwrap();
+            assert_eq!(explained.edges.len(), 2, "{ws}");
+            assert!(
+                explained
+                    .conflicts
+                    .iter()
+                    .any(|c| c.reason.code() == "blocked_value")
+            );
+            per_workspace.push((explained.edges.len(), explained.conflicts.len(), values));
+        }
+        assert_eq!(per_workspace[0], per_workspace[1]);
+    }
+}
+
+// ---- harness --------------------------------------------------------------------------
+
+async fn add_workspace(store: &Store, workspace: &str) {
+    let sql = "INSERT INTO workspaces (workspace_id, home_region, time_zone) VALUES ($1, 'eu', 'Europe/Paris')";
+    match store {
+        Store::Postgres(p) => {
+            sqlx::query(sql).bind(workspace).execute(p).await.unwrap();
+        }
+        Store::Sqlite(p) => {
+            sqlx::query(sql).bind(workspace).execute(p).await.unwrap();
+        }
+    }
+}
+
+async fn harness(store: Store, key_store: Arc<dyn meridian_vault::KeyStore>) -> Harness {
+    add_workspace(&store, WS).await;
     let vault = Arc::new(Vault::new(
         Arc::new(KeyRing::generate(1).unwrap()),
         key_store,
@@ -1061,4 +1173,5 @@ on_both!(
     list_profile_events_reads_through_the_source,
     malformed_payloads_are_refused_not_applied,
     one_delivery_stitches_like_one_event_at_a_time,
+    a_bulk_delivery_is_stored_like_one_event_at_a_time,
 );
