@@ -12,6 +12,10 @@
 //! events: the ack latency a server not at its limit gives; (3) the baseline: the rows the
 //! server stored, read with `COPY … TO STDOUT` and loaded with `COPY … FROM STDIN` into an
 //! unpartitioned copy of the table.
+//!
+//! On Linux it also reads the CPU time the server, its PostgreSQL backends and this load
+//! generator spent in phase (1), and the PostgreSQL backend's in the baseline `COPY`: CPU
+//! per event moves far less than wall time when other work shares the machine.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -49,6 +53,17 @@ pub(crate) struct Phase {
     pub(crate) p99_ack_ms: f64,
 }
 
+/// CPU time per event of phase (1), in microseconds (user + system, from `/proc`).
+#[derive(Debug, Serialize)]
+pub(crate) struct CpuPerEvent {
+    /// `meridian serve ingest`: only when this benchmark started it.
+    pub(crate) server_us: Option<f64>,
+    /// The PostgreSQL backends serving the server's database (its pool and the relay).
+    pub(crate) postgres_us: f64,
+    /// This load generator (building and sending requests).
+    pub(crate) load_generator_us: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub(crate) struct IngestBenchReport {
     pub(crate) batch: usize,
@@ -72,6 +87,104 @@ pub(crate) struct IngestBenchReport {
     pub(crate) ratio_to_bare_copy: f64,
     pub(crate) goal_ratio: f64,
     pub(crate) goal_p99_ack_ms_at_half_rate: f64,
+    /// Where phase (1) spent CPU (Linux only).
+    pub(crate) max_cpu_per_event: Option<CpuPerEvent>,
+    /// PostgreSQL CPU per row of the baseline `COPY` (Linux only), in microseconds.
+    pub(crate) copy_postgres_cpu_us_per_row: Option<f64>,
+    /// `copy_postgres_cpu_us_per_row / (server + postgres CPU per event)`: the share of an
+    /// ingested event's CPU that a plain `COPY` of its row needs. A cost ratio, not a rate
+    /// ratio (the `COPY` runs on one core, ingest on all): it moves little with the load of a
+    /// shared machine, so it shows whether a change made ingest cheaper.
+    pub(crate) cpu_cost_ratio_to_copy: Option<f64>,
+}
+
+/// CPU seconds (user + system, every thread, living or exited) of process `pid`, from
+/// `/proc/<pid>/stat`; `None` where there is no such file (not Linux, or gone).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    process_cpu_seconds(pid, None)
+}
+
+/// [`cpu_seconds`] of a PostgreSQL backend: `None` unless `pid` is a local process named
+/// `postgres` (a database on another host has its own process ids).
+fn backend_cpu_seconds(pid: u32) -> Option<f64> {
+    process_cpu_seconds(pid, Some("postgres"))
+}
+
+fn process_cpu_seconds(pid: u32, named: Option<&str>) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    if named.is_some_and(|name| stat.get(open + 1..close) != Some(name)) {
+        return None;
+    }
+    // The command name (field 2) may hold spaces: count fields after its closing ')'.
+    // utime and stime are fields 14 and 15, in USER_HZ ticks (100 per second on Linux).
+    let mut fields = stat.get(close + 2..)?.split_ascii_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    #[allow(clippy::cast_precision_loss)]
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// The backends connected to the current database, but this connection's own.
+async fn backends(pool: &sqlx::PgPool) -> anyhow::Result<Vec<u32>> {
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(pids
+        .into_iter()
+        .filter_map(|p| u32::try_from(p).ok())
+        .collect())
+}
+
+/// CPU seconds of a set of processes, taken at the start and end of a phase.
+struct CpuMeter {
+    server: Option<(u32, f64)>,
+    backends: std::collections::HashMap<u32, f64>,
+    load_generator: f64,
+}
+
+impl CpuMeter {
+    async fn start(pool: &sqlx::PgPool, server: Option<u32>) -> anyhow::Result<Option<Self>> {
+        let Some(load_generator) = cpu_seconds(std::process::id()) else {
+            return Ok(None);
+        };
+        let pids = backends(pool).await?;
+        let backends: std::collections::HashMap<u32, f64> = pids
+            .iter()
+            .filter_map(|pid| Some((*pid, backend_cpu_seconds(*pid)?)))
+            .collect();
+        if backends.len() < pids.len() {
+            // PostgreSQL runs elsewhere: its CPU is not for us to read.
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            server: server.and_then(|pid| Some((pid, cpu_seconds(pid)?))),
+            backends,
+            load_generator,
+        }))
+    }
+
+    /// CPU per event since `start`. Backends that connected since count whole.
+    async fn per_event(&self, pool: &sqlx::PgPool, events: usize) -> anyhow::Result<CpuPerEvent> {
+        #[allow(clippy::cast_precision_loss)]
+        let us = |seconds: f64| seconds * 1e6 / events.max(1) as f64;
+        let mut postgres = 0.0;
+        for pid in backends(pool).await? {
+            if let Some(now) = backend_cpu_seconds(pid) {
+                postgres += now - self.backends.get(&pid).copied().unwrap_or(0.0);
+            }
+        }
+        let load_generator = cpu_seconds(std::process::id()).unwrap_or(self.load_generator);
+        Ok(CpuPerEvent {
+            server_us: self
+                .server
+                .and_then(|(pid, then)| Some(us(cpu_seconds(pid)? - then))),
+            postgres_us: us(postgres),
+            load_generator_us: us(load_generator - self.load_generator),
+        })
+    }
 }
 
 /// A server this benchmark started (killed when dropped) and its scratch database.
@@ -317,7 +430,8 @@ pub(crate) async fn run(
             (Some(own), addr, key, db_url)
         }
     };
-    let result = measure(&opts, &addr, &key, &db_url).await;
+    let server_pid = own.as_ref().and_then(|o| o.child.id());
+    let result = measure(&opts, &addr, &key, &db_url, server_pid).await;
     if let Some(mut own) = own {
         let _ = own.child.kill().await;
         own.database
@@ -333,7 +447,13 @@ async fn measure(
     addr: &str,
     key: &str,
     db_url: &str,
+    server_pid: Option<u32>,
 ) -> anyhow::Result<IngestBenchReport> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(db_url)
+        .await
+        .context("connecting to the server's database")?;
     let channel = Channel::from_shared(format!("http://{addr}"))?
         .connect()
         .await
@@ -367,6 +487,7 @@ async fn measure(
             .collect(),
     );
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu = CpuMeter::start(&pool, server_pid).await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..opts.concurrency {
@@ -402,6 +523,10 @@ async fn measure(
         started.elapsed().as_secs_f64(),
         latencies,
     );
+    let max_cpu_per_event = match &cpu {
+        Some(cpu) => Some(cpu.per_event(&pool, accepted).await?),
+        None => None,
+    };
 
     // 2. half the maximum rate, open loop
     let target = max.events_per_s / 2.0;
@@ -437,11 +562,6 @@ async fn measure(
     );
 
     // 3. plain COPY of the same stored rows
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(db_url)
-        .await
-        .context("connecting to the server's database")?;
     let mut rows = Vec::new();
     {
         let mut out = pool
@@ -454,13 +574,27 @@ async fn measure(
     // The baseline table has the stored table's shape: its primary key, its anchor index
     // and its checks (`INCLUDING ALL`), which every stored event also pays for. The bare
     // heap (no index at all) is measured too, for reference.
-    let (copy_rows, copy_seconds) = copy_into(&pool, "INCLUDING ALL", &rows).await?;
-    let (_, bare_copy_seconds) = copy_into(&pool, "INCLUDING DEFAULTS", &rows).await?;
+    let (copy_rows, copy_seconds, copy_cpu_seconds) =
+        copy_into(&pool, "INCLUDING ALL", &rows).await?;
+    let (_, bare_copy_seconds, _) = copy_into(&pool, "INCLUDING DEFAULTS", &rows).await?;
     pool.close().await;
     #[allow(clippy::cast_precision_loss)]
     let copy_events_per_s = copy_rows as f64 / copy_seconds.max(1e-9);
     #[allow(clippy::cast_precision_loss)]
     let bare_copy_events_per_s = copy_rows as f64 / bare_copy_seconds.max(1e-9);
+    #[allow(clippy::cast_precision_loss)]
+    let copy_postgres_cpu_us_per_row = copy_cpu_seconds.map(|s| s * 1e6 / copy_rows.max(1) as f64);
+    let cpu_cost_ratio_to_copy = match (&max_cpu_per_event, copy_postgres_cpu_us_per_row) {
+        (
+            Some(CpuPerEvent {
+                server_us: Some(server),
+                postgres_us,
+                ..
+            }),
+            Some(copy),
+        ) => Some(copy / (server + postgres_us).max(1e-9)),
+        _ => None,
+    };
 
     Ok(IngestBenchReport {
         batch: opts.batch,
@@ -477,29 +611,73 @@ async fn measure(
         bare_copy_events_per_s,
         goal_ratio: 0.6,
         goal_p99_ack_ms_at_half_rate: 25.0,
+        max_cpu_per_event,
+        copy_postgres_cpu_us_per_row,
+        cpu_cost_ratio_to_copy,
     })
 }
 
 /// Loads `rows` (binary `COPY` data of `ingest_events`) into a fresh unpartitioned table
-/// made `LIKE ingest_events {like}`; returns (rows, seconds of the `COPY` alone).
-async fn copy_into(pool: &sqlx::PgPool, like: &str, rows: &[u8]) -> anyhow::Result<(u64, f64)> {
+/// made `LIKE ingest_events {like}`; returns (rows, seconds of the `COPY` alone, CPU
+/// seconds of its backend where `/proc` shows them).
+async fn copy_into(
+    pool: &sqlx::PgPool,
+    like: &str,
+    rows: &[u8],
+) -> anyhow::Result<(u64, f64, Option<f64>)> {
+    let mut conn = pool.acquire().await?;
     sqlx::query("DROP TABLE IF EXISTS bench_ingest_copy")
-        .execute(pool)
+        .execute(&mut *conn)
         .await?;
     sqlx::query(&format!(
         "CREATE TABLE bench_ingest_copy (LIKE ingest_events {like})"
     ))
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await?;
+    let backend = u32::try_from(backend).ok();
+    let cpu_before = backend.and_then(backend_cpu_seconds);
     let started = Instant::now();
-    let mut copy = pool
+    let mut copy = conn
         .copy_in_raw("COPY bench_ingest_copy FROM STDIN (FORMAT binary)")
         .await?;
     copy.send(rows).await?;
     let copied = copy.finish().await?;
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = match (cpu_before, backend.and_then(backend_cpu_seconds)) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
     sqlx::query("DROP TABLE bench_ingest_copy")
-        .execute(pool)
+        .execute(&mut *conn)
         .await?;
-    Ok((copied, seconds))
+    Ok((copied, seconds, cpu))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_from_proc_and_grows_with_work() {
+        let pid = std::process::id();
+        let before = cpu_seconds(pid).expect("/proc/<pid>/stat on Linux");
+        // Spin until 50 ms of CPU (five 10 ms ticks) show, however loaded the machine is;
+        // a reader that never saw them grow gives up after 20 s of wall time.
+        let started = Instant::now();
+        let mut x = 0u64;
+        let mut after = before;
+        while after - before < 0.05 && started.elapsed() < Duration::from_secs(20) {
+            for _ in 0..1_000_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            after = cpu_seconds(pid).unwrap();
+        }
+        assert!(after - before >= 0.05, "{before} → {after}");
+        // This process is not a PostgreSQL backend.
+        assert_eq!(backend_cpu_seconds(pid), None);
+        assert_eq!(cpu_seconds(u32::MAX), None);
+    }
 }
