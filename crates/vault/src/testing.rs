@@ -32,10 +32,14 @@ impl TableDump {
     }
 }
 
+/// What opens the hex rendering of a binary value; a `)` closes it.
+const HEX_RENDERING: &[u8] = b"(hex ";
+
 fn render_bytes(bytes: &[u8]) -> String {
     format!(
-        "{} (hex {})",
+        "{} {}{})",
         String::from_utf8_lossy(bytes),
+        String::from_utf8_lossy(HEX_RENDERING),
         hex::encode(bytes)
     )
 }
@@ -134,6 +138,14 @@ pub async fn dump_sqlite(pool: &SqlitePool) -> Result<TableDump, sqlx::Error> {
 
 /// The needles found in `haystack`, case-insensitively (ASCII case), as given or
 /// hex-encoded. One Aho-Corasick pass, so thousands of needles over megabytes stay fast.
+///
+/// Two kinds of match are coincidences, not plaintext, and do not count:
+/// - a needle as given inside the hex rendering of a binary value: hex of random ciphertext
+///   holds a given ten-digit string about once in 10^12 positions, and a scan over ~10^6 hex
+///   digits with ~2,000 digit needles failed in CI on one;
+/// - a needle made only of digits (a phone number's digits) inside a longer run of digits,
+///   as given or hex-encoded: a microsecond timestamp such as 1764155551550123 holds the US
+///   number 4155551550.
 pub fn find_plaintext<'n>(
     haystack: &str,
     needles: impl IntoIterator<Item = &'n str>,
@@ -152,9 +164,22 @@ pub fn find_plaintext<'n>(
         // Building only fails past internal size limits; report every needle rather than none.
         return needles;
     };
+    let digits_only: Vec<bool> = needles
+        .iter()
+        .map(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    let bytes = hay.as_bytes();
     let mut hit = vec![false; needles.len()];
     for m in automaton.find_overlapping_iter(&hay) {
-        hit[m.pattern().as_usize() / 2] = true;
+        let needle = m.pattern().as_usize() / 2;
+        let hex_form = m.pattern().as_usize() % 2 == 1;
+        if !hex_form && inside_hex_rendering(bytes, m.start(), m.end()) {
+            continue;
+        }
+        if digits_only[needle] && inside_longer_number(bytes, m.start(), m.end(), hex_form) {
+            continue;
+        }
+        hit[needle] = true;
     }
     needles
         .into_iter()
@@ -162,6 +187,36 @@ pub fn find_plaintext<'n>(
         .filter(|(_, h)| *h)
         .map(|(n, _)| n)
         .collect()
+}
+
+/// Whether `start..end` of `hay` lies in the hex rendering of a binary value: only hex digits
+/// between it and the `(hex ` before it and the `)` after it.
+fn inside_hex_rendering(hay: &[u8], start: usize, end: usize) -> bool {
+    if !hay[start..end].iter().all(u8::is_ascii_hexdigit) {
+        return false;
+    }
+    let before = hay[..start]
+        .iter()
+        .rposition(|b| !b.is_ascii_hexdigit())
+        .map_or(0, |i| i + 1);
+    let after = hay[end..]
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .map_or(hay.len(), |i| end + i);
+    hay[..before].ends_with(HEX_RENDERING) && hay.get(after) == Some(&b')')
+}
+
+/// Whether the digits at `start..end` of `hay` continue a longer number on either side: a
+/// digit next to them, or for their hex form, a digit's hex (`30`–`39`).
+fn inside_longer_number(hay: &[u8], start: usize, end: usize, hex_form: bool) -> bool {
+    let is_digit_hex = |pair: &[u8]| pair[0] == b'3' && pair[1].is_ascii_digit();
+    if hex_form {
+        (start >= 2 && is_digit_hex(&hay[start - 2..start]))
+            || (end + 2 <= hay.len() && is_digit_hex(&hay[end..end + 2]))
+    } else {
+        (start >= 1 && hay[start - 1].is_ascii_digit())
+            || hay.get(end).is_some_and(u8::is_ascii_digit)
+    }
 }
 
 /// A `tracing` subscriber writing every event (TRACE and up, all targets) into memory.

@@ -371,3 +371,37 @@ fn generated_identities_normalize() {
         );
     }
 }
+
+#[test]
+fn digit_needles_match_whole_numbers_only() {
+    let phone = "4155551550";
+    // Inside a millisecond timestamp, raw or as the hex of its text: not a phone number.
+    let timestamp = "1764155551550";
+    assert!(find_plaintext(&format!("created_at={timestamp} |"), [phone]).is_empty());
+    let timestamp_hex = hex::encode(timestamp);
+    assert!(find_plaintext(&format!("(hex {timestamp_hex})"), [phone]).is_empty());
+    // On its own, next to letters or punctuation, raw or hex-encoded: found.
+    for hay in [
+        format!("phone={phone} |"),
+        format!("tel:{phone}x"),
+        phone.to_owned(),
+        format!("(hex 7b{}7d)", hex::encode(phone)),
+    ] {
+        assert_eq!(find_plaintext(&hay, [phone]), vec![phone], "{hay}");
+    }
+    // Inside the hex rendering of a binary value (ciphertext that happens to hold the digits):
+    // not plaintext. The same digits in the value's UTF-8 rendering are.
+    assert!(find_plaintext(&format!("sealed=\u{fffd}x (hex 9f{phone}ab) |"), [phone]).is_empty());
+    assert_eq!(
+        find_plaintext(
+            &format!("sealed=x{phone}y (hex 78{}79) |", hex::encode(phone)),
+            [phone]
+        ),
+        vec![phone]
+    );
+    // Needles with other characters still match anywhere.
+    assert_eq!(
+        find_plaintext("x+14155551550y", ["+14155551550"]),
+        vec!["+14155551550"]
+    );
+}
