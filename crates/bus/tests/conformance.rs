@@ -432,6 +432,106 @@ async fn a_delivery_reaches_handle_batch_and_a_failure_falls_back_to_each_event(
     h.cleanup().await;
 }
 
+/// Records `event_id` as processed by `consumer` (the bus's own record), as a replica that
+/// applied the event would have.
+async fn record_processed(store: &Store, consumer: &str, event_id: Uuid) {
+    match store {
+        Store::Postgres(pool) => sqlx::query(
+            "INSERT INTO bus_processed (consumer, event_id, workspace_id) VALUES ($1, $2, 'acme')",
+        )
+        .bind(consumer)
+        .bind(event_id)
+        .execute(pool)
+        .await
+        .map(drop)
+        .unwrap(),
+        Store::Sqlite(pool) => sqlx::query(
+            "INSERT INTO bus_processed (consumer, event_id, workspace_id, processed_at) \
+             VALUES (?1, ?2, 'acme', ?3)",
+        )
+        .bind(consumer)
+        .bind(event_id.to_string())
+        .bind(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .execute(pool)
+        .await
+        .map(drop)
+        .unwrap(),
+    }
+}
+
+/// A delivery large enough for the bulk record of processed events (read, then COPY on
+/// PostgreSQL): events the consumer recorded before (redelivered after a crash between
+/// commit and ack) are duplicates and the rest are applied once. On PostgreSQL, an event
+/// another replica records while the delivery is applied (between the read and the COPY)
+/// makes the COPY fail on its key; the delivery is then applied event by event, and that
+/// event is a duplicate too.
+async fn a_large_delivery_applies_only_what_no_replica_recorded(h: Harness) {
+    let events: Vec<_> = (0..40).map(|i| h.event("acme", &format!("l{i}"))).collect();
+    commit_state_and_events(&h, &events).await;
+    let mut recorded = vec![events[3].event_id, events[17].event_id];
+    for id in &recorded {
+        record_processed(&h.store, "bulk", *id).await;
+    }
+    let recorder = Recorder::new("bulk");
+    let sub = subscription(&h, "bulk");
+    assert_eq!(h.bus.relay_batch(256).await.unwrap(), 40);
+    if let Store::Postgres(pool) = &h.store {
+        let taken = events[29].event_id;
+        let mut other_replica = pool.begin().await.unwrap();
+        sqlx::query(
+            "INSERT INTO bus_processed (consumer, event_id, workspace_id) VALUES ('bulk', $1, 'acme')",
+        )
+        .bind(taken)
+        .execute(&mut *other_replica)
+        .await
+        .unwrap();
+        let commit_once_waited_on = async {
+            eventually(
+                LIMIT,
+                "the delivery to wait on the other replica's record",
+                || async {
+                    scalar(
+                        &h.store,
+                        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND wait_event_type = 'Lock' AND query LIKE 'COPY bus_processed%'",
+                    )
+                    .await
+                        == 1
+                },
+            )
+            .await;
+            other_replica.commit().await.unwrap();
+        };
+        let (consumed, ()) =
+            tokio::join!(h.bus.consume_batch(&sub, &*recorder), commit_once_waited_on);
+        consumed.unwrap();
+        recorded.push(taken);
+    }
+    eventually(
+        LIMIT,
+        "the events no replica recorded to be applied",
+        || async {
+            h.bus.consume_batch(&sub, &*recorder).await.unwrap();
+            effects(&h.store, "bulk").await.len() == events.len() - recorded.len()
+        },
+    )
+    .await;
+    let applied = effects(&h.store, "bulk").await;
+    assert!(applied.values().all(|&n| n == 1), "{applied:?}");
+    for id in &recorded {
+        assert!(!applied.contains_key(id), "{id} was recorded before");
+    }
+    assert_eq!(
+        scalar(
+            &h.store,
+            "SELECT COUNT(*) FROM bus_processed WHERE consumer = 'bulk'"
+        )
+        .await,
+        40
+    );
+    h.cleanup().await;
+}
+
 /// Instantiates each check for every bus × backend.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
@@ -479,4 +579,5 @@ conformance!(
     a_delivery_reaches_handle_batch_and_a_failure_falls_back_to_each_event,
     failures_retry_with_backoff_then_dead_letter_and_replay,
     concurrent_writers_relays_and_consumers_apply_every_event_once,
+    a_large_delivery_applies_only_what_no_replica_recorded,
 );
