@@ -1345,13 +1345,16 @@ const INSERT_COMPUTED: &str = "INSERT INTO identity_computed_traits \
      (workspace_id, profile_id, aipl_stage, orders, last_order_micros, updated_at) VALUES ($1, $2, $3, $4, $5, $6)";
 const INSERT_RFM: &str = "INSERT INTO identity_rfm (workspace_id, profile_id, currency, orders, monetary_minor, \
      last_order_micros, recency_score, frequency_score, monetary_score) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-const SELECT_BOUNDARIES: &str = "SELECT recency_cuts, frequency_cuts, monetary_cuts, population, computed_at \
+const SELECT_BOUNDARIES: &str = "SELECT recency_cuts, frequency_cuts, monetary_cuts, population, computed_at, members \
      FROM identity_rfm_boundaries WHERE workspace_id = $1 AND currency = $2";
 const UPSERT_BOUNDARIES: &str = "INSERT INTO identity_rfm_boundaries \
-     (workspace_id, currency, recency_cuts, frequency_cuts, monetary_cuts, population, computed_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (workspace_id, currency) DO UPDATE SET \
+     (workspace_id, currency, recency_cuts, frequency_cuts, monetary_cuts, population, computed_at, members) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $6) ON CONFLICT (workspace_id, currency) DO UPDATE SET \
      recency_cuts = excluded.recency_cuts, frequency_cuts = excluded.frequency_cuts, \
-     monetary_cuts = excluded.monetary_cuts, population = excluded.population, computed_at = excluded.computed_at";
+     monetary_cuts = excluded.monetary_cuts, population = excluded.population, computed_at = excluded.computed_at, \
+     members = excluded.members";
+const UPDATE_MEMBERS: &str =
+    "UPDATE identity_rfm_boundaries SET members = $3 WHERE workspace_id = $1 AND currency = $2";
 const SELECT_POPULATION: &str = "SELECT last_order_micros, orders, monetary_minor FROM identity_rfm \
      WHERE workspace_id = $1 AND currency = $2";
 const COUNT_POPULATION: &str =
@@ -1692,17 +1695,25 @@ async fn upkeep(
     for (p, a) in activity_of(tx, ws, &ids).await? {
         per_profile.entry(p).or_default().push(a);
     }
-    for table in ["identity_computed_traits", "identity_rfm"] {
-        for_profiles(
-            tx,
-            &format!(
-                "DELETE FROM {table} WHERE workspace_id = $1 AND profile_id {{IDS}} RETURNING profile_id"
-            ),
-            ws,
-            &ids,
-        )
-        .await?;
-    }
+    for_profiles(
+        tx,
+        "DELETE FROM identity_computed_traits WHERE workspace_id = $1 AND profile_id {IDS} \
+         RETURNING profile_id",
+        ws,
+        &ids,
+    )
+    .await?;
+    // Each currency's member count moves by what is deleted here and inserted below.
+    let mut members_change: BTreeMap<String, i64> = BTreeMap::new();
+    each_profile_row!(
+        tx,
+        "DELETE FROM identity_rfm WHERE workspace_id = $1 AND profile_id {IDS} RETURNING currency",
+        ws,
+        &ids,
+        |r| {
+            *members_change.entry(r.try_get(0)?).or_default() -= 1;
+        }
+    );
     let mut currencies: BTreeMap<String, Vec<(ProfileId, RfmFigures)>> = BTreeMap::new();
     let mut computed = Vec::with_capacity(per_profile.len());
     for (p, activity) in &per_profile {
@@ -1757,13 +1768,20 @@ async fn upkeep(
             }
         }
     }
-    for (currency, figures) in currencies {
-        let bounds = load_boundaries(tx, ws, &currency).await?;
+    for (currency, figures) in &currencies {
+        *members_change.entry(currency.clone()).or_default() +=
+            i64::try_from(figures.len()).unwrap_or(i64::MAX);
+    }
+    for (currency, change) in members_change {
+        let stored = load_boundaries(tx, ws, &currency).await?;
+        let figures = currencies.remove(&currency).unwrap_or_default();
+        let bounds = stored.as_ref().map(|(b, _)| b);
         let scored: Vec<(&ProfileId, &RfmFigures, (u8, u8, u8))> = figures
             .iter()
-            .map(|(p, f)| (p, f, bounds.as_ref().map_or((1, 1, 1), |b| b.scores(f))))
+            .map(|(p, f)| (p, f, bounds.map_or((1, 1, 1), |b| b.scores(f))))
             .collect();
         match tx {
+            Tx::Postgres(_) if scored.is_empty() => {}
             Tx::Postgres(conn) => {
                 let n = scored.len();
                 let (mut ids, mut cur, mut orders, mut money, mut last) = (
@@ -1818,24 +1836,41 @@ async fn upkeep(
                 }
             }
         }
-        let population: i64 = on_tx!(tx, conn => sqlx::query_scalar(COUNT_POPULATION)
-            .bind(ws)
-            .bind(&currency)
-            .fetch_one(&mut *conn)
-            .await?);
-        let population = u64::try_from(population).unwrap_or(0);
-        if bounds.is_none_or(|old| old.stale(population, b.at)) {
-            rescore(tx, ws, &currency, b.at).await?;
+        let members = match stored.as_ref().and_then(|(_, members)| *members) {
+            Some(members) => members.saturating_add_signed(change),
+            None => {
+                let counted: i64 = on_tx!(tx, conn => sqlx::query_scalar(COUNT_POPULATION)
+                    .bind(ws)
+                    .bind(&currency)
+                    .fetch_one(&mut *conn)
+                    .await?);
+                u64::try_from(counted).unwrap_or(0)
+            }
+        };
+        match stored {
+            Some((old, _)) if !old.stale(members, b.at) => {
+                on_tx!(tx, conn => sqlx::query(UPDATE_MEMBERS)
+                    .bind(ws)
+                    .bind(&currency)
+                    .bind(i64::try_from(members).unwrap_or(i64::MAX))
+                    .execute(&mut *conn)
+                    .await
+                    .map(drop)?);
+            }
+            // Sets the member count to the population it scores.
+            _ => rescore(tx, ws, &currency, b.at).await?,
         }
     }
     Ok(())
 }
 
+/// The stored cut points of a workspace and currency, with its member count (`None` when
+/// not kept yet).
 async fn load_boundaries(
     tx: &mut Tx<'_>,
     ws: &str,
     currency: &str,
-) -> Result<Option<RfmBoundaries>, IdentityError> {
+) -> Result<Option<(RfmBoundaries, Option<u64>)>, IdentityError> {
     let row = on_tx!(tx, conn => {
         let row = sqlx::query(SELECT_BOUNDARIES)
             .bind(ws)
@@ -1849,23 +1884,25 @@ async fn load_boundaries(
                 r.try_get::<String, _>(2)?,
                 r.try_get::<i64, _>(3)?,
                 r.try_get::<DateTime<Utc>, _>(4)?,
+                r.try_get::<Option<i64>, _>(5)?,
             )),
             None => None,
         }
     });
-    let Some((r, f, m, population, computed_at)) = row else {
+    let Some((r, f, m, population, computed_at, members)) = row else {
         return Ok(None);
     };
     let cuts = |t: &str| {
         RfmBoundaries::decode(t).ok_or_else(|| IdentityError::Corrupt("rfm cut points".into()))
     };
-    Ok(Some(RfmBoundaries {
+    let bounds = RfmBoundaries {
         recency: cuts(&r)?,
         frequency: cuts(&f)?,
         monetary: cuts(&m)?,
         population: u64::try_from(population).unwrap_or(0),
         computed_at,
-    }))
+    };
+    Ok(Some((bounds, members.and_then(|m| u64::try_from(m).ok()))))
 }
 
 /// Recomputes the cut points of a workspace and currency and rescores all its profiles.

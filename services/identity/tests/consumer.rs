@@ -236,6 +236,24 @@ impl Harness {
     }
 
     /// `ProfileChanged` payloads written to the outbox, oldest first.
+    /// Asserts that every workspace and currency's kept member count is the number of its
+    /// RFM rows (the count the population check uses instead of counting the table), and
+    /// returns how many currencies were checked.
+    async fn assert_rfm_members_kept(&self) -> i64 {
+        assert_eq!(
+            self.scalar(
+                "SELECT COUNT(*) FROM identity_rfm_boundaries b WHERE b.members IS NULL \
+                 OR b.members <> (SELECT COUNT(*) FROM identity_rfm r \
+                 WHERE r.workspace_id = b.workspace_id AND r.currency = b.currency)"
+            )
+            .await,
+            0,
+            "a member count differs from the rows"
+        );
+        self.scalar("SELECT COUNT(*) FROM identity_rfm_boundaries")
+            .await
+    }
+
     async fn profile_changes(&self) -> Vec<ProfileChanged> {
         let sql = "SELECT payload FROM outbox_events WHERE family = 'profile' ORDER BY seq";
         let rows: Vec<Vec<u8>> = match &self.store {
@@ -510,6 +528,8 @@ async fn merges_fold_and_splits_rehome_computed_traits(h: Harness) {
     assert_eq!(c.orders, 2);
     assert_eq!(c.rfm[0].figures.monetary_minor, 4_000);
     assert_eq!(c.stage, AiplStage::Loyalty);
+    // Two GBP rows became one: the kept count followed.
+    assert_eq!(h.assert_rfm_members_kept().await, 1);
     let absorbed = if merged.profile.profile == a1 { a2 } else { a1 };
     assert!(
         h.profile_changes()
@@ -540,6 +560,7 @@ async fn merges_fold_and_splits_rehome_computed_traits(h: Harness) {
         assert_eq!((c.orders, c.stage), (1, AiplStage::Purchase), "{anon}");
         assert_eq!(c.rfm[0].figures.monetary_minor, minor);
     }
+    assert_eq!(h.assert_rfm_members_kept().await, 1);
     assert!(
         h.profile_changes()
             .await
@@ -578,6 +599,7 @@ async fn rfm_scores_are_quintiles_per_workspace_and_currency(h: Harness) {
     let usd = h.profile_of(User, "u-usd").await.computed.unwrap();
     assert_eq!(usd.rfm[0].figures.currency, "USD");
     assert_eq!(usd.rfm[0].monetary_score, 1);
+    assert_eq!(h.assert_rfm_members_kept().await, 2, "EUR and USD");
     // The read model answers a segment query in plain SQL.
     assert_eq!(
         h.scalar(
@@ -647,6 +669,8 @@ async fn erasing_a_profile_deletes_its_rows_and_reports_what_to_forget(h: Harnes
         "the page view of `other`"
     );
     assert_eq!(h.scalar("SELECT COUNT(*) FROM identity_rfm").await, 0);
+    // The erased order's currency is down to no members.
+    assert_eq!(h.assert_rfm_members_kept().await, 1);
     assert_eq!(h.scalar("SELECT COUNT(*) FROM identity_edges").await, 0);
     assert!(matches!(
         h.room.profile(WS, view.profile.profile).await,
