@@ -1836,7 +1836,8 @@ async fn upkeep(
                 }
             }
         }
-        let members = match stored.as_ref().and_then(|(_, members)| *members) {
+        let kept = stored.as_ref().and_then(|(_, members)| *members);
+        let members = match kept {
             Some(members) => members.saturating_add_signed(change),
             None => {
                 let counted: i64 = on_tx!(tx, conn => sqlx::query_scalar(COUNT_POPULATION)
@@ -1848,6 +1849,7 @@ async fn upkeep(
             }
         };
         match stored {
+            Some((old, _)) if !old.stale(members, b.at) && kept == Some(members) => {}
             Some((old, _)) if !old.stale(members, b.at) => {
                 on_tx!(tx, conn => sqlx::query(UPDATE_MEMBERS)
                     .bind(ws)
