@@ -755,3 +755,73 @@ conformance!(
     retention_drops_expired_events,
     stored_rows_read_back_as_written,
 );
+
+/// PostgreSQL claims a batch's message ids by reading which are taken, then COPYing the
+/// others. Here another batch (a client's retry racing its first try) holds one of the ids
+/// uncommitted: the COPY waits on it and fails once it commits; the batch is claimed again
+/// id by id and reports that event as a duplicate, storing every other one once.
+#[sqlx::test(migrations = "../../migrations/postgres")]
+async fn postgres_a_bulk_claim_racing_another_batch_stores_each_message_once(pool: PgPool) {
+    let h = pg(pool.clone()).await;
+    let room = h.room(Arc::new(NoRecordedConsent));
+    let batch: Vec<v1::Event> = (0..40)
+        .map(|i| {
+            order(
+                &format!("r-{i}"),
+                &format!("r{i}@example.com"),
+                &format!("anon-r{i}"),
+            )
+        })
+        .collect();
+    let mut other_batch = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO ingest_message_ids (workspace_id, message_id, event_id, received_at) \
+         VALUES ($1, 'r-7', gen_random_uuid(), now())",
+    )
+    .bind(WS)
+    .execute(&mut *other_batch)
+    .await
+    .unwrap();
+    let commit_once_waited_on = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while h
+            .count(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND query LIKE 'COPY ingest_message_ids%'",
+            )
+            .await
+            == 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the COPY never waited on the other batch's claim"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        other_batch.commit().await.unwrap();
+    };
+    let (response, ()) = tokio::join!(ingest(&room, batch), commit_once_waited_on);
+    let s = response.summary.unwrap();
+    assert_eq!((s.accepted, s.duplicate), (39, 1));
+    assert_eq!(outcome(&response.results[7]), v1::EventOutcome::Duplicate);
+    assert_eq!(h.count("SELECT COUNT(*) FROM ingest_events").await, 39);
+    assert_eq!(
+        h.count("SELECT COUNT(*) FROM outbox_events WHERE family = 'ingest-event'")
+            .await,
+        39
+    );
+    assert_eq!(h.count("SELECT COUNT(*) FROM ingest_message_ids").await, 40);
+    // A retry of the whole batch claims nothing and stores nothing more.
+    let again: Vec<v1::Event> = (0..40)
+        .map(|i| {
+            order(
+                &format!("r-{i}"),
+                &format!("r{i}@example.com"),
+                &format!("anon-r{i}"),
+            )
+        })
+        .collect();
+    let s = ingest(&room, again).await.summary.unwrap();
+    assert_eq!((s.accepted, s.duplicate), (0, 40));
+    assert_eq!(h.count("SELECT COUNT(*) FROM ingest_events").await, 39);
+}
