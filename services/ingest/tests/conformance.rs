@@ -764,15 +764,17 @@ conformance!(
 async fn postgres_a_bulk_claim_racing_another_batch_stores_each_message_once(pool: PgPool) {
     let h = pg(pool.clone()).await;
     let room = h.room(Arc::new(NoRecordedConsent));
-    let batch: Vec<v1::Event> = (0..40)
-        .map(|i| {
-            order(
-                &format!("r-{i}"),
-                &format!("r{i}@example.com"),
-                &format!("anon-r{i}"),
-            )
-        })
-        .collect();
+    let batch = || -> Vec<v1::Event> {
+        (0..40)
+            .map(|i| {
+                order(
+                    &format!("r-{i}"),
+                    &format!("r{i}@example.com"),
+                    &format!("anon-r{i}"),
+                )
+            })
+            .collect()
+    };
     let mut other_batch = pool.begin().await.unwrap();
     sqlx::query(
         "INSERT INTO ingest_message_ids (workspace_id, message_id, event_id, received_at) \
@@ -800,7 +802,7 @@ async fn postgres_a_bulk_claim_racing_another_batch_stores_each_message_once(poo
         }
         other_batch.commit().await.unwrap();
     };
-    let (response, ()) = tokio::join!(ingest(&room, batch), commit_once_waited_on);
+    let (response, ()) = tokio::join!(ingest(&room, batch()), commit_once_waited_on);
     let s = response.summary.unwrap();
     assert_eq!((s.accepted, s.duplicate), (39, 1));
     assert_eq!(outcome(&response.results[7]), v1::EventOutcome::Duplicate);
@@ -812,16 +814,7 @@ async fn postgres_a_bulk_claim_racing_another_batch_stores_each_message_once(poo
     );
     assert_eq!(h.count("SELECT COUNT(*) FROM ingest_message_ids").await, 40);
     // A retry of the whole batch claims nothing and stores nothing more.
-    let again: Vec<v1::Event> = (0..40)
-        .map(|i| {
-            order(
-                &format!("r-{i}"),
-                &format!("r{i}@example.com"),
-                &format!("anon-r{i}"),
-            )
-        })
-        .collect();
-    let s = ingest(&room, again).await.summary.unwrap();
+    let s = ingest(&room, batch()).await.summary.unwrap();
     assert_eq!((s.accepted, s.duplicate), (0, 40));
     assert_eq!(h.count("SELECT COUNT(*) FROM ingest_events").await, 39);
 }
