@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use meridian_store::{BinaryCopy, CopyDataError};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use uuid::Uuid;
 
 use crate::error::{BusError, HandlerError};
 use crate::event::{ConsumerName, EventFamily, OutboxEvent};
-use crate::outbox::{COPY_MIN_ROWS, Tx, sqlite_time};
+use crate::outbox::{Tx, sqlite_time};
 
 /// A consumer's effect. Runs inside the transaction that records the event as processed:
 /// write the effect through `tx` (and enqueue follow-up events there), and it commits
@@ -218,17 +217,22 @@ async fn apply_batch(
     match tx {
         Tx::Postgres(conn) => {
             let mut savepoint = conn.begin().await?;
-            let mut new = match record_processed_pg(&mut savepoint, consumer, attempts).await {
-                Ok(new) => new,
-                // Another consumer of the same name recorded one of these events between
-                // the read and the COPY: apply them one by one, each claim then an
-                // `ON CONFLICT DO NOTHING`.
-                Err(BusError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => {
-                    savepoint.rollback().await?;
-                    return Ok(None);
-                }
-                Err(e) => return Err(e),
-            };
+            let ids: Vec<Uuid> = attempts.iter().map(|a| a.event.event_id).collect();
+            let workspaces: Vec<&str> = attempts
+                .iter()
+                .map(|a| a.event.workspace_id.as_str())
+                .collect();
+            let new: Vec<Uuid> = sqlx::query_scalar(
+                "INSERT INTO bus_processed (consumer, event_id, workspace_id) \
+                 SELECT $1, * FROM UNNEST($2::uuid[], $3::text[]) \
+                 ON CONFLICT DO NOTHING RETURNING event_id",
+            )
+            .bind(consumer)
+            .bind(ids)
+            .bind(workspaces)
+            .fetch_all(&mut *savepoint)
+            .await?;
+            let mut new: HashSet<Uuid> = new.into_iter().collect();
             let (outcomes, fresh) = sort_new(attempts, |a| new.remove(&a.event.event_id));
             let mut db = Tx::Postgres(&mut savepoint);
             if !fresh.is_empty() && handler.handle_batch(&mut db, &fresh).await.is_err() {
@@ -270,70 +274,6 @@ async fn apply_batch(
             Ok(Some(outcomes))
         }
     }
-}
-
-/// Records the attempts' events as processed by `consumer`; returns those that were not
-/// recorded before. A delivery's worth (from [`COPY_MIN_ROWS`]) reads which are recorded,
-/// then COPYs the others: cheaper than an `INSERT … ON CONFLICT` per row, which probes the
-/// key and runs the executor for each. A concurrent writer of the same key makes the COPY
-/// fail with a unique violation.
-async fn record_processed_pg(
-    conn: &mut PgConnection,
-    consumer: &str,
-    attempts: &[Attempt],
-) -> Result<HashSet<Uuid>, BusError> {
-    let ids: Vec<Uuid> = attempts.iter().map(|a| a.event.event_id).collect();
-    if attempts.len() < COPY_MIN_ROWS {
-        let workspaces: Vec<&str> = attempts
-            .iter()
-            .map(|a| a.event.workspace_id.as_str())
-            .collect();
-        let new: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO bus_processed (consumer, event_id, workspace_id) \
-             SELECT $1, * FROM UNNEST($2::uuid[], $3::text[]) \
-             ON CONFLICT DO NOTHING RETURNING event_id",
-        )
-        .bind(consumer)
-        .bind(ids)
-        .bind(workspaces)
-        .fetch_all(&mut *conn)
-        .await?;
-        return Ok(new.into_iter().collect());
-    }
-    let seen: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT event_id FROM bus_processed WHERE consumer = $1 AND event_id = ANY($2::uuid[])",
-    )
-    .bind(consumer)
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let seen: HashSet<Uuid> = seen.into_iter().collect();
-    let encode = |e: CopyDataError| BusError::Database(sqlx::Error::Encode(e.into()));
-    let mut data = BinaryCopy::with_capacity(attempts.len() * (consumer.len() + 80));
-    let mut new = HashSet::with_capacity(attempts.len());
-    let processed_at = Utc::now();
-    for attempt in attempts {
-        let event = &attempt.event;
-        // An event delivered twice in one batch is recorded (and applied) once.
-        if seen.contains(&event.event_id) || !new.insert(event.event_id) {
-            continue;
-        }
-        data.row(4);
-        data.bytes(consumer.as_bytes()).map_err(encode)?;
-        data.bytes(event.event_id.as_bytes()).map_err(encode)?;
-        data.bytes(event.workspace_id.as_str().as_bytes())
-            .map_err(encode)?;
-        data.timestamptz(processed_at).map_err(encode)?;
-    }
-    if !new.is_empty() {
-        data.send(
-            conn,
-            "COPY bus_processed (consumer, event_id, workspace_id, processed_at) \
-             FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    }
-    Ok(new)
 }
 
 /// The outcome of each attempt (applied if `is_new`, else a duplicate) and the new events,

@@ -153,8 +153,8 @@ async fn insert_pg(conn: &mut PgConnection, events: &[OutboxEvent]) -> Result<()
 
 /// From this many rows on, binary `COPY` replaces the `UNNEST` insert: one more round trip,
 /// but PostgreSQL neither parses arrays nor runs the executor per row (batch ingestion
-/// writes hundreds of events per transaction, a consumer's delivery records as many).
-pub(crate) const COPY_MIN_ROWS: usize = 32;
+/// writes hundreds of events per transaction).
+const COPY_MIN_ROWS: usize = 32;
 
 async fn copy_pg(conn: &mut PgConnection, events: &[OutboxEvent]) -> Result<(), BusError> {
     let encode = |e: CopyDataError| BusError::Database(sqlx::Error::Encode(e.into()));

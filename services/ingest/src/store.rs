@@ -177,19 +177,7 @@ impl EventStore {
             return Err(IngestError::Corrupt("one outbox event per row".into()));
         }
         match self {
-            EventStore::Postgres(pool) => {
-                if rows.len() >= BULK_CLAIM_MIN_ROWS {
-                    match insert_pg(pool, workspace, rows, outbox, Claim::ReadThenCopy).await {
-                        // A concurrent batch claimed one of these ids after the read (or
-                        // had it uncommitted then): nothing of this one was kept; claim
-                        // again, id by id, waiting for that batch's outcome.
-                        Err(IngestError::Database(sqlx::Error::Database(e)))
-                            if e.is_unique_violation() => {}
-                        done => return done,
-                    }
-                }
-                insert_pg(pool, workspace, rows, outbox, Claim::OnConflict).await
-            }
+            EventStore::Postgres(pool) => insert_pg(pool, workspace, rows, outbox).await,
             EventStore::Sqlite(pool) => insert_sqlite(pool, workspace, rows, outbox).await,
         }
     }
@@ -489,34 +477,46 @@ impl EventStore {
     }
 }
 
-/// From this many events on, a batch claims its message ids by reading which are taken and
-/// COPYing the others' claims, rather than by `INSERT … ON CONFLICT DO NOTHING`, which
-/// runs a speculative insertion per row.
-const BULK_CLAIM_MIN_ROWS: usize = 32;
-
-/// How [`insert_pg`] claims the batch's message ids.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Claim {
-    /// Read the ids already claimed, then COPY the claims of the others. A claim that
-    /// became visible after the read (a concurrent batch with the same id) fails the COPY
-    /// with a unique violation, and the transaction keeps nothing.
-    ReadThenCopy,
-    /// One `INSERT … ON CONFLICT DO NOTHING`: waits for a concurrent claim's outcome.
-    OnConflict,
-}
-
 async fn insert_pg(
     pool: &PgPool,
     workspace: &str,
     rows: &[EventRow],
     outbox: &[OutboxEvent],
-    claim: Claim,
 ) -> Result<Vec<bool>, IngestError> {
     let mut tx = pool.begin().await?;
     let message_ids: Vec<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
-    let written = match claim {
-        Claim::ReadThenCopy => claim_by_copy(&mut tx, workspace, rows, &message_ids).await?,
-        Claim::OnConflict => claim_on_conflict(&mut tx, workspace, rows, &message_ids).await?,
+    let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.received_at).collect();
+    // Claimed in message-id order, so two batches sharing ids never wait on each other in
+    // opposite orders.
+    let inserted = sqlx::query(
+        "INSERT INTO ingest_message_ids (workspace_id, message_id, event_id, received_at) \
+         SELECT $1, m, e, r FROM UNNEST($2::text[], $3::uuid[], $4::timestamptz[]) AS t(m, e, r) ORDER BY m \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(workspace)
+    .bind(&message_ids)
+    .bind(&event_ids)
+    .bind(&received)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    // Usually every id is new, and nothing needs to come back. Otherwise the claimed ids
+    // are those stored with this batch's event ids (fresh v7 UUIDs: no other batch has them).
+    let written: Vec<bool> = if inserted == rows.len() as u64 {
+        vec![true; rows.len()]
+    } else {
+        let mine: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT i.event_id FROM ingest_message_ids i \
+             WHERE i.workspace_id = $1 AND i.message_id = ANY($2) AND i.event_id = ANY($3)",
+        )
+        .bind(workspace)
+        .bind(&message_ids)
+        .bind(&event_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mine: HashSet<Uuid> = mine.into_iter().collect();
+        rows.iter().map(|r| mine.contains(&r.event_id)).collect()
     };
     let new_rows: Vec<&EventRow> = rows
         .iter()
@@ -555,95 +555,6 @@ async fn insert_pg(
     }
     tx.commit().await?;
     Ok(written)
-}
-
-/// [`Claim::ReadThenCopy`]: which rows this batch claimed (the others' ids were taken).
-async fn claim_by_copy(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    workspace: &str,
-    rows: &[EventRow],
-    message_ids: &[&str],
-) -> Result<Vec<bool>, IngestError> {
-    let taken: Vec<String> = sqlx::query_scalar(
-        "SELECT message_id FROM ingest_message_ids WHERE workspace_id = $1 AND message_id = ANY($2)",
-    )
-    .bind(workspace)
-    .bind(message_ids)
-    .fetch_all(&mut **tx)
-    .await?;
-    let taken: HashSet<String> = taken.into_iter().collect();
-    let written: Vec<bool> = rows
-        .iter()
-        .map(|r| !taken.contains(&r.message_id))
-        .collect();
-    // In message-id order, as the other claim: two batches sharing ids never wait on each
-    // other in opposite orders.
-    let mut claims: Vec<&EventRow> = rows
-        .iter()
-        .zip(&written)
-        .filter_map(|(r, w)| w.then_some(r))
-        .collect();
-    if claims.is_empty() {
-        return Ok(written);
-    }
-    claims.sort_unstable_by(|a, b| a.message_id.cmp(&b.message_id));
-    let encode = |e: CopyDataError| IngestError::Database(sqlx::Error::Encode(e.into()));
-    let mut data = BinaryCopy::with_capacity(claims.len() * (workspace.len() + 80));
-    for r in claims {
-        data.row(4);
-        data.bytes(workspace.as_bytes()).map_err(encode)?;
-        data.bytes(r.message_id.as_bytes()).map_err(encode)?;
-        data.bytes(r.event_id.as_bytes()).map_err(encode)?;
-        data.timestamptz(r.received_at).map_err(encode)?;
-    }
-    data.send(
-        tx,
-        "COPY ingest_message_ids (workspace_id, message_id, event_id, received_at) \
-         FROM STDIN (FORMAT binary)",
-    )
-    .await?;
-    Ok(written)
-}
-
-/// [`Claim::OnConflict`]: which rows this batch claimed (the others' ids were taken).
-async fn claim_on_conflict(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    workspace: &str,
-    rows: &[EventRow],
-    message_ids: &[&str],
-) -> Result<Vec<bool>, IngestError> {
-    let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
-    let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.received_at).collect();
-    // Claimed in message-id order, so two batches sharing ids never wait on each other in
-    // opposite orders.
-    let inserted = sqlx::query(
-        "INSERT INTO ingest_message_ids (workspace_id, message_id, event_id, received_at) \
-         SELECT $1, m, e, r FROM UNNEST($2::text[], $3::uuid[], $4::timestamptz[]) AS t(m, e, r) ORDER BY m \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(workspace)
-    .bind(message_ids)
-    .bind(&event_ids)
-    .bind(&received)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    // Usually every id is new, and nothing needs to come back. Otherwise the claimed ids
-    // are those stored with this batch's event ids (fresh v7 UUIDs: no other batch has them).
-    if inserted == rows.len() as u64 {
-        return Ok(vec![true; rows.len()]);
-    }
-    let mine: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT i.event_id FROM ingest_message_ids i \
-         WHERE i.workspace_id = $1 AND i.message_id = ANY($2) AND i.event_id = ANY($3)",
-    )
-    .bind(workspace)
-    .bind(message_ids)
-    .bind(&event_ids)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mine: HashSet<Uuid> = mine.into_iter().collect();
-    Ok(rows.iter().map(|r| mine.contains(&r.event_id)).collect())
 }
 
 /// `rows` as the data of a binary `COPY ingest_events (...)`, in the column order of
