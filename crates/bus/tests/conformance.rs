@@ -492,7 +492,7 @@ async fn a_large_delivery_applies_only_what_no_replica_recorded(h: Harness) {
                     scalar(
                         &h.store,
                         "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
-                     AND wait_event_type = 'Lock' AND query LIKE '%INTO bus_processed%'",
+                         AND wait_event_type = 'Lock' AND query LIKE '%INTO bus_processed%'",
                     )
                     .await
                         == 1
