@@ -2,8 +2,8 @@
 //!
 //! A room writes its state change and an [`OutboxEvent`] in one transaction
 //! ([`enqueue`] through its own sqlx transaction, PostgreSQL or SQLite). A relay
-//! ([`run_relay`]) publishes unsent rows and marks them sent (the in-process bus keeps them
-//! as its log; the JetStream relay deletes them once JetStream holds them); consumers
+//! ([`run_relay`]) publishes unsent rows, then marks them sent (the in-process bus: they are
+//! its log) or deletes them (the JetStream relay, once JetStream holds them); consumers
 //! ([`run_consumer`]) apply each event through an [`EventHandler`] in the transaction that
 //! records it as processed, so effects happen once per event even though delivery is at
 //! least once.

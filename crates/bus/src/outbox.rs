@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::future::BoxFuture;
-use meridian_store::{BinaryCopy, CopyDataError, Store};
+use meridian_store::{BinaryCopy, COPY_MIN_ROWS, CopyDataError, Store};
 use sqlx::{PgConnection, Postgres, Row, Sqlite, SqliteConnection, Transaction};
 use uuid::Uuid;
 
@@ -150,11 +150,6 @@ async fn insert_pg(conn: &mut PgConnection, events: &[OutboxEvent]) -> Result<()
     .await?;
     Ok(())
 }
-
-/// From this many rows on, binary `COPY` replaces the `UNNEST` insert: one more round trip,
-/// but PostgreSQL neither parses arrays nor runs the executor per row (batch ingestion
-/// writes hundreds of events per transaction).
-const COPY_MIN_ROWS: usize = 32;
 
 async fn copy_pg(conn: &mut PgConnection, events: &[OutboxEvent]) -> Result<(), BusError> {
     let encode = |e: CopyDataError| BusError::Database(sqlx::Error::Encode(e.into()));

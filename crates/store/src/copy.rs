@@ -10,6 +10,11 @@ use chrono::{DateTime, Utc};
 
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 
+/// From this many rows on, the rooms write rows known to be new by binary `COPY` instead of
+/// one multi-row `INSERT … UNNEST`: one more round trip, but PostgreSQL neither parses
+/// arrays nor runs the executor per row. Below it, the round trip costs more than it saves.
+pub const COPY_MIN_ROWS: usize = 32;
+
 /// Why a value cannot be written as COPY data.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CopyDataError {

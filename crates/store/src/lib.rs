@@ -15,7 +15,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
-pub use copy::{BinaryCopy, CopyDataError};
+pub use copy::{BinaryCopy, COPY_MIN_ROWS, CopyDataError};
 pub use scratch::ScratchDatabase;
 pub use sqlx;
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use meridian_bus::Tx;
 use meridian_store::sqlx::{self, PgConnection, PgPool, Row, SqliteConnection, SqlitePool};
-use meridian_store::{BinaryCopy, Store};
+use meridian_store::{BinaryCopy, COPY_MIN_ROWS, Store};
 use meridian_vault::BlindIndex;
 use uuid::Uuid;
 
@@ -474,11 +474,6 @@ const DELETE_EDGES_PG: &str =
 fn seq_i64(seq: u64) -> Result<i64, IdentityError> {
     i64::try_from(seq).map_err(|_| IdentityError::Corrupt("edge seq overflow".into()))
 }
-
-/// From this many rows on, PostgreSQL writes rows known to be new (created profiles and
-/// identifiers, edges, conflicts) by binary `COPY`, as the outbox does: one more round trip,
-/// but no array parsing and no executor run per row.
-pub const COPY_MIN_ROWS: usize = 32;
 
 const COPY_PROFILES: &str = "COPY identity_profiles (workspace_id, profile_id, created_at, updated_at) FROM STDIN (FORMAT binary)";
 const COPY_IDENTIFIERS: &str = "COPY identity_identifiers \
@@ -1849,15 +1844,16 @@ async fn upkeep(
             }
         };
         match stored {
-            Some((old, _)) if !old.stale(members, b.at) && kept == Some(members) => {}
             Some((old, _)) if !old.stale(members, b.at) => {
-                on_tx!(tx, conn => sqlx::query(UPDATE_MEMBERS)
-                    .bind(ws)
-                    .bind(&currency)
-                    .bind(i64::try_from(members).unwrap_or(i64::MAX))
-                    .execute(&mut *conn)
-                    .await
-                    .map(drop)?);
+                if kept != Some(members) {
+                    on_tx!(tx, conn => sqlx::query(UPDATE_MEMBERS)
+                        .bind(ws)
+                        .bind(&currency)
+                        .bind(i64::try_from(members).unwrap_or(i64::MAX))
+                        .execute(&mut *conn)
+                        .await
+                        .map(drop)?);
+                }
             }
             // Sets the member count to the population it scores.
             _ => rescore(tx, ws, &currency, b.at).await?,
