@@ -14,8 +14,8 @@ use crate::consume::{
 };
 use crate::error::BusError;
 use crate::outbox::{
-    EVENT_COLUMNS, StoredEvent, Tx, event_from_pg_row, event_from_sqlite_row, limit_i64,
-    sqlite_time,
+    EVENT_COLUMNS, StoredEvent, Tx, assign_stream_positions_pg, event_from_pg_row,
+    event_from_sqlite_row, limit_i64, sqlite_time,
 };
 
 /// Which bus carries the events.
@@ -193,21 +193,7 @@ impl Bus for LocalBus {
                     .bind(RELAY_LOCK)
                     .execute(&mut *tx)
                     .await?;
-                // Stream positions follow `seq`: `nextval` is taken in the sorted subquery.
-                // Taken in the UPDATE itself, it followed the join's scan order, which is the
-                // rows' physical order: once updates and concurrent inserts had moved rows,
-                // a batch reached consumers out of order.
-                let count = sqlx::query(
-                    "UPDATE outbox_events o SET sent_at = now(), stream_seq = n.stream_seq \
-                     FROM (SELECT seq, nextval('outbox_stream_seq') AS stream_seq \
-                     FROM (SELECT seq FROM outbox_events WHERE sent_at IS NULL \
-                     ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED) AS claimed ORDER BY seq) AS n \
-                     WHERE o.seq = n.seq",
-                )
-                .bind(limit_i64(limit))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                let count = assign_stream_positions_pg(&mut tx, limit).await?;
                 tx.commit().await?;
                 count
             }

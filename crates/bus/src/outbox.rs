@@ -278,6 +278,25 @@ pub(crate) fn parse_sqlite_time(text: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("bad instant: {e}"))
 }
 
+/// Makes the rest of the caller's transaction plan the relay's claim by index, whatever the
+/// outbox's statistics say.
+///
+/// The outbox is often empty (the relay keeps up) and then suddenly large (a burst, a
+/// stopped relay). Planned on an empty or small table, the claim's outer scan is a
+/// sequential scan that tests every row against the claimed list (`ctid = ANY(...)`, a
+/// linear search), or a hash join over the whole table, and a connection keeps that plan
+/// while the table grows. `bench ingest` caught it: with 100,000 events in the outbox,
+/// 83 % of the relay backend's CPU was `tideq` and `ExecEvalScalarArrayOp`, the relay fell
+/// behind ingest, and every claim grew slower as the backlog grew. The claim reads a
+/// bounded number of rows through `outbox_events_unsent` and the row addresses it took,
+/// so an index or TID scan is right at every size. `SET LOCAL` ends with the transaction.
+pub(crate) async fn plan_claims_by_index(conn: &mut PgConnection) -> Result<(), BusError> {
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Takes the oldest unsent rows out of the outbox, oldest first: deleted in this
 /// transaction, which the caller commits only once the bus holds them (a rollback puts them
 /// back). Rows another relay has claimed are skipped.
@@ -290,6 +309,7 @@ pub(crate) async fn take_unsent_pg(
     conn: &mut PgConnection,
     limit: usize,
 ) -> Result<Vec<StoredEvent>, BusError> {
+    plan_claims_by_index(&mut *conn).await?;
     // Deleted by row address (a TID scan; locked rows cannot move): a third cheaper than
     // joining back on `seq`.
     let rows = sqlx::query(&format!(
@@ -306,6 +326,31 @@ pub(crate) async fn take_unsent_pg(
     // RETURNING follows the delete's scan order, not the subquery's.
     events.sort_unstable_by_key(|e| e.seq);
     Ok(events)
+}
+
+/// The in-process bus's relay step on PostgreSQL: gives the oldest unsent rows their stream
+/// positions and marks them sent, in the caller's transaction (which holds the relay's
+/// advisory lock, so positions become visible in commit order). Returns the row count.
+pub(crate) async fn assign_stream_positions_pg(
+    conn: &mut PgConnection,
+    limit: usize,
+) -> Result<u64, BusError> {
+    plan_claims_by_index(&mut *conn).await?;
+    // Stream positions follow `seq`: `nextval` is taken in the sorted subquery. Taken in the
+    // UPDATE itself, it followed the join's scan order, which is the rows' physical order:
+    // once updates and concurrent inserts had moved rows, a batch reached consumers out of
+    // order.
+    Ok(sqlx::query(
+        "UPDATE outbox_events o SET sent_at = now(), stream_seq = n.stream_seq \
+         FROM (SELECT seq, nextval('outbox_stream_seq') AS stream_seq \
+         FROM (SELECT seq FROM outbox_events WHERE sent_at IS NULL \
+         ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED) AS claimed ORDER BY seq) AS n \
+         WHERE o.seq = n.seq",
+    )
+    .bind(limit_i64(limit))
+    .execute(conn)
+    .await?
+    .rows_affected())
 }
 
 /// Unsent rows, oldest first (SQLite has one writer; see the JetStream relay for why no lock

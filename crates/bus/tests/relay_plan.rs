@@ -1,0 +1,81 @@
+//! The relay's claim stays an index scan when its plan was made on an empty outbox.
+//!
+//! A connection keeps a prepared statement's plan: made while the outbox was empty (the
+//! relay idles most of the time), the claim scanned the whole table on every batch once a
+//! burst had filled it, so the relay fell further behind as the backlog grew. Each test
+//! runs the relay on one connection, idle first so that its plan is made and cached on the
+//! empty, analyzed table, then relays a few thousand rows and counts the sequential scans
+//! PostgreSQL recorded on `outbox_events` meanwhile.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Harness, Kind};
+use meridian_bus::{OutboxEvent, enqueue_all};
+use meridian_store::Store;
+use meridian_store::sqlx::{self, PgPool, postgres::PgPoolOptions};
+
+const BACKLOG: usize = 3000;
+
+/// Sequential scans of `outbox_events` so far, as the statistics system has them. The
+/// pool's one backend flushes its pending counts when it next goes idle.
+async fn outbox_seq_scans(pool: &PgPool) -> i64 {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query_scalar("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'outbox_events'")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn relay_a_burst_after_idling(pool: PgPool, kind: Kind) {
+    // One connection: the relay's statements are prepared, and their plans cached, on it.
+    let one = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let harness = Harness::new(Store::Postgres(one.clone()), kind).await;
+    // Statistics of an empty outbox, as autovacuum leaves them once the relay has drained it.
+    sqlx::query("ANALYZE outbox_events")
+        .execute(&one)
+        .await
+        .unwrap();
+    // PostgreSQL plans a prepared statement afresh five times, then keeps a generic plan.
+    for _ in 0..8 {
+        assert_eq!(harness.bus.relay_batch(256).await.unwrap(), 0);
+    }
+    let events: Vec<OutboxEvent> = (0..BACKLOG)
+        .map(|i| harness.event("acme", &format!("event {i}")))
+        .collect();
+    let mut tx = one.begin().await.unwrap();
+    enqueue_all(&mut *tx, &events).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let before = outbox_seq_scans(&one).await;
+    let mut relayed = 0;
+    while relayed < BACKLOG {
+        let n = harness.bus.relay_batch(256).await.unwrap();
+        assert!(n > 0, "the relay stopped with events unsent");
+        relayed += n;
+    }
+    let after = outbox_seq_scans(&one).await;
+    harness.cleanup().await;
+    assert_eq!(
+        after - before,
+        0,
+        "the relay scanned the whole outbox while relaying {BACKLOG} events"
+    );
+}
+
+#[sqlx::test(migrations = "../../migrations/postgres")]
+async fn the_in_process_relay_claims_by_index_after_idling(pool: PgPool) {
+    relay_a_burst_after_idling(pool, Kind::Local).await;
+}
+
+#[sqlx::test(migrations = "../../migrations/postgres")]
+async fn the_jetstream_relay_claims_by_index_after_idling(pool: PgPool) {
+    relay_a_burst_after_idling(pool, Kind::JetStream).await;
+}
