@@ -65,7 +65,11 @@ pub trait Bus: Send + Sync {
 /// Pauses of the run loops.
 #[derive(Debug, Clone, Copy)]
 pub struct LoopSettings {
-    /// Rows per relay transaction.
+    /// Rows per relay transaction. 1000 rather than 256: under `bench ingest`'s maximum
+    /// rate the relay, one task among the server's request handlers, ended 44,500–54,000
+    /// acknowledged events behind instead of 66,000–69,000 of 100,000, and relayed a
+    /// backlog in half the time; fewer claims, commits and waits for a runtime worker per
+    /// event.
     pub relay_batch: usize,
     /// Wait when there was nothing to do.
     pub idle: Duration,
@@ -77,7 +81,7 @@ pub struct LoopSettings {
 impl Default for LoopSettings {
     fn default() -> Self {
         Self {
-            relay_batch: 256,
+            relay_batch: 1000,
             idle: Duration::from_millis(50),
             error_backoff: Duration::from_millis(100),
             max_error_backoff: Duration::from_secs(5),
