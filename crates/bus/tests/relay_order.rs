@@ -23,8 +23,9 @@ async fn stream_positions_follow_seq_whatever_the_physical_order(pool: PgPool) {
     enqueue_all(&mut *tx, &events).await.unwrap();
     tx.commit().await.unwrap();
     // Move every other row to the end of the heap (full pages: the new versions cannot stay
-    // on their page), then give the planner statistics, so that a large relay batch is
-    // planned as a hash join over a scan in physical order.
+    // on their page), then give the planner statistics under which a large relay batch was
+    // planned as a hash join over a scan in physical order. The relay now plans its claim by
+    // index (`relay_plan.rs`); positions must follow `seq` whatever the plan.
     sqlx::query("UPDATE outbox_events SET payload = payload WHERE seq % 2 = 0")
         .execute(&pool)
         .await
