@@ -849,6 +849,62 @@ async fn postgres_unknown_workspace(pool: sqlx::PgPool) {
     ));
 }
 
+// PostgreSQL inserts a batch of new subjects through one statement text whatever its size:
+// a statement per size was parsed and planned again each time, and crowded the connection's
+// statement cache.
+#[sqlx::test(migrations = "../../migrations/postgres")]
+async fn postgres_batch_inserts_are_one_statement_whatever_the_size(pool: sqlx::PgPool) {
+    // One connection, so that every statement is prepared on the backend asked below.
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let store = pg(one.clone()).await;
+    let v = vault(ring(1, 1), &store);
+    let mut created = 0;
+    for size in [1, 2, 3, 5, 8] {
+        let names: Vec<String> = (0..size).map(|i| format!("size-{size}-{i}")).collect();
+        let subjects: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(v.subject_keys(WS, &subjects).await.unwrap().len(), size);
+        let mut indexes = Vec::new();
+        for name in &names {
+            indexes.push(
+                v.blind_index(WS, IdentifierKind::DeviceId, name, None)
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(
+            v.identifier_subjects(WS, &indexes).await.unwrap().len(),
+            size
+        );
+        created += size;
+    }
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM vault_identifier_subjects) \
+         + (SELECT COUNT(*) FROM vault_subject_keys WHERE subject_id LIKE 'size-%')",
+    )
+    .fetch_one(&one)
+    .await
+    .unwrap();
+    // Every identifier got a subject of its own: as many again as the named subjects.
+    assert_eq!(stored, 2 * i64::try_from(created).unwrap());
+    let prepared: Vec<String> = sqlx::query_scalar(
+        "SELECT statement FROM pg_prepared_statements \
+         WHERE statement LIKE 'INSERT INTO vault_subject_keys%' \
+            OR statement LIKE 'INSERT INTO vault_identifier_subjects%' ORDER BY statement",
+    )
+    .fetch_all(&one)
+    .await
+    .unwrap();
+    assert_eq!(
+        prepared.len(),
+        2,
+        "one insert statement per table, whatever the batch size: {prepared:#?}"
+    );
+}
+
 #[sqlx::test(migrations = "../../migrations/sqlite")]
 async fn sqlite_unknown_workspace(pool: sqlx::SqlitePool) {
     let v = vault(ring(1, 1), &lite(pool).await);

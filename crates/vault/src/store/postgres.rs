@@ -3,7 +3,11 @@
 use sqlx::PgPool;
 use sqlx::postgres::PgRow;
 
-use super::sql::{Dialect, Queries, SELECT_IDENTIFIERS_ANY_PG, SELECT_SUBJECTS_ANY_PG};
+use super::sql::{
+    Dialect, INSERT_IDENTIFIERS_UNNEST_PG, INSERT_SUBJECTS_UNNEST_PG, Queries,
+    SELECT_IDENTIFIERS_ANY_PG, SELECT_SUBJECTS_ANY_PG,
+};
+use super::{IdentifierSubject, StoredSubjectKey, version_to_db};
 use crate::error::StoreError;
 
 /// Wrapped keys in PostgreSQL (`vault_subject_keys`, `vault_workspace_keys`).
@@ -47,6 +51,51 @@ impl PgKeyStore {
             .bind(indexes)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    /// One array per column holds any number of rows: a batch is one statement.
+    const INSERT_ROWS: usize = usize::MAX;
+
+    async fn insert_subject_key_rows(
+        &self,
+        workspace: &str,
+        keys: &[(&str, StoredSubjectKey)],
+    ) -> Result<u64, StoreError> {
+        let subjects: Vec<&str> = keys.iter().map(|(s, _)| *s).collect();
+        let key_ids: Vec<uuid::Uuid> = keys.iter().map(|(_, k)| k.key_id).collect();
+        let versions: Vec<i64> = keys
+            .iter()
+            .map(|(_, k)| version_to_db(k.wrapped.kek_version))
+            .collect();
+        let wrapped: Vec<&[u8]> = keys
+            .iter()
+            .map(|(_, k)| k.wrapped.bytes.as_slice())
+            .collect();
+        Ok(sqlx::query(INSERT_SUBJECTS_UNNEST_PG)
+            .bind(workspace)
+            .bind(subjects)
+            .bind(key_ids)
+            .bind(versions)
+            .bind(wrapped)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    async fn insert_identifier_subject_rows(
+        &self,
+        workspace: &str,
+        rows: &[IdentifierSubject],
+    ) -> Result<u64, StoreError> {
+        let indexes: Vec<&[u8]> = rows.iter().map(|(i, _)| i.as_slice()).collect();
+        let subjects: Vec<&str> = rows.iter().map(|(_, s)| s.as_str()).collect();
+        Ok(sqlx::query(INSERT_IDENTIFIERS_UNNEST_PG)
+            .bind(workspace)
+            .bind(indexes)
+            .bind(subjects)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 }
 

@@ -38,6 +38,23 @@ pub(super) const SELECT_SUBJECTS_ANY_PG: &str = "SELECT subject_id, key_id, kek_
 pub(super) const SELECT_IDENTIFIERS_ANY_PG: &str = "SELECT blind_index, subject_id FROM vault_identifier_subjects \
      WHERE workspace_id = $1 AND blind_index = ANY($2)";
 
+/// Inserts subject keys from one array per column (`$1` workspace; `$2` subjects, `$3` key
+/// ids, `$4` KEK versions, `$5` wrapped keys): one statement text however many keys. A
+/// `VALUES` list was a new text for every length: 43 of them in one `bench ingest` run,
+/// each parsed and planned again, and each taking a place in the connection's statement
+/// cache from statements that run on every call.
+pub(super) const INSERT_SUBJECTS_UNNEST_PG: &str = "INSERT INTO vault_subject_keys \
+     (workspace_id, subject_id, key_id, kek_version, wrapped_key) \
+     SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::int8[], $5::bytea[]) \
+     ON CONFLICT (workspace_id, subject_id) DO NOTHING";
+
+/// Records identifier subjects from one array per column (`$1` workspace; `$2` blind
+/// indexes, `$3` subjects).
+pub(super) const INSERT_IDENTIFIERS_UNNEST_PG: &str = "INSERT INTO vault_identifier_subjects \
+     (workspace_id, blind_index, subject_id) \
+     SELECT $1, * FROM UNNEST($2::bytea[], $3::text[]) \
+     ON CONFLICT (workspace_id, blind_index) DO NOTHING";
+
 impl Dialect {
     fn adapt(self, sql: &str) -> String {
         match self {
@@ -79,7 +96,8 @@ impl Queries {
         ))
     }
 
-    /// Inserts `n` subject keys (`$1` workspace, then subject, key id, KEK version, wrapped key).
+    /// Inserts `n` subject keys (`$1` workspace, then subject, key id, KEK version, wrapped
+    /// key): SQLite's form.
     pub(super) fn insert_subjects(&self, n: usize) -> String {
         let values = workspace_rows(n, 4);
         self.dialect.adapt(&format!(
@@ -98,7 +116,8 @@ impl Queries {
         ))
     }
 
-    /// Records `n` identifier subjects (`$1` workspace, then blind index, subject).
+    /// Records `n` identifier subjects (`$1` workspace, then blind index, subject): SQLite's
+    /// form.
     pub(super) fn insert_identifiers(&self, n: usize) -> String {
         let values = workspace_rows(n, 2);
         self.dialect.adapt(&format!(
@@ -171,8 +190,10 @@ impl Queries {
 }
 
 /// Implements [`super::KeyStore`] for a struct with `pool: sqlx::Pool<$db>` and `q: Queries`,
-/// and the backend's own batched lookups: `LOOKUP_ROWS` (keys per statement),
-/// `subject_key_rows` and `identifier_subject_rows` (the rows of one chunk of keys).
+/// and the backend's own batched statements: `LOOKUP_ROWS` (keys per lookup),
+/// `subject_key_rows` and `identifier_subject_rows` (the rows of one chunk of keys),
+/// `INSERT_ROWS` (rows per insert), `insert_subject_key_rows` and
+/// `insert_identifier_subject_rows` (one chunk's insert; returns the rows inserted).
 macro_rules! sql_key_store {
     ($store:ty, $db:ty) => {
         impl $crate::store::KeyStore for $store {
@@ -247,17 +268,8 @@ macro_rules! sql_key_store {
             ) -> $crate::kek::BoxFuture<'a, Result<u64, $crate::error::StoreError>> {
                 Box::pin(async move {
                     let mut stored = 0;
-                    for chunk in keys.chunks($crate::store::sql::BATCH_ROWS) {
-                        let sql = self.q.insert_subjects(chunk.len());
-                        let mut query = sqlx::query(&sql).bind(workspace);
-                        for (subject, key) in chunk {
-                            query = query
-                                .bind(*subject)
-                                .bind(key.key_id)
-                                .bind($crate::store::version_to_db(key.wrapped.kek_version))
-                                .bind(&key.wrapped.bytes);
-                        }
-                        stored += query.execute(&self.pool).await?.rows_affected();
+                    for chunk in keys.chunks(Self::INSERT_ROWS) {
+                        stored += self.insert_subject_key_rows(workspace, chunk).await?;
                     }
                     Ok(stored)
                 })
@@ -294,13 +306,10 @@ macro_rules! sql_key_store {
             ) -> $crate::kek::BoxFuture<'a, Result<u64, $crate::error::StoreError>> {
                 Box::pin(async move {
                     let mut stored = 0;
-                    for chunk in rows.chunks($crate::store::sql::BATCH_ROWS) {
-                        let sql = self.q.insert_identifiers(chunk.len());
-                        let mut query = sqlx::query(&sql).bind(workspace);
-                        for (index, subject) in chunk {
-                            query = query.bind(index.as_slice()).bind(subject.as_str());
-                        }
-                        stored += query.execute(&self.pool).await?.rows_affected();
+                    for chunk in rows.chunks(Self::INSERT_ROWS) {
+                        stored += self
+                            .insert_identifier_subject_rows(workspace, chunk)
+                            .await?;
                     }
                     Ok(stored)
                 })

@@ -5,6 +5,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteRow;
 
 use super::sql::{BATCH_ROWS, Dialect, Queries};
+use super::{IdentifierSubject, StoredSubjectKey, version_to_db};
 use crate::error::StoreError;
 
 /// Wrapped keys in SQLite (`vault_subject_keys`, `vault_workspace_keys`).
@@ -49,6 +50,39 @@ impl SqliteKeyStore {
             query = query.bind(index.as_slice());
         }
         Ok(query.fetch_all(&self.pool).await?)
+    }
+
+    /// A chunk is a `VALUES` list, four binds a key.
+    const INSERT_ROWS: usize = BATCH_ROWS;
+
+    async fn insert_subject_key_rows(
+        &self,
+        workspace: &str,
+        keys: &[(&str, StoredSubjectKey)],
+    ) -> Result<u64, StoreError> {
+        let sql = self.q.insert_subjects(keys.len());
+        let mut query = sqlx::query(&sql).bind(workspace);
+        for (subject, key) in keys {
+            query = query
+                .bind(*subject)
+                .bind(key.key_id)
+                .bind(version_to_db(key.wrapped.kek_version))
+                .bind(&key.wrapped.bytes);
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn insert_identifier_subject_rows(
+        &self,
+        workspace: &str,
+        rows: &[IdentifierSubject],
+    ) -> Result<u64, StoreError> {
+        let sql = self.q.insert_identifiers(rows.len());
+        let mut query = sqlx::query(&sql).bind(workspace);
+        for (index, subject) in rows {
+            query = query.bind(index.as_slice()).bind(subject.as_str());
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected())
     }
 }
 
