@@ -65,11 +65,10 @@ pub trait Bus: Send + Sync {
 /// Pauses of the run loops.
 #[derive(Debug, Clone, Copy)]
 pub struct LoopSettings {
-    /// Rows per relay transaction. 1000 rather than 256: under `bench ingest`'s maximum
-    /// rate the relay, one task among the server's request handlers, ended 44,500–54,000
-    /// acknowledged events behind instead of 66,000–69,000 of 100,000, and relayed the rest
-    /// in 0.7–1.0 s instead of 1.2–1.6 s: fewer claims, commits and waits for a runtime
-    /// worker per event.
+    /// Rows per relay transaction. 256, not 1000: with 1000 the relay ended fewer events
+    /// behind at `bench ingest`'s maximum rate (44,500–54,000 against 66,000–69,000 of
+    /// 100,000), but at batch 100 the half-rate p99 rose from a median of 32 ms (7 runs)
+    /// to 129 ms (5 runs, alternated): the calls around a large relay transaction wait.
     pub relay_batch: usize,
     /// Wait when there was nothing to do.
     pub idle: Duration,
@@ -81,7 +80,7 @@ pub struct LoopSettings {
 impl Default for LoopSettings {
     fn default() -> Self {
         Self {
-            relay_batch: 1000,
+            relay_batch: 256,
             idle: Duration::from_millis(50),
             error_backoff: Duration::from_millis(100),
             max_error_backoff: Duration::from_secs(5),
