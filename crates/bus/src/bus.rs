@@ -15,7 +15,7 @@ use crate::consume::{
 use crate::error::BusError;
 use crate::outbox::{
     EVENT_COLUMNS, StoredEvent, Tx, assign_stream_positions_pg, event_from_pg_row,
-    event_from_sqlite_row, limit_i64, sqlite_time,
+    event_from_sqlite_row, limit_i64, plan_by_cost, plan_outbox_reads_by_index, sqlite_time,
 };
 
 /// Which bus carries the events.
@@ -265,12 +265,18 @@ async fn has_work(store: &Store, subscription: &Subscription) -> Result<bool, Bu
     let family = subscription.family.as_str();
     Ok(match store {
         Store::Postgres(pool) => {
-            sqlx::query_scalar(SQL)
+            // Asked every idle pause: planned as a scan of an empty outbox, it would read
+            // every kept row each time once the outbox had grown.
+            let mut tx = pool.begin().await?;
+            plan_outbox_reads_by_index(&mut tx).await?;
+            let any = sqlx::query_scalar(SQL)
                 .bind(consumer)
                 .bind(family)
                 .bind(Utc::now())
-                .fetch_one(pool)
-                .await?
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            any
         }
         Store::Sqlite(pool) => {
             sqlx::query_scalar(SQL)
@@ -300,6 +306,7 @@ async fn consume_local(
     let mut new_position = None;
     match tx {
         Tx::Postgres(conn) => {
+            plan_outbox_reads_by_index(conn).await?;
             sqlx::query(
                 "INSERT INTO bus_consumer_offsets (consumer, family) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             )
@@ -342,6 +349,7 @@ async fn consume_local(
                 let attempts: i32 = row.try_get("attempts")?;
                 deliveries.push(retry_delivery(event_from_pg_row(row)?, attempts));
             }
+            plan_by_cost(conn).await?;
         }
         Tx::Sqlite(conn) => {
             sqlx::query(

@@ -278,20 +278,31 @@ pub(crate) fn parse_sqlite_time(text: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("bad instant: {e}"))
 }
 
-/// Makes the rest of the caller's transaction plan the relay's claim by index, whatever the
-/// outbox's statistics say.
+/// Makes the rest of the caller's transaction read the outbox by index, whatever the
+/// outbox's statistics say: the relays' claims and the in-process consumers' reads.
 ///
 /// The outbox is often empty (the relay keeps up) and then suddenly large (a burst, a
-/// stopped relay). Planned on an empty or small table, the claim's outer scan is a
-/// sequential scan that tests every row against the claimed list (`ctid = ANY(...)`, a
-/// linear search), or a hash join over the whole table, and a connection keeps that plan
-/// while the table grows. `bench ingest` caught it: with 100,000 events in the outbox,
-/// 83 % of the relay backend's CPU was `tideq` and `ExecEvalScalarArrayOp`, the relay fell
-/// behind ingest, and every claim grew slower as the backlog grew. The claim reads a
-/// bounded number of rows through `outbox_events_unsent` and the row addresses it took,
-/// so an index or TID scan is right at every size. `SET LOCAL` ends with the transaction.
-pub(crate) async fn plan_claims_by_index(conn: &mut PgConnection) -> Result<(), BusError> {
+/// stopped relay; the in-process bus also keeps sent rows until they are pruned). Planned
+/// on an empty or small table, the relay's claim is a sequential scan that tests every row
+/// against the claimed list (`ctid = ANY(...)`, a linear search), and a consumer's read is
+/// a sequential scan and a sort; a connection keeps that plan while the table grows, until
+/// autovacuum next analyzes it. `bench ingest` caught it: with 100,000 events in the
+/// outbox, 83 % of the relay backend's CPU was `tideq` and `ExecEvalScalarArrayOp`, the
+/// relay fell behind ingest, and every claim grew slower as the backlog grew. These
+/// statements read a bounded number of rows through `outbox_events_unsent`, the stream
+/// position indexes and the row addresses taken, so an index or TID scan is right at
+/// every size. `SET LOCAL` ends with the transaction; [`plan_by_cost`] ends it sooner.
+pub(crate) async fn plan_outbox_reads_by_index(conn: &mut PgConnection) -> Result<(), BusError> {
     sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Undoes [`plan_outbox_reads_by_index`] for the rest of the transaction: a consumer's
+/// handler runs in it, and its own statements are planned by cost as anywhere else.
+pub(crate) async fn plan_by_cost(conn: &mut PgConnection) -> Result<(), BusError> {
+    sqlx::query("SET LOCAL enable_seqscan = on")
         .execute(conn)
         .await?;
     Ok(())
@@ -309,7 +320,7 @@ pub(crate) async fn take_unsent_pg(
     conn: &mut PgConnection,
     limit: usize,
 ) -> Result<Vec<StoredEvent>, BusError> {
-    plan_claims_by_index(&mut *conn).await?;
+    plan_outbox_reads_by_index(&mut *conn).await?;
     // Deleted by row address (a TID scan; locked rows cannot move): a third cheaper than
     // joining back on `seq`.
     let rows = sqlx::query(&format!(
@@ -335,7 +346,7 @@ pub(crate) async fn assign_stream_positions_pg(
     conn: &mut PgConnection,
     limit: usize,
 ) -> Result<u64, BusError> {
-    plan_claims_by_index(&mut *conn).await?;
+    plan_outbox_reads_by_index(&mut *conn).await?;
     // Stream positions follow `seq`: `nextval` is taken in the sorted subquery. Taken in the
     // UPDATE itself, it followed the join's scan order, which is the rows' physical order:
     // once updates and concurrent inserts had moved rows, a batch reached consumers out of
