@@ -300,9 +300,9 @@ pub(crate) async fn plan_outbox_reads_by_index(conn: &mut PgConnection) -> Resul
 }
 
 /// Undoes [`plan_outbox_reads_by_index`] for the rest of the transaction: a consumer's
-/// handler runs in it, and its own statements are planned by cost as anywhere else.
+/// handler runs in it, and its own statements are planned as configured, as anywhere else.
 pub(crate) async fn plan_by_cost(conn: &mut PgConnection) -> Result<(), BusError> {
-    sqlx::query("SET LOCAL enable_seqscan = on")
+    sqlx::query("SET LOCAL enable_seqscan TO DEFAULT")
         .execute(conn)
         .await?;
     Ok(())
