@@ -4,9 +4,10 @@
 //! A connection keeps a prepared statement's plan: made while the outbox was empty (the
 //! relay idles most of the time), the claim scanned the whole table on every batch once a
 //! burst had filled it, so the relay fell further behind as the backlog grew. Each test
-//! runs the relay on one connection, idle first so that its plan is made and cached on the
-//! empty, analyzed table, then relays a few thousand rows and counts the sequential scans
-//! PostgreSQL recorded on `outbox_events` meanwhile.
+//! runs the bus on one connection, first on the empty, analyzed table (and, for the
+//! consumer, a few one-event deliveries) so that its plans are made and cached there, then
+//! moves a few thousand rows and counts the sequential scans PostgreSQL recorded on
+//! `outbox_events` meanwhile.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -31,29 +32,40 @@ async fn outbox_seq_scans(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
-async fn relay_a_burst_after_idling(pool: PgPool, kind: Kind) {
-    // One connection: the relay's statements are prepared, and their plans cached, on it.
+/// A bus of `kind` over one connection to the test database (its statements are prepared,
+/// and their plans cached, on that connection), and the connection's pool. The outbox is
+/// empty and analyzed, as autovacuum leaves it once the relay has drained it.
+async fn one_connection_harness(pool: &PgPool, kind: Kind) -> (Harness, PgPool) {
     let one = PgPoolOptions::new()
         .max_connections(1)
         .connect_with((*pool.connect_options()).clone())
         .await
         .unwrap();
     let harness = Harness::new(Store::Postgres(one.clone()), kind).await;
-    // Statistics of an empty outbox, as autovacuum leaves them once the relay has drained it.
     sqlx::query("ANALYZE outbox_events")
         .execute(&one)
         .await
         .unwrap();
-    // PostgreSQL plans a prepared statement afresh five times, then keeps a generic plan.
-    for _ in 0..8 {
-        assert_eq!(harness.bus.relay_batch(256).await.unwrap(), 0);
-    }
+    (harness, one)
+}
+
+/// Writes `BACKLOG` events to the outbox in one transaction.
+async fn enqueue_burst(harness: &Harness, one: &PgPool) {
     let events: Vec<OutboxEvent> = (0..BACKLOG)
         .map(|i| harness.event("acme", &format!("event {i}")))
         .collect();
     let mut tx = one.begin().await.unwrap();
     enqueue_all(&mut *tx, &events).await.unwrap();
     tx.commit().await.unwrap();
+}
+
+async fn relay_a_burst_after_idling(pool: PgPool, kind: Kind) {
+    let (harness, one) = one_connection_harness(&pool, kind).await;
+    // PostgreSQL plans a prepared statement afresh five times, then keeps a generic plan.
+    for _ in 0..8 {
+        assert_eq!(harness.bus.relay_batch(256).await.unwrap(), 0);
+    }
+    enqueue_burst(&harness, &one).await;
 
     let before = outbox_seq_scans(&one).await;
     let mut relayed = 0;
@@ -86,16 +98,7 @@ async fn the_jetstream_relay_claims_by_index_after_idling(pool: PgPool) {
 /// outbox is small; the same plans must serve it once a burst has filled it.
 #[sqlx::test(migrations = "../../migrations/postgres")]
 async fn the_in_process_consumer_reads_by_index_after_a_small_start(pool: PgPool) {
-    let one = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with((*pool.connect_options()).clone())
-        .await
-        .unwrap();
-    let harness = Harness::new(Store::Postgres(one.clone()), Kind::Local).await;
-    sqlx::query("ANALYZE outbox_events")
-        .execute(&one)
-        .await
-        .unwrap();
+    let (harness, one) = one_connection_harness(&pool, Kind::Local).await;
     let recorder = Recorder::new("reader");
     let subscription = Subscription {
         batch_size: 500,
@@ -126,12 +129,7 @@ async fn the_in_process_consumer_reads_by_index_after_a_small_start(pool: PgPool
             .await
             .unwrap();
     }
-    let events: Vec<OutboxEvent> = (0..BACKLOG)
-        .map(|i| harness.event("acme", &format!("event {i}")))
-        .collect();
-    let mut tx = one.begin().await.unwrap();
-    enqueue_all(&mut *tx, &events).await.unwrap();
-    tx.commit().await.unwrap();
+    enqueue_burst(&harness, &one).await;
     let mut relayed = 0;
     while relayed < BACKLOG {
         relayed += harness.bus.relay_batch(256).await.unwrap();
