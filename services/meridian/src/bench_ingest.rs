@@ -654,21 +654,18 @@ const RELAY_DRAIN_LIMIT: Duration = Duration::from_secs(600);
 /// the seconds waited.
 async fn wait_for_relay(pool: &sqlx::PgPool) -> anyhow::Result<(u64, f64)> {
     let started = Instant::now();
-    let backlog: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM outbox_events WHERE sent_at IS NULL")
-            .fetch_one(pool)
-            .await?;
+    let backlog = meridian_bus::outbox_stats(&meridian_store::Store::Postgres(pool.clone()))
+        .await?
+        .unsent;
     loop {
-        // The first unsent row, through the relay's own partial index: cheap to ask often.
+        // The first unsent row, through the relay's own partial index: cheap to ask often,
+        // where `outbox_stats` counts the whole table.
         let unsent: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox_events WHERE sent_at IS NULL)")
                 .fetch_one(pool)
                 .await?;
         if !unsent {
-            return Ok((
-                u64::try_from(backlog).unwrap_or(0),
-                started.elapsed().as_secs_f64(),
-            ));
+            return Ok((backlog, started.elapsed().as_secs_f64()));
         }
         if started.elapsed() > RELAY_DRAIN_LIMIT {
             anyhow::bail!(
