@@ -51,6 +51,7 @@ mod blind;
 mod cache;
 mod error;
 mod kek;
+mod nonce;
 pub mod seal;
 mod signing;
 mod store;

@@ -8,13 +8,13 @@
 //!
 //! The associated data binds the format version, the workspace, the subject key id, the
 //! record id and the field name (each length-prefixed), so a sealed value copied to another
-//! workspace, subject, row or field fails to open. Nonces are random (96 bits): one data key
-//! is used by one subject, far below the 2^32 messages per key where random nonces get risky.
+//! workspace, subject, row or field fails to open. Nonces are random (96 bits, from the OS
+//! generator through a per-thread pool: [`crate::nonce`]): one data key is used by one
+//! subject, far below the 2^32 messages per key where random nonces get risky.
 
 use std::sync::Arc;
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use ring::rand::{SecureRandom, SystemRandom};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -98,7 +98,6 @@ pub fn sealed_key_id(sealed: &[u8]) -> Result<Uuid> {
 pub struct SubjectKey {
     pub(crate) workspace: Arc<str>,
     pub(crate) dek: Arc<Dek>,
-    pub(crate) rng: SystemRandom,
 }
 
 impl std::fmt::Debug for SubjectKey {
@@ -117,8 +116,7 @@ impl SubjectKey {
 
     /// Seals `plaintext` for `field` of `record_id`.
     pub fn seal(&self, record_id: &str, field: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
-        let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).map_err(|_| VaultError::Crypto)?;
+        let nonce = crate::nonce::next()?;
         let aad = aad(
             FORMAT_V1,
             &self.workspace,
@@ -183,7 +181,6 @@ mod tests {
         SubjectKey {
             workspace: Arc::from("ws"),
             dek: Arc::new(Dek::from_bytes(Uuid::from_u128(id), &[byte; 32]).unwrap()),
-            rng: SystemRandom::new(),
         }
     }
 

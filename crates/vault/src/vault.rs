@@ -221,7 +221,6 @@ impl Vault {
         SubjectKey {
             workspace: Arc::from(workspace),
             dek,
-            rng: self.rng.clone(),
         }
     }
 
