@@ -1,8 +1,8 @@
 //! Seal nonces from the operating system's generator, fetched a page at a time.
 //!
-//! One `getrandom` system call per seal cost the ingest server about 5 % of its CPU, four
-//! times the AES-GCM it fed (`perf` during `meridian bench ingest`): the kernel sets up its
-//! generator state per call, whatever the length. Each thread now fetches
+//! One `getrandom` system call per seal cost the ingest server about 5 % of its CPU, more
+//! than twice the AES-GCM it fed (`perf` during `meridian bench ingest`): the kernel sets up
+//! its generator state per call, whatever the length. Each thread now fetches
 //! [`POOL_BYTES`] at once and hands them out 12 at a time, so one call serves 341 seals.
 //!
 //! Only for values that are public once used: a nonce is written in clear into the sealed
