@@ -16,6 +16,9 @@
 //! (3) the baseline: the rows the server stored, read with `COPY … TO STDOUT` and loaded
 //! with `COPY … FROM STDIN` into an unpartitioned copy of the table.
 //!
+//! Each phase lists its slowest calls with the time they were sent, so a p99 can be told
+//! apart as one stall (calls sent together) or as calls spread over the phase.
+//!
 //! On Linux it also reads the CPU time the server, its PostgreSQL backends and this load
 //! generator spent in phase (1) and its relay wait, and the PostgreSQL backend's in the
 //! baseline `COPY`: CPU per event moves far less than wall time when other work shares the
@@ -55,6 +58,30 @@ pub(crate) struct Phase {
     pub(crate) events_per_s: f64,
     pub(crate) p50_ack_ms: f64,
     pub(crate) p99_ack_ms: f64,
+    /// The [`SLOWEST_CALLS`] slowest calls, in the order they were sent: whether the tail
+    /// is one stall that caught calls sent together (the host, a pause) or calls spread
+    /// over the phase (work some calls carry).
+    pub(crate) slowest_calls: Vec<Call>,
+}
+
+/// How many of a phase's slowest calls it reports.
+const SLOWEST_CALLS: usize = 10;
+
+/// One call of a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub(crate) struct Call {
+    /// When it was sent, in seconds since the phase started.
+    pub(crate) sent_at_s: f64,
+    pub(crate) ack_ms: f64,
+}
+
+impl Call {
+    fn new(sent_after: Duration, ack: Duration) -> Self {
+        Call {
+            sent_at_s: sent_after.as_secs_f64(),
+            ack_ms: ack.as_secs_f64() * 1000.0,
+        }
+    }
 }
 
 /// CPU time per event of phase (1) and its relay wait, in microseconds (user + system,
@@ -382,7 +409,8 @@ fn batches(run: &str, events: usize, batch: usize, shoppers: usize) -> Vec<Vec<E
         .collect()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+/// The `p` quantile of ascending `sorted` (nearest rank); 0 when empty.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -392,12 +420,16 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
         clippy::cast_precision_loss
     )]
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+    sorted[i.min(sorted.len() - 1)]
 }
 
 #[allow(clippy::cast_precision_loss)]
-fn phase(events: usize, accepted: usize, seconds: f64, mut latencies: Vec<Duration>) -> Phase {
-    latencies.sort_unstable();
+fn phase(events: usize, accepted: usize, seconds: f64, mut calls: Vec<Call>) -> Phase {
+    let mut latencies: Vec<f64> = calls.iter().map(|c| c.ack_ms).collect();
+    latencies.sort_unstable_by(f64::total_cmp);
+    calls.sort_unstable_by(|a, b| b.ack_ms.total_cmp(&a.ack_ms));
+    calls.truncate(SLOWEST_CALLS);
+    calls.sort_unstable_by(|a, b| a.sent_at_s.total_cmp(&b.sent_at_s));
     Phase {
         events,
         accepted,
@@ -405,6 +437,7 @@ fn phase(events: usize, accepted: usize, seconds: f64, mut latencies: Vec<Durati
         events_per_s: accepted as f64 / seconds.max(1e-9),
         p50_ack_ms: percentile(&latencies, 0.50),
         p99_ack_ms: percentile(&latencies, 0.99),
+        slowest_calls: calls,
     }
 }
 
@@ -512,7 +545,7 @@ async fn measure(
         let (work, next, bearer) = (work.clone(), next.clone(), bearer.clone());
         let mut client = ingest_service_client::IngestServiceClient::new(channel.clone());
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
+            let mut calls = Vec::new();
             let mut accepted = 0;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -524,22 +557,22 @@ async fn measure(
                     .unwrap_or_default();
                 let t = Instant::now();
                 accepted += send(&mut client, &bearer, events).await?;
-                latencies.push(t.elapsed());
+                calls.push(Call::new(t - started, t.elapsed()));
             }
-            Ok::<_, anyhow::Error>((accepted, latencies))
+            Ok::<_, anyhow::Error>((accepted, calls))
         }));
     }
-    let (mut accepted, mut latencies) = (0, Vec::new());
+    let (mut accepted, mut calls) = (0, Vec::new());
     for t in tasks {
-        let (a, l) = t.await??;
+        let (a, c) = t.await??;
         accepted += a;
-        latencies.extend(l);
+        calls.extend(c);
     }
     let max = phase(
         opts.events,
         accepted,
         started.elapsed().as_secs_f64(),
-        latencies,
+        calls,
     );
     let (relay_backlog_after_max, relay_drain_seconds) = wait_for_relay(&pool).await?;
     let max_cpu_per_event = match &cpu {
@@ -567,20 +600,20 @@ async fn measure(
         let bearer = bearer.clone();
         in_flight.push(tokio::spawn(async move {
             let a = send(&mut client, &bearer, events).await?;
-            Ok::<_, anyhow::Error>((a, scheduled.elapsed()))
+            Ok::<_, anyhow::Error>((a, Call::new(scheduled - started, scheduled.elapsed())))
         }));
     }
-    let (mut accepted, mut latencies) = (0, Vec::new());
+    let (mut accepted, mut calls) = (0, Vec::new());
     while let Some(done) = in_flight.next().await {
-        let (a, l) = done??;
+        let (a, c) = done??;
         accepted += a;
-        latencies.push(l);
+        calls.push(c);
     }
     let half_rate = phase(
         half_events,
         accepted,
         started.elapsed().as_secs_f64(),
-        latencies,
+        calls,
     );
     let (relay_backlog_after_half_rate, _) = wait_for_relay(&pool).await?;
 
@@ -719,6 +752,57 @@ async fn copy_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_phase_reports_its_percentiles_and_its_slowest_calls_in_sending_order() {
+        // 100 calls sent 10 ms apart, taking 1 to 5 ms, but for two stalls.
+        let mut calls: Vec<Call> = (0..100u64)
+            .map(|i| {
+                Call::new(
+                    Duration::from_millis(10 * i),
+                    Duration::from_millis(1 + i % 5),
+                )
+            })
+            .collect();
+        calls[20].ack_ms = 200.0;
+        calls[70].ack_ms = 300.0;
+        // Calls finish out of order.
+        calls.reverse();
+        let p = phase(100, 100, 1.0, calls);
+        assert_eq!((p.p50_ack_ms, p.p99_ack_ms), (3.0, 200.0));
+        assert_eq!(p.slowest_calls.len(), SLOWEST_CALLS);
+        assert!(
+            p.slowest_calls
+                .windows(2)
+                .all(|w| w[0].sent_at_s < w[1].sent_at_s),
+            "in sending order: {:?}",
+            p.slowest_calls
+        );
+        let stalls: Vec<Call> = p
+            .slowest_calls
+            .iter()
+            .copied()
+            .filter(|c| c.ack_ms > 5.0)
+            .collect();
+        assert_eq!(
+            stalls,
+            [
+                Call {
+                    sent_at_s: 0.2,
+                    ack_ms: 200.0
+                },
+                Call {
+                    sent_at_s: 0.7,
+                    ack_ms: 300.0
+                }
+            ]
+        );
+        assert!(
+            p.slowest_calls
+                .iter()
+                .all(|c| c.ack_ms == 5.0 || c.ack_ms > 100.0)
+        );
+    }
 
     #[test]
     fn cpu_time_is_read_from_proc_and_grows_with_work() {
