@@ -1,40 +1,65 @@
-//! Bounded, time-limited cache of unwrapped data keys.
+//! Bounded, time-limited caches of per-workspace values: unwrapped data keys by subject,
+//! and the subject of each identifier by blind index.
 //!
-//! - Bounded: at most `capacity` keys; the oldest insertion is evicted first.
+//! - Bounded: at most `capacity` entries; the oldest insertion is evicted first.
 //! - Time-limited: an entry older than `ttl` is not served; the next use reloads it from the
 //!   key store, so a `forget` done by another replica is seen within `ttl`.
-//! - Forget-safe on this replica: [`DekCache::evict`] bumps a generation counter under the
-//!   same lock as the insert check, so a load that started before a `forget` cannot put the
-//!   destroyed key back into the cache after it.
+//! - Forget-safe on this replica: [`WorkspaceCache::evict`] and
+//!   [`WorkspaceCache::evict_where`] bump a generation counter under the same lock as the
+//!   insert check, so a load that started before a `forget` cannot put what it read back into
+//!   the cache after it.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::seal::Dek;
 
-struct Entry {
-    dek: Arc<Dek>,
+/// Unwrapped data keys by subject.
+pub(crate) type DekCache = WorkspaceCache<String, Arc<Dek>>;
+
+/// The vault subject of each identifier, by blind index.
+pub(crate) type IdentifierSubjectCache = WorkspaceCache<[u8; 32], Arc<str>>;
+
+struct Entry<V> {
+    value: V,
     loaded_at: Instant,
     seq: u64,
 }
 
-#[derive(Default)]
-struct State {
-    map: HashMap<String, HashMap<String, Entry>>,
-    order: VecDeque<(String, String, u64)>,
+struct State<K, V> {
+    map: HashMap<String, HashMap<K, Entry<V>>>,
+    order: VecDeque<(String, K, u64)>,
     len: usize,
     seq: u64,
     generation: u64,
 }
 
-impl State {
-    fn remove(&mut self, workspace: &str, subject: &str) -> bool {
-        let Some(subjects) = self.map.get_mut(workspace) else {
+impl<K, V> Default for State<K, V> {
+    fn default() -> Self {
+        State {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            len: 0,
+            seq: 0,
+            generation: 0,
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> State<K, V> {
+    fn remove<Q>(&mut self, workspace: &str, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(entries) = self.map.get_mut(workspace) else {
             return false;
         };
-        let removed = subjects.remove(subject).is_some();
-        if subjects.is_empty() {
+        let removed = entries.remove(key).is_some();
+        if entries.is_empty() {
             self.map.remove(workspace);
         }
         if removed {
@@ -44,46 +69,51 @@ impl State {
     }
 }
 
-pub(crate) struct DekCache {
-    state: Mutex<State>,
+pub(crate) struct WorkspaceCache<K, V> {
+    state: Mutex<State<K, V>>,
     capacity: usize,
     ttl: Duration,
 }
 
-impl DekCache {
+impl<K: Hash + Eq + Clone, V: Clone> WorkspaceCache<K, V> {
     pub(crate) fn new(capacity: usize, ttl: Duration) -> Self {
-        DekCache {
+        WorkspaceCache {
             state: Mutex::new(State::default()),
             capacity,
             ttl,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<K, V>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn get(&self, workspace: &str, subject: &str, now: Instant) -> Option<Arc<Dek>> {
+    pub(crate) fn get<Q>(&self, workspace: &str, key: &Q, now: Instant) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let mut state = self.lock();
-        let entry = state.map.get(workspace)?.get(subject)?;
+        let entry = state.map.get(workspace)?.get(key)?;
         if now.saturating_duration_since(entry.loaded_at) < self.ttl {
-            return Some(entry.dek.clone());
+            return Some(entry.value.clone());
         }
-        state.remove(workspace, subject);
+        state.remove(workspace, key);
         None
     }
 
-    /// The generation to pass to [`DekCache::insert`]; read it before loading from the store.
+    /// The generation to pass to [`WorkspaceCache::insert`]; read it before loading from
+    /// the store.
     pub(crate) fn generation(&self) -> u64 {
         self.lock().generation
     }
 
-    /// Caches `dek` loaded at `loaded_at`, unless an eviction happened since `generation`.
+    /// Caches `value` loaded at `loaded_at`, unless an eviction happened since `generation`.
     pub(crate) fn insert(
         &self,
         workspace: &str,
-        subject: &str,
-        dek: Arc<Dek>,
+        key: K,
+        value: V,
         loaded_at: Instant,
         generation: u64,
     ) -> bool {
@@ -97,9 +127,9 @@ impl DekCache {
         state.seq += 1;
         let seq = state.seq;
         let previous = state.map.entry(workspace.to_owned()).or_default().insert(
-            subject.to_owned(),
+            key.clone(),
             Entry {
-                dek,
+                value,
                 loaded_at,
                 seq,
             },
@@ -107,33 +137,52 @@ impl DekCache {
         if previous.is_none() {
             state.len += 1;
         }
-        state
-            .order
-            .push_back((workspace.to_owned(), subject.to_owned(), seq));
+        state.order.push_back((workspace.to_owned(), key, seq));
         while state.len > self.capacity {
-            let Some((ws, subj, seq)) = state.order.pop_front() else {
+            let Some((ws, key, seq)) = state.order.pop_front() else {
                 break;
             };
-            let current = state.map.get(&ws).and_then(|m| m.get(&subj)).map(|e| e.seq);
+            let current = state.map.get(&ws).and_then(|m| m.get(&key)).map(|e| e.seq);
             if current == Some(seq) {
-                state.remove(&ws, &subj);
+                state.remove(&ws, &key);
             }
         }
         if state.order.len() > self.capacity.saturating_mul(2).max(64) {
-            // Drop queue entries whose key was replaced or removed since.
+            // Drop queue entries whose value was replaced or removed since.
             let State { map, order, .. } = &mut *state;
-            order.retain(|(ws, subj, seq)| {
-                map.get(ws).and_then(|m| m.get(subj)).map(|e| e.seq) == Some(*seq)
+            order.retain(|(ws, key, seq)| {
+                map.get(ws).and_then(|m| m.get(key)).map(|e| e.seq) == Some(*seq)
             });
         }
         true
     }
 
-    /// Drops a subject's key and invalidates loads in flight.
-    pub(crate) fn evict(&self, workspace: &str, subject: &str) {
+    /// Drops one entry and invalidates loads in flight.
+    pub(crate) fn evict<Q>(&self, workspace: &str, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let mut state = self.lock();
         state.generation += 1;
-        state.remove(workspace, subject);
+        state.remove(workspace, key);
+    }
+
+    /// Drops every entry of the workspace whose value matches, and invalidates loads in
+    /// flight. Linear in the workspace's entries: for erasures, not for every request.
+    pub(crate) fn evict_where(&self, workspace: &str, matches: impl Fn(&V) -> bool) {
+        let mut state = self.lock();
+        state.generation += 1;
+        let Some(entries) = state.map.get_mut(workspace) else {
+            return;
+        };
+        let before = entries.len();
+        entries.retain(|_, e| !matches(&e.value));
+        let removed = before - entries.len();
+        if entries.is_empty() {
+            state.map.remove(workspace);
+        }
+        state.len -= removed;
     }
 
     #[cfg(test)]
@@ -156,7 +205,7 @@ mod tests {
         let cache = DekCache::new(3, Duration::from_secs(60));
         let t = Instant::now();
         for i in 0..5u128 {
-            assert!(cache.insert("w", &format!("s{i}"), dek(i), t, cache.generation()));
+            assert!(cache.insert("w", format!("s{i}"), dek(i), t, cache.generation()));
         }
         assert_eq!(cache.len(), 3);
         assert!(cache.get("w", "s0", t).is_none());
@@ -164,7 +213,7 @@ mod tests {
         assert_eq!(cache.get("w", "s4", t).unwrap().key_id, Uuid::from_u128(4));
         // Re-inserting many times keeps the queue bounded.
         for _ in 0..1000 {
-            cache.insert("w", "s4", dek(4), t, cache.generation());
+            cache.insert("w", "s4".to_owned(), dek(4), t, cache.generation());
         }
         assert!(cache.lock().order.len() <= 64 + 1);
         assert_eq!(cache.len(), 3);
@@ -174,7 +223,7 @@ mod tests {
     fn entries_expire_after_ttl() {
         let cache = DekCache::new(10, Duration::from_secs(10));
         let t = Instant::now();
-        cache.insert("w", "s", dek(1), t, cache.generation());
+        cache.insert("w", "s".to_owned(), dek(1), t, cache.generation());
         assert!(cache.get("w", "s", t + Duration::from_secs(9)).is_some());
         assert!(cache.get("w", "s", t + Duration::from_secs(10)).is_none());
         assert_eq!(cache.len(), 0);
@@ -186,16 +235,46 @@ mod tests {
         let t = Instant::now();
         let before_forget = cache.generation();
         cache.evict("w", "s");
-        assert!(!cache.insert("w", "s", dek(1), t, before_forget));
+        assert!(!cache.insert("w", "s".to_owned(), dek(1), t, before_forget));
         assert!(cache.get("w", "s", t).is_none());
-        assert!(cache.insert("w", "s", dek(1), t, cache.generation()));
+        assert!(cache.insert("w", "s".to_owned(), dek(1), t, cache.generation()));
         cache.evict("w", "s");
         assert!(cache.get("w", "s", t).is_none());
     }
 
     #[test]
+    fn evict_where_drops_the_matching_entries_of_one_workspace_and_blocks_stale_inserts() {
+        let cache = IdentifierSubjectCache::new(10, Duration::from_secs(10));
+        let t = Instant::now();
+        let subject: Arc<str> = Arc::from("idn-a");
+        let other: Arc<str> = Arc::from("idn-b");
+        let g = cache.generation();
+        cache.insert("w", [1; 32], subject.clone(), t, g);
+        cache.insert("w", [2; 32], subject.clone(), t, g);
+        cache.insert("w", [3; 32], other.clone(), t, g);
+        cache.insert("v", [1; 32], subject.clone(), t, g);
+        let before_forget = cache.generation();
+        cache.evict_where("w", |s| **s == *subject);
+        assert!(cache.get("w", &[1; 32], t).is_none());
+        assert!(cache.get("w", &[2; 32], t).is_none());
+        assert_eq!(cache.get("w", &[3; 32], t), Some(other));
+        // Another workspace's entry with the same value stays.
+        assert_eq!(cache.get("v", &[1; 32], t), Some(subject.clone()));
+        assert_eq!(cache.len(), 2);
+        // A load that read the mapping before the eviction cannot put it back.
+        assert!(!cache.insert("w", [1; 32], subject, t, before_forget));
+        assert!(cache.get("w", &[1; 32], t).is_none());
+    }
+
+    #[test]
     fn zero_ttl_disables_caching() {
         let cache = DekCache::new(10, Duration::ZERO);
-        assert!(!cache.insert("w", "s", dek(1), Instant::now(), cache.generation()));
+        assert!(!cache.insert(
+            "w",
+            "s".to_owned(),
+            dek(1),
+            Instant::now(),
+            cache.generation()
+        ));
     }
 }

@@ -35,10 +35,12 @@
 //! dead tuples until VACUUM; the SQLite store forgets with `secure_delete` on.
 //!
 //! # Caching across replicas
-//! Unwrapped data keys are cached (bounded, `VaultConfig::dek_cache_ttl`, default 10 s).
-//! `forget` evicts on the calling replica at once (a concurrent load cannot re-insert the key);
-//! other replicas re-read the store after at most the TTL, or at once when they call
-//! [`Vault::evict_subject`] on the erasure event.
+//! Unwrapped data keys, and the subject of each identifier, are cached (bounded,
+//! `VaultConfig::dek_cache_ttl`, default 10 s). `forget` evicts on the calling replica at once
+//! (a concurrent load cannot re-insert what it read); other replicas re-read the store after
+//! at most the TTL, or at once when they call [`Vault::evict_subject`] on the erasure event.
+//! An identifier whose cached subject was forgotten elsewhere gets a new subject from
+//! [`Vault::identifier_subject_keys`], which notices the forgotten key and asks again.
 //!
 //! # Zeroization
 //! Raw key bytes (KEKs read from files or the environment, generated and unwrapped keys) and

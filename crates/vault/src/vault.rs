@@ -11,7 +11,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::blind::{BlindIndex, BlindIndexer, IdentifierKind};
-use crate::cache::DekCache;
+use crate::cache::{DekCache, IdentifierSubjectCache};
 use crate::error::{Result, VaultError};
 use crate::kek::{KekVersion, KeyProvider};
 use crate::seal::{DEK_LEN, Dek, SubjectKey};
@@ -26,11 +26,11 @@ type CachedDeks<'s> = HashMap<&'s str, Arc<Dek>>;
 /// Tuning of a [`Vault`].
 #[derive(Debug, Clone)]
 pub struct VaultConfig {
-    /// Most data keys kept unwrapped in memory.
+    /// Most data keys kept unwrapped in memory; as many identifiers' subjects are kept too.
     pub dek_cache_capacity: usize,
-    /// How long an unwrapped data key is served from memory before it is re-read from the
-    /// key store. This bounds how long a `forget` done by another replica can go unnoticed
-    /// here. Zero disables the cache.
+    /// How long an unwrapped data key, or an identifier's subject, is served from memory
+    /// before it is re-read from the key store. This bounds how long a `forget` done by
+    /// another replica can go unnoticed here. Zero disables both caches.
     pub dek_cache_ttl: Duration,
     /// Keys re-wrapped per page during [`Vault::rotate_kek`].
     pub rotation_batch: u32,
@@ -120,6 +120,9 @@ pub struct Vault {
     store: Arc<dyn KeyStore>,
     config: VaultConfig,
     cache: DekCache,
+    /// The subject of each identifier seen lately: every ingest call asks for its anchors'
+    /// subjects, and a subject only changes when it is forgotten.
+    identifiers: IdentifierSubjectCache,
     indexers: RwLock<HashMap<String, BlindIndexer>>,
     signers: RwLock<HashMap<String, Arc<WorkspaceSigner>>>,
     rng: SystemRandom,
@@ -149,6 +152,10 @@ impl Vault {
     ) -> Self {
         Vault {
             cache: DekCache::new(config.dek_cache_capacity, config.dek_cache_ttl),
+            identifiers: IdentifierSubjectCache::new(
+                config.dek_cache_capacity,
+                config.dek_cache_ttl,
+            ),
             provider,
             store,
             config,
@@ -212,8 +219,13 @@ impl Vault {
             state => self.dek_from_state(workspace, subject, state).await?,
         };
         let dek = Arc::new(dek);
-        self.cache
-            .insert(workspace, subject, dek.clone(), started, generation);
+        self.cache.insert(
+            workspace,
+            subject.to_owned(),
+            dek.clone(),
+            started,
+            generation,
+        );
         Ok(self.handle(workspace, dek))
     }
 
@@ -290,7 +302,7 @@ impl Vault {
             if deks.contains_key(subject) {
                 continue;
             }
-            match self.cache.get(workspace, subject, now) {
+            match self.cache.get(workspace, *subject, now) {
                 Some(dek) => {
                     deks.insert(subject, dek);
                 }
@@ -360,8 +372,13 @@ impl Vault {
                     crate::error::StoreError::Corrupt("subject key vanished after insert"),
                 ))?;
                 let dek = Arc::new(dek);
-                self.cache
-                    .insert(workspace, subject, dek.clone(), started, generation);
+                self.cache.insert(
+                    workspace,
+                    (*subject).to_owned(),
+                    dek.clone(),
+                    started,
+                    generation,
+                );
                 deks.insert(subject, dek);
             }
         }
@@ -400,7 +417,7 @@ impl Vault {
                 let name = missing[at];
                 let dek = Arc::new(self.unwrap_dek(workspace, name, &stored).await?);
                 self.cache
-                    .insert(workspace, name, dek.clone(), started, generation);
+                    .insert(workspace, subject, dek.clone(), started, generation);
                 deks.insert(name, dek);
             }
         }
@@ -428,52 +445,108 @@ impl Vault {
     /// The vault subject of each identifier (by blind index), in the order given, allocated on
     /// first sight. Rooms seal what they hold about an identifier under its subject, so
     /// [`Vault::forget_identifier`] on each identifier of a person makes all of it unreadable.
-    /// One lookup round trip, and one insert when some are new.
+    /// Identifiers seen within `dek_cache_ttl` are answered from memory; the rest cost one
+    /// lookup round trip, and one insert when some are new.
+    ///
+    /// A subject forgotten by another replica may still be answered from memory until then,
+    /// as its data key may: [`Vault::identifier_subject_keys`] notices and asks again.
     pub async fn identifier_subjects(
         &self,
         workspace: &str,
         indexes: &[BlindIndex],
     ) -> Result<Vec<String>> {
         check_id(workspace)?;
-        let mut distinct: Vec<[u8; 32]> = indexes.iter().map(|i| i.0).collect();
-        distinct.sort_unstable();
-        distinct.dedup();
-        let mut known: HashMap<[u8; 32], String> = self
-            .store
-            .identifier_subjects(workspace, &distinct)
-            .await?
-            .into_iter()
-            .collect();
-        let new: Vec<([u8; 32], String)> = distinct
-            .iter()
-            .filter(|i| !known.contains_key(*i))
-            .map(|i| (*i, format!("idn-{}", Uuid::new_v4().simple())))
-            .collect();
-        if !new.is_empty() {
-            let stored = self
+        let started = Instant::now();
+        let mut known: HashMap<[u8; 32], Arc<str>> = HashMap::with_capacity(indexes.len());
+        let mut missing: Vec<[u8; 32]> = Vec::new();
+        for index in indexes {
+            if known.contains_key(&index.0) {
+                continue;
+            }
+            match self.identifiers.get(workspace, &index.0, started) {
+                Some(subject) => {
+                    known.insert(index.0, subject);
+                }
+                None => missing.push(index.0),
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let generation = self.identifiers.generation();
+            let mut loaded: HashMap<[u8; 32], String> = self
                 .store
-                .insert_identifier_subjects(workspace, &new)
-                .await?;
-            if usize::try_from(stored).ok() == Some(new.len()) {
-                known.extend(new);
-            } else {
-                // Another replica recorded some first: re-read the winners.
-                let new_indexes: Vec<[u8; 32]> = new.into_iter().map(|(i, _)| i).collect();
-                known.extend(
-                    self.store
-                        .identifier_subjects(workspace, &new_indexes)
-                        .await?,
-                );
+                .identifier_subjects(workspace, &missing)
+                .await?
+                .into_iter()
+                .collect();
+            let new: Vec<([u8; 32], String)> = missing
+                .iter()
+                .filter(|i| !loaded.contains_key(*i))
+                .map(|i| (*i, format!("idn-{}", Uuid::new_v4().simple())))
+                .collect();
+            if !new.is_empty() {
+                let stored = self
+                    .store
+                    .insert_identifier_subjects(workspace, &new)
+                    .await?;
+                if usize::try_from(stored).ok() == Some(new.len()) {
+                    loaded.extend(new);
+                } else {
+                    // Another replica recorded some first: re-read the winners.
+                    let new_indexes: Vec<[u8; 32]> = new.into_iter().map(|(i, _)| i).collect();
+                    loaded.extend(
+                        self.store
+                            .identifier_subjects(workspace, &new_indexes)
+                            .await?,
+                    );
+                }
+            }
+            for (index, subject) in loaded {
+                let subject: Arc<str> = Arc::from(subject);
+                self.identifiers
+                    .insert(workspace, index, subject.clone(), started, generation);
+                known.insert(index, subject);
             }
         }
         indexes
             .iter()
             .map(|i| {
-                known.get(&i.0).cloned().ok_or(VaultError::Store(
-                    crate::error::StoreError::Corrupt("identifier subject vanished after insert"),
-                ))
+                known
+                    .get(&i.0)
+                    .map(|s| s.to_string())
+                    .ok_or(VaultError::Store(crate::error::StoreError::Corrupt(
+                        "identifier subject vanished after insert",
+                    )))
             })
             .collect()
+    }
+
+    /// The subject of each identifier and its data key, in the order given, both created on
+    /// first sight: [`Vault::identifier_subjects`], then [`Vault::subject_keys`]. Where a
+    /// subject turns out to be forgotten (an erasure since the identifier's subject was
+    /// cached, here or on another replica), the identifiers are dropped from the cache and
+    /// asked again once, so they get new subjects.
+    pub async fn identifier_subject_keys(
+        &self,
+        workspace: &str,
+        indexes: &[BlindIndex],
+    ) -> Result<Vec<(String, SubjectKey)>> {
+        let mut asked_again = false;
+        loop {
+            let subjects = self.identifier_subjects(workspace, indexes).await?;
+            let names: Vec<&str> = subjects.iter().map(String::as_str).collect();
+            match self.subject_keys(workspace, &names).await {
+                Ok(keys) => return Ok(subjects.into_iter().zip(keys).collect()),
+                Err(VaultError::SubjectForgotten) if !asked_again => {
+                    asked_again = true;
+                    for index in indexes {
+                        self.identifiers.evict(workspace, &index.0);
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// Crypto-shreds one identifier: forgets its vault subject, then drops the record of it,
@@ -503,6 +576,9 @@ impl Vault {
         self.store
             .delete_identifier_subject(workspace, &index.0, &subject)
             .await?;
+        // Again after the delete: a lookup between `forget` and the delete read the old
+        // record, and cannot cache it now (the eviction bumps the cache generation).
+        self.identifiers.evict(workspace, &index.0);
         Ok(receipt)
     }
 
@@ -510,7 +586,8 @@ impl Vault {
 
     /// Crypto-shreds a subject: destroys its wrapped data key and leaves a tombstone, so
     /// nothing sealed under the key can be opened again, wherever it was copied, and no new
-    /// key is issued for the subject. The key is dropped from this replica's cache at once;
+    /// key is issued for the subject. The key, and the identifiers cached as having this
+    /// subject, are dropped from this replica's caches at once;
     /// other replicas stop serving it within `dek_cache_ttl` (or at once if they receive the
     /// erasure event and call [`Vault::evict_subject`]).
     ///
@@ -523,6 +600,7 @@ impl Vault {
         // Evict after the store call (a load that read the key before the delete cannot
         // re-insert it: the eviction bumps the cache generation), and on errors too.
         self.cache.evict(workspace, subject);
+        self.identifiers.evict_where(workspace, |s| &**s == subject);
         let outcome = outcome?;
         tracing::info!(
             workspace,
@@ -536,10 +614,12 @@ impl Vault {
         })
     }
 
-    /// Drops a subject's data key from this replica's cache (call it when another replica's
-    /// erasure event arrives, to close the `dek_cache_ttl` window).
+    /// Drops a subject's data key, and the identifiers it is cached as the subject of, from
+    /// this replica's caches (call it when another replica's erasure event arrives, to close
+    /// the `dek_cache_ttl` window).
     pub fn evict_subject(&self, workspace: &str, subject: &str) {
         self.cache.evict(workspace, subject);
+        self.identifiers.evict_where(workspace, |s| &**s == subject);
     }
 
     // ---- blind indexes -------------------------------------------------------------------

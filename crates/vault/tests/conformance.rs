@@ -742,6 +742,112 @@ mod suite {
         );
     }
 
+    /// Identifier subjects are cached like data keys: served from memory within the TTL,
+    /// dropped at once by a forget on this replica or by `evict_subject`, and renewed by
+    /// `identifier_subject_keys` when another replica forgot them meanwhile.
+    pub(super) async fn identifier_subjects_are_cached_until_forgotten(store: Arc<dyn KeyStore>) {
+        let a = vault(ring(1, 1), &store);
+        let b = vault(ring(1, 1), &store);
+        let index = |n: u32| {
+            let a = &a;
+            async move {
+                a.blind_index(
+                    WS,
+                    IdentifierKind::Email,
+                    &format!("c{n}@example.com"),
+                    None,
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let (cached, shredded, local, evicted) = (
+            index(1).await,
+            index(2).await,
+            index(3).await,
+            index(4).await,
+        );
+
+        // Served from memory: the record is gone from the store behind `a`'s back (only a
+        // forget does that, and a forget elsewhere is seen within the TTL), `a` still
+        // answers with the subject it read, while a replica without the cache allocates a
+        // new one. With the cache off, `a` would see the store.
+        let first = a.identifier_subjects(WS, &[cached]).await.unwrap()[0].clone();
+        assert!(
+            store
+                .delete_identifier_subject(WS, &cached.0, &first)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            a.identifier_subjects(WS, &[cached]).await.unwrap()[0],
+            first
+        );
+        let uncached = Vault::with_config(
+            ring(1, 1),
+            store.clone(),
+            VaultConfig {
+                dek_cache_ttl: Duration::ZERO,
+                ..VaultConfig::default()
+            },
+        );
+        let fresh = uncached.identifier_subjects(WS, &[cached]).await.unwrap()[0].clone();
+        assert_ne!(fresh, first);
+        assert_eq!(
+            uncached.identifier_subjects(WS, &[cached]).await.unwrap()[0],
+            fresh
+        );
+
+        // Forgotten on another replica while `a` had the subject cached (but not its key):
+        // `identifier_subject_keys` finds the key destroyed, asks again, and gets a new,
+        // usable subject.
+        let old = a.identifier_subjects(WS, &[shredded]).await.unwrap()[0].clone();
+        b.forget_identifier(WS, &shredded).await.unwrap();
+        let renewed = a
+            .identifier_subject_keys(WS, &[shredded, shredded])
+            .await
+            .unwrap();
+        assert_ne!(renewed[0].0, old);
+        assert_eq!(renewed[0].0, renewed[1].0);
+        assert_eq!(
+            b.identifier_subjects(WS, &[shredded]).await.unwrap()[0],
+            renewed[0].0
+        );
+        let sealed = renewed[0]
+            .1
+            .seal("event:1", "body", b"after erasure")
+            .unwrap();
+        assert_eq!(
+            b.open(WS, &renewed[0].0, "event:1", "body", &sealed)
+                .await
+                .unwrap()
+                .as_slice(),
+            b"after erasure"
+        );
+
+        // Forgotten on this replica: the next lookup allocates a new subject at once.
+        let mine = a.identifier_subject_keys(WS, &[local]).await.unwrap()[0]
+            .0
+            .clone();
+        a.forget_identifier(WS, &local).await.unwrap();
+        let after = a.identifier_subjects(WS, &[local]).await.unwrap()[0].clone();
+        assert_ne!(after, mine);
+
+        // Key and subject both cached here, forgotten elsewhere: the erasure event's
+        // `evict_subject` closes the window at once.
+        let held = a.identifier_subject_keys(WS, &[evicted]).await.unwrap()[0]
+            .0
+            .clone();
+        b.forget_identifier(WS, &evicted).await.unwrap();
+        a.evict_subject(WS, &held);
+        let next = a.identifier_subject_keys(WS, &[evicted]).await.unwrap();
+        assert_ne!(next[0].0, held);
+        assert_eq!(
+            b.identifier_subjects(WS, &[evicted]).await.unwrap()[0],
+            next[0].0
+        );
+    }
+
     pub(super) async fn concurrent_identifier_subjects_converge(store: Arc<dyn KeyStore>) {
         let a = vault(ring(1, 1), &store);
         let b = vault(ring(1, 1), &store);
@@ -827,6 +933,7 @@ conformance!(
     batch_keys_match_single_keys,
     concurrent_batch_keys_converge,
     identifier_subjects_are_stable_and_renewed_after_forget,
+    identifier_subjects_are_cached_until_forgotten,
     concurrent_identifier_subjects_converge,
 );
 

@@ -689,11 +689,9 @@ impl IdentityRoom {
         }
         let vault = &self.inner.vault;
         let indexes: Vec<BlindIndex> = values.iter().map(|(k, _)| k.index).collect();
-        let subjects = vault.identifier_subjects(workspace, &indexes).await?;
-        let names: Vec<&str> = subjects.iter().map(String::as_str).collect();
-        let keys = vault.subject_keys(workspace, &names).await?;
+        let keys = vault.identifier_subject_keys(workspace, &indexes).await?;
         let mut out = HashMap::with_capacity(values.len());
-        for (((key, n), subject), data_key) in values.into_iter().zip(subjects).zip(keys) {
+        for ((key, n), (subject, data_key)) in values.into_iter().zip(keys) {
             let record = own_record_id(&key);
             let bytes = data_key.seal(&record, OWN_SEALED_FIELD, n.display_value().as_bytes())?;
             out.insert(

@@ -499,7 +499,12 @@ impl IngestRoom {
                 .map(|(w, _)| anchor(&inner.rules, &w.ids).clone())
                 .collect();
             let anchor_indexes: Vec<BlindIndex> = anchors.iter().map(|a| a.blind_index).collect();
-            let keys = subject_keys(&inner.vault, ws, &anchor_indexes).await?;
+            // Batched: a few round trips per request at most, none when every anchor was
+            // seen within the vault's cache lifetime.
+            let keys = inner
+                .vault
+                .identifier_subject_keys(ws, &anchor_indexes)
+                .await?;
             for (((w, purposes), anchor), (subject, key)) in kept.into_iter().zip(anchors).zip(keys)
             {
                 prepared.push(prepare(
@@ -795,37 +800,6 @@ fn anchor<'a>(
         }
     }
     best
-}
-
-/// The vault subject of each anchor (`Vault::identifier_subjects`, allocated on first
-/// sight) and its data key (`Vault::subject_keys`), batched: a few round trips per request.
-/// An identifier forgotten between the two calls gets a new subject: asked again once.
-async fn subject_keys(
-    vault: &Vault,
-    workspace: &str,
-    anchors: &[BlindIndex],
-) -> Result<Vec<(String, SubjectKey)>, VaultError> {
-    let mut distinct: Vec<BlindIndex> = anchors.to_vec();
-    distinct.sort_unstable();
-    distinct.dedup();
-    let mut attempt = 0;
-    let (subjects, keys) = loop {
-        let subjects = vault.identifier_subjects(workspace, &distinct).await?;
-        let names: Vec<&str> = subjects.iter().map(String::as_str).collect();
-        match vault.subject_keys(workspace, &names).await {
-            Ok(keys) => break (subjects, keys),
-            Err(VaultError::SubjectForgotten) if attempt == 0 => attempt += 1,
-            Err(e) => return Err(e),
-        }
-    };
-    let by_index: HashMap<BlindIndex, (String, SubjectKey)> = distinct
-        .into_iter()
-        .zip(subjects.into_iter().zip(keys))
-        .collect();
-    anchors
-        .iter()
-        .map(|a| by_index.get(a).cloned().ok_or(VaultError::NoSubjectKey))
-        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
