@@ -9,6 +9,10 @@
 //! value it served. Keys never come from here (they are drawn straight from
 //! `SystemRandom` by the vault). Every byte is handed out once: the pool only moves forward
 //! and refills from the generator, never from itself.
+//!
+//! A process that forked would hand its unused bytes out twice (the child's copy of the
+//! thread's pool is the parent's): meridian forks only to `exec` another program
+//! (`bench` starting a server), and never seals in between.
 
 use std::cell::RefCell;
 
