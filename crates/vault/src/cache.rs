@@ -254,6 +254,13 @@ mod tests {
         assert_eq!(cache.len(), 0);
     }
 
+    /// The blind-index-shaped key numbered `i`.
+    fn key(i: u32) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(&i.to_be_bytes());
+        key
+    }
+
     #[test]
     fn entries_loaded_together_expire_over_the_second_half_of_the_ttl() {
         let ttl = Duration::from_secs(10);
@@ -261,21 +268,11 @@ mod tests {
         let t = Instant::now();
         let value: Arc<str> = Arc::from("idn");
         for i in 0..1000u32 {
-            let mut key = [0u8; 32];
-            key[..4].copy_from_slice(&i.to_be_bytes());
-            cache.insert("w", key, value.clone(), t, cache.generation());
+            cache.insert("w", key(i), value.clone(), t, cache.generation());
         }
-        let served_at = |after: Duration| {
-            (0..1000u32)
-                .filter(|i| {
-                    let mut key = [0u8; 32];
-                    key[..4].copy_from_slice(&i.to_be_bytes());
-                    // Read without `get`, which drops what has expired.
-                    let state = cache.lock();
-                    state.map["w"][&key].lifetime > after
-                })
-                .count()
-        };
+        // Read without `get`, which drops what has expired.
+        let lifetime_of = |i: u32| cache.lock().map["w"][&key(i)].lifetime;
+        let served_at = |after: Duration| (0..1000u32).filter(|i| lifetime_of(*i) > after).count();
         assert_eq!(served_at(ttl / 2 - Duration::from_millis(1)), 1000);
         // Spread over the second half: about a tenth expires in each twentieth of the ttl.
         for (at, low, high) in [(0.6, 750, 850), (0.75, 430, 570), (0.9, 150, 250)] {
@@ -287,15 +284,13 @@ mod tests {
         }
         assert_eq!(served_at(ttl), 0);
         // And `get` honours each entry's own lifetime.
-        let mut first = [0u8; 32];
-        first[..4].copy_from_slice(&0u32.to_be_bytes());
-        let own = cache.lock().map["w"][&first].lifetime;
+        let own = lifetime_of(0);
         assert!(
             cache
-                .get("w", &first, t + own - Duration::from_millis(1))
+                .get("w", &key(0), t + own - Duration::from_millis(1))
                 .is_some()
         );
-        assert!(cache.get("w", &first, t + own).is_none());
+        assert!(cache.get("w", &key(0), t + own).is_none());
     }
 
     #[test]
