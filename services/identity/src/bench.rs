@@ -199,16 +199,12 @@ async fn publish_payloads(
                 .unwrap_or(BlindIndex([0; 32]))
         })
         .collect();
-    let mut subjects = Vec::with_capacity(anchors.len());
     let mut keys = Vec::with_capacity(anchors.len());
     for chunk in anchors.chunks(5_000) {
-        let names = vault.identifier_subjects(workspace, chunk).await?;
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        keys.extend(vault.subject_keys(workspace, &refs).await?);
-        subjects.extend(names);
+        keys.extend(vault.identifier_subject_keys(workspace, chunk).await?);
     }
     let mut out = Vec::with_capacity(normalized.len());
-    for (((i, ids), subject), key) in normalized.into_iter().zip(subjects).zip(keys) {
+    for ((i, ids), (subject, key)) in normalized.into_iter().zip(keys) {
         let e = &storefront.events[i];
         let event_id = uuid::Uuid::now_v7().to_string();
         let (kind, name) = event_shape(i);
