@@ -2,6 +2,12 @@
 //! (JetStream drops a re-publish within the stream's duplicate window) and deletes them
 //! only after the publish ack (JetStream holds the copy from then on); consumers are
 //! durable pull consumers with explicit acks, sent after the effect committed.
+//!
+//! Consecutive rows of one workspace and family go out as one message, a *pack*
+//! ([`crate::pack`]), with `Nats-Msg-Id` = its first event id and its size; consumers
+//! unpack it and apply, retry and dead-letter each event on its own. A message is acked
+//! once none of its events waits for a retry, and negatively acked otherwise (its applied
+//! events are then skipped as duplicates on redelivery).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -23,6 +29,7 @@ use crate::consume::{
 use crate::error::BusError;
 use crate::event::{EventFamily, OutboxEvent};
 use crate::outbox::{StoredEvent, Tx, take_unsent_pg, unsent_sqlite};
+use crate::pack;
 
 /// How event families map to JetStream streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +58,11 @@ pub struct JetStreamSettings {
     pub ack_wait: Duration,
     /// How long one consume round waits for messages.
     pub fetch_wait: Duration,
+    /// Largest pack the relay publishes, in bytes of its events (ids, keys, payloads),
+    /// also bounded by the server's `max_payload`. 0 publishes every event as a message of
+    /// its own, which replicas of versions before packs can read: set it during a rolling
+    /// upgrade from one, until every consumer runs this version.
+    pub pack_max_bytes: usize,
 }
 
 impl Default for JetStreamSettings {
@@ -66,6 +78,7 @@ impl Default for JetStreamSettings {
             duplicate_window: Duration::from_secs(120),
             ack_wait: Duration::from_secs(30),
             fetch_wait: Duration::from_millis(500),
+            pack_max_bytes: 256 * 1024,
         }
     }
 }
@@ -114,6 +127,20 @@ const HEADER_WORKSPACE: &str = "Meridian-Workspace";
 const HEADER_FAMILY: &str = "Meridian-Family";
 const HEADER_KEY: &str = "Meridian-Key";
 const HEADER_OCCURRED_AT: &str = "Meridian-Occurred-At";
+/// On a pack: the format version ([`pack::PACK_VERSION`]).
+const HEADER_PACK: &str = "Meridian-Pack";
+/// On a pack: how many events it holds (checked against what it decodes to).
+const HEADER_PACK_EVENTS: &str = "Meridian-Pack-Events";
+
+/// Most events in one pack.
+const PACK_MAX_EVENTS: usize = 1_000;
+/// Room left in a message for its headers when a pack is sized by the server's limit.
+const PACK_HEADER_ROOM: usize = 4 * 1024;
+/// Least a consume round may fetch, in bytes (packs make messages large; the round's
+/// fetch is bounded by bytes as well as by messages).
+const FETCH_MIN_BYTES: usize = 4 * 1024 * 1024;
+/// When a pack of a format this version cannot read is offered again.
+const UNKNOWN_FORMAT_RETRY: Duration = Duration::from_secs(30);
 
 pub struct JetStreamBus {
     store: Store,
@@ -266,19 +293,26 @@ impl JetStreamBus {
         Ok(consumer)
     }
 
-    /// Publishes every event and waits for every ack. Publishes are pipelined.
+    /// Publishes every event, packed where consecutive events share a workspace and
+    /// family, and waits for every ack. Publishes are pipelined.
     async fn publish_all(&self, events: &[StoredEvent]) -> Result<(), BusError> {
         self.ensure_streams(events).await?;
-        let mut pending = Vec::with_capacity(events.len());
-        for stored in events {
-            let event = &stored.event;
+        let max_payload = self.context.client().server_info().max_payload;
+        let pack_bytes = self
+            .settings
+            .pack_max_bytes
+            .min(max_payload.saturating_sub(PACK_HEADER_ROOM));
+        let runs = pack::runs(events.iter().map(|e| &e.event), pack_bytes, PACK_MAX_EVENTS);
+        let mut pending = Vec::with_capacity(runs.len());
+        for run in runs {
+            let (first, headers, payload) = match run.as_slice() {
+                [event] => (*event, headers(event), event.payload.clone()),
+                [first, ..] => (*first, pack_headers(first, run.len()), pack::encode(&run)),
+                [] => continue,
+            };
             let ack = self
                 .context
-                .publish_with_headers(
-                    self.settings.subject_of(event),
-                    headers(event),
-                    event.payload.clone().into(),
-                )
+                .publish_with_headers(self.settings.subject_of(first), headers, payload.into())
                 .await
                 .map_err(|err| BusError::jetstream("publish", err))?;
             pending.push(ack);
@@ -297,6 +331,35 @@ impl JetStreamBus {
             tracing::debug!(duplicates, "JetStream dropped re-published events");
         }
         Ok(())
+    }
+
+    /// Applies `attempts` (and, `with_replays`, the dead letters whose replay was
+    /// requested) in one transaction; the outcomes of each, in order.
+    async fn apply_in_transaction(
+        &self,
+        subscription: &Subscription,
+        handler: &dyn EventHandler,
+        attempts: &[Attempt],
+        with_replays: bool,
+    ) -> Result<(Vec<Outcome>, Vec<Outcome>), BusError> {
+        match &self.store {
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let mut db = Tx::Postgres(&mut tx);
+                let outcomes =
+                    apply_both(&mut db, subscription, handler, attempts, with_replays).await?;
+                tx.commit().await?;
+                Ok(outcomes)
+            }
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let mut db = Tx::Sqlite(&mut tx);
+                let outcomes =
+                    apply_both(&mut db, subscription, handler, attempts, with_replays).await?;
+                tx.commit().await?;
+                Ok(outcomes)
+            }
+        }
     }
 }
 
@@ -317,25 +380,101 @@ fn headers(event: &OutboxEvent) -> HeaderMap {
     headers
 }
 
-/// Reads an event back from a JetStream message; `None` names the missing or bad header.
-fn decode(message: &async_nats::Message) -> Result<OutboxEvent, &'static str> {
-    let headers = message.headers.as_ref().ok_or("headers")?;
+/// The headers of a pack of `events` events starting with `first`. The message id is
+/// stable for the same run of rows: a relay that publishes them again after a crash
+/// usually forms the same pack, which JetStream then drops as a duplicate (otherwise the
+/// consumers skip the events they applied).
+fn pack_headers(first: &OutboxEvent, events: usize) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        HEADER_MSG_ID,
+        format!("{}+{events}", first.event_id).as_str(),
+    );
+    headers.insert(HEADER_PACK, pack::PACK_VERSION);
+    headers.insert(HEADER_PACK_EVENTS, events.to_string().as_str());
+    headers.insert(HEADER_WORKSPACE, first.workspace_id.as_str());
+    headers.insert(HEADER_FAMILY, first.family.as_str());
+    headers
+}
+
+/// Why a message cannot be read as Meridian events: the header at fault, or the pack's
+/// damage.
+#[derive(Debug)]
+enum Unreadable {
+    Header(&'static str),
+    Pack(pack::PackError),
+    /// A pack format this version does not know: a newer replica's, during an upgrade.
+    Version(String),
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unreadable::Header(name) => write!(f, "missing or bad header {name}"),
+            Unreadable::Pack(err) => err.fmt(f),
+            Unreadable::Version(v) => write!(f, "pack format {v} is unknown to this version"),
+        }
+    }
+}
+
+/// Reads the events of a JetStream message: a pack, or a single event.
+fn decode(message: &async_nats::Message) -> Result<Vec<OutboxEvent>, Unreadable> {
+    let headers = message
+        .headers
+        .as_ref()
+        .ok_or(Unreadable::Header("headers"))?;
     let get = |name: &'static str| {
         headers
             .get(name)
             .map(|value| value.as_str().to_owned())
-            .ok_or(name)
+            .ok_or(Unreadable::Header(name))
     };
+    let header = Unreadable::Header;
+    if let Some(version) = headers.get(HEADER_PACK) {
+        if version.as_str() != pack::PACK_VERSION {
+            return Err(Unreadable::Version(version.as_str().to_owned()));
+        }
+        let workspace = get(HEADER_WORKSPACE)?
+            .parse()
+            .map_err(|_| header(HEADER_WORKSPACE))?;
+        let family = get(HEADER_FAMILY)?
+            .parse()
+            .map_err(|_| header(HEADER_FAMILY))?;
+        let count: usize = get(HEADER_PACK_EVENTS)?
+            .parse()
+            .map_err(|_| header(HEADER_PACK_EVENTS))?;
+        let events =
+            pack::decode(&workspace, &family, &message.payload).map_err(Unreadable::Pack)?;
+        if events.len() != count {
+            return Err(header(HEADER_PACK_EVENTS));
+        }
+        return Ok(events);
+    }
+    decode_single(&get).map(|event| {
+        vec![OutboxEvent {
+            payload: message.payload.to_vec(),
+            ..event
+        }]
+    })
+}
+
+/// A single event's fields from its headers (the payload is the caller's).
+fn decode_single(
+    get: &dyn Fn(&'static str) -> Result<String, Unreadable>,
+) -> Result<OutboxEvent, Unreadable> {
+    let header = Unreadable::Header;
     Ok(OutboxEvent {
-        event_id: Uuid::parse_str(&get(HEADER_EVENT_ID)?).map_err(|_| HEADER_EVENT_ID)?,
+        event_id: Uuid::parse_str(&get(HEADER_EVENT_ID)?).map_err(|_| header(HEADER_EVENT_ID))?,
         workspace_id: get(HEADER_WORKSPACE)?
             .parse()
-            .map_err(|_| HEADER_WORKSPACE)?,
-        family: get(HEADER_FAMILY)?.parse().map_err(|_| HEADER_FAMILY)?,
+            .map_err(|_| header(HEADER_WORKSPACE))?,
+        family: get(HEADER_FAMILY)?
+            .parse()
+            .map_err(|_| header(HEADER_FAMILY))?,
         key: get(HEADER_KEY)?,
-        payload: message.payload.to_vec(),
+        payload: Vec::new(),
         occurred_at: DateTime::parse_from_rfc3339(&get(HEADER_OCCURRED_AT)?)
-            .map_err(|_| HEADER_OCCURRED_AT)?
+            .map_err(|_| header(HEADER_OCCURRED_AT))?
             .with_timezone(&Utc),
     })
 }
@@ -393,9 +532,13 @@ impl Bus for JetStreamBus {
         handler: &dyn EventHandler,
     ) -> Result<ConsumeStats, BusError> {
         let consumer = self.consumer(subscription).await?;
+        // Bounded by bytes too: a round of packs would otherwise hold up to `batch_size`
+        // messages of up to `max_payload` each. Twice the largest message always fits one.
+        let max_payload = self.context.client().server_info().max_payload;
         let mut batch = consumer
             .batch()
             .max_messages(subscription.batch_size.max(1))
+            .max_bytes(FETCH_MIN_BYTES.max(2 * max_payload))
             .expires(self.settings.fetch_wait)
             .messages()
             .await
@@ -412,28 +555,41 @@ impl Bus for JetStreamBus {
             }
         }
 
+        // Every event of every message, in order; each message with its event count.
         let mut attempts = Vec::with_capacity(messages.len());
         let mut delivered = Vec::with_capacity(messages.len());
         for message in messages {
             match decode(&message.message) {
-                Ok(event) => {
+                Ok(events) => {
                     let attempt = message
                         .info()
                         .map(|info| u32::try_from(info.delivered).unwrap_or(1).max(1))
                         .unwrap_or(1);
-                    attempts.push(Attempt {
+                    delivered.push((message, events.len()));
+                    attempts.extend(events.into_iter().map(|event| Attempt {
                         event,
                         attempt,
                         source: Source::Bus,
-                    });
-                    delivered.push(message);
+                    }));
                 }
-                Err(header) => {
+                Err(Unreadable::Version(version)) => {
+                    // Written by a newer version: left for a replica that reads it.
+                    tracing::warn!(
+                        subject = %message.subject,
+                        %version,
+                        "leaving a JetStream pack of an unknown format for another replica"
+                    );
+                    message
+                        .ack_with(AckKind::Nak(Some(UNKNOWN_FORMAT_RETRY)))
+                        .await
+                        .map_err(|err| BusError::jetstream("nak", err))?;
+                }
+                Err(reason) => {
                     // Not one of ours: it can never be applied, do not redeliver it.
                     tracing::warn!(
                         subject = %message.subject,
-                        header,
-                        "dropping a JetStream message without a valid Meridian header"
+                        %reason,
+                        "dropping a JetStream message that holds no readable Meridian event"
                     );
                     message
                         .ack_with(AckKind::Term)
@@ -443,41 +599,47 @@ impl Bus for JetStreamBus {
             }
         }
 
-        let outcomes = match &self.store {
-            Store::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                let mut db = Tx::Postgres(&mut tx);
-                let replays = requested_replays(&mut db, subscription).await?;
-                let (outcomes, replay_outcomes) =
-                    apply_both(&mut db, subscription, handler, &attempts, &replays).await?;
-                tx.commit().await?;
-                (outcomes, replay_outcomes)
+        // At most `batch_size` events per transaction, as on the in-process bus: one pack
+        // may hold more. Requested replays go with the first.
+        let mut outcomes = Vec::with_capacity(attempts.len());
+        let mut replay_outcomes = Vec::new();
+        let mut chunks = attempts.chunks(subscription.batch_size.max(1));
+        let mut chunk = chunks.next().unwrap_or(&[]);
+        let mut with_replays = true;
+        loop {
+            let (applied, replayed) = self
+                .apply_in_transaction(subscription, handler, chunk, with_replays)
+                .await?;
+            outcomes.extend(applied);
+            replay_outcomes.extend(replayed);
+            with_replays = false;
+            match chunks.next() {
+                Some(next) => chunk = next,
+                None => break,
             }
-            Store::Sqlite(pool) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let mut db = Tx::Sqlite(&mut tx);
-                let replays = requested_replays(&mut db, subscription).await?;
-                let (outcomes, replay_outcomes) =
-                    apply_both(&mut db, subscription, handler, &attempts, &replays).await?;
-                tx.commit().await?;
-                (outcomes, replay_outcomes)
-            }
-        };
-        let (outcomes, replay_outcomes) = outcomes;
+        }
 
         let mut stats = ConsumeStats::default();
         for outcome in &replay_outcomes {
             stats.count(outcome);
         }
-        for (message, outcome) in delivered.iter().zip(&outcomes) {
-            stats.count(outcome);
-            let kind = match outcome {
-                Outcome::Applied | Outcome::Duplicate | Outcome::DeadLettered => AckKind::Ack,
-                Outcome::Retry { delay, .. } => AckKind::Nak(Some(*delay)),
+        let mut outcomes = outcomes.iter();
+        for (message, events) in &delivered {
+            // Redelivered once the longest backoff among its events is over, if any waits.
+            let mut retry_after = None;
+            for outcome in outcomes.by_ref().take(*events) {
+                stats.count(outcome);
+                if let Outcome::Retry { delay, .. } = outcome {
+                    retry_after = retry_after.max(Some(*delay));
+                }
+            }
+            let kind = match retry_after {
+                Some(delay) => AckKind::Nak(Some(delay)),
+                None => AckKind::Ack,
             };
             // A lost ack means a redelivery, which the processed-events table absorbs.
             if let Err(err) = message.ack_with(kind).await {
-                tracing::warn!(error = %err, "JetStream ack failed; the event will be redelivered");
+                tracing::warn!(error = %err, "JetStream ack failed; the events will be redelivered");
             }
         }
         match fetch_error {
@@ -494,9 +656,14 @@ async fn apply_both(
     subscription: &Subscription,
     handler: &dyn EventHandler,
     attempts: &[Attempt],
-    replays: &[Attempt],
+    with_replays: bool,
 ) -> Result<(Vec<Outcome>, Vec<Outcome>), BusError> {
+    let replays = if with_replays {
+        requested_replays(tx, subscription).await?
+    } else {
+        Vec::new()
+    };
     let outcomes = apply_all(tx, subscription, handler, attempts).await?;
-    let replay_outcomes = apply_all(tx, subscription, handler, replays).await?;
+    let replay_outcomes = apply_all(tx, subscription, handler, &replays).await?;
     Ok((outcomes, replay_outcomes))
 }

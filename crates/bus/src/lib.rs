@@ -23,6 +23,7 @@ mod error;
 mod event;
 mod jetstream;
 mod outbox;
+mod pack;
 
 use std::sync::Arc;
 

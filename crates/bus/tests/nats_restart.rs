@@ -9,7 +9,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Recorder, client_url, effects, nats_server, scalar, test_settings, unique_family};
+use common::{
+    Recorder, client_url, effects, events_in_stream, messages_in_stream, nats_server, scalar,
+    test_settings, unique_family,
+};
 use meridian_bus::{
     EventHandler, JetStreamBus, LoopSettings, OutboxEvent, Subscription, enqueue, run_consumer,
     run_relay,
@@ -148,13 +151,10 @@ async fn a_nats_restart_mid_stream_loses_nothing(pool: PgPool) {
         .await,
         0
     );
-    // Re-publishes of events whose ack was lost in the crash were dropped by the
-    // Nats-Msg-Id duplicate window: the stream holds each event once.
-    let mut stream = bus
-        .context()
-        .get_stream(bus.settings().stream_name(&family))
-        .await
-        .unwrap();
-    let info = stream.info().await.unwrap();
-    assert_eq!(info.state.messages, EVENTS as u64);
+    // Every event reached the stream, packed in fewer messages than events. A re-publish
+    // of the same pack (its ack lost in the crash) is dropped by the Nats-Msg-Id duplicate
+    // window; one whose rows were packed differently the second time is stored again, and
+    // the consumer skipped those events (each applied once, above).
+    assert!(events_in_stream(&bus, &family).await >= EVENTS as u64);
+    assert!(messages_in_stream(&bus, &family).await < EVENTS as u64);
 }

@@ -22,6 +22,7 @@ pub(crate) struct Settings {
     pub(crate) nats_url: Option<String>,
     pub(crate) nats_stream: Option<String>,
     pub(crate) nats_subject_root: Option<String>,
+    pub(crate) nats_pack_max_bytes: Option<usize>,
     pub(crate) region: Option<String>,
     pub(crate) time_zone: Option<String>,
     pub(crate) log: Option<String>,
@@ -60,6 +61,7 @@ impl Settings {
             nats_url: var("NATS_URL"),
             nats_stream: var("MERIDIAN_NATS_STREAM"),
             nats_subject_root: var("MERIDIAN_NATS_SUBJECT_ROOT"),
+            nats_pack_max_bytes: None,
             region: var("MERIDIAN_REGION"),
             time_zone: var("MERIDIAN_TIME_ZONE"),
             log: var("MERIDIAN_LOG"),
@@ -89,6 +91,7 @@ impl Settings {
             nats_url: over.nats_url.or(self.nats_url),
             nats_stream: over.nats_stream.or(self.nats_stream),
             nats_subject_root: over.nats_subject_root.or(self.nats_subject_root),
+            nats_pack_max_bytes: over.nats_pack_max_bytes.or(self.nats_pack_max_bytes),
             region: over.region.or(self.region),
             time_zone: over.time_zone.or(self.time_zone),
             log: over.log.or(self.log),
@@ -131,6 +134,9 @@ pub(crate) struct Config {
     /// First token of every NATS subject (`meridian` unless set): environments sharing a
     /// NATS cluster each take their own.
     pub(crate) nats_subject_root: String,
+    /// Largest JetStream pack the relay publishes, in bytes; 0 sends one message per event
+    /// (for a rolling upgrade from a version that cannot read packs).
+    pub(crate) nats_pack_max_bytes: usize,
     pub(crate) region: Region,
     pub(crate) time_zone: TimeZone,
     pub(crate) log_filter: String,
@@ -325,6 +331,9 @@ impl Config {
             nats_url,
             nats_stream: settings.nats_stream,
             nats_subject_root,
+            nats_pack_max_bytes: settings
+                .nats_pack_max_bytes
+                .unwrap_or(meridian_bus::JetStreamSettings::default().pack_max_bytes),
             region,
             time_zone,
             log_filter: settings.log.unwrap_or_else(|| "info".to_owned()),
@@ -450,5 +459,19 @@ mod tests {
         std::fs::write(&path, "grpc_adr = \"127.0.0.1:0\"\n").unwrap();
         let err = Settings::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("grpc_adr"), "{err}");
+    }
+
+    #[test]
+    fn jetstream_packs_are_on_unless_the_file_turns_them_off() {
+        let default = Config::resolve(Settings::default()).unwrap();
+        assert_eq!(
+            crate::outbox::jetstream_settings(&default).pack_max_bytes,
+            256 * 1024
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meridian.toml");
+        std::fs::write(&path, "nats_pack_max_bytes = 0\n").unwrap();
+        let config = Config::resolve(Settings::from_file(&path).unwrap()).unwrap();
+        assert_eq!(crate::outbox::jetstream_settings(&config).pack_max_bytes, 0);
     }
 }

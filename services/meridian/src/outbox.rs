@@ -7,6 +7,7 @@ use crate::config::Config;
 pub(crate) fn jetstream_settings(config: &Config) -> JetStreamSettings {
     let mut settings = JetStreamSettings {
         subject_root: config.nats_subject_root.clone(),
+        pack_max_bytes: config.nats_pack_max_bytes,
         ..JetStreamSettings::default()
     };
     if let Some(name) = &config.nats_stream {

@@ -253,3 +253,37 @@ pub async fn client_url(dir: &Path, child: &Child) -> String {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Events in the stream of `family`: a pack message counts its `Meridian-Pack-Events`, any
+/// other message one. With every event applied, this equal to the event count means no
+/// event is stored twice.
+pub async fn events_in_stream(bus: &JetStreamBus, family: &EventFamily) -> u64 {
+    let mut stream = bus
+        .context()
+        .get_stream(bus.settings().stream_name(family))
+        .await
+        .unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let mut events = 0;
+    for seq in state.first_sequence..=state.last_sequence {
+        if state.messages == 0 {
+            break;
+        }
+        let message = stream.get_raw_message(seq).await.unwrap();
+        events += message
+            .headers
+            .get("Meridian-Pack-Events")
+            .map_or(1, |n| n.as_str().parse::<u64>().unwrap());
+    }
+    events
+}
+
+/// Messages in the stream of `family`.
+pub async fn messages_in_stream(bus: &JetStreamBus, family: &EventFamily) -> u64 {
+    let mut stream = bus
+        .context()
+        .get_stream(bus.settings().stream_name(family))
+        .await
+        .unwrap();
+    stream.info().await.unwrap().state.messages
+}
