@@ -20,7 +20,6 @@ use meridian_bus::{
 };
 use meridian_store::Store;
 use meridian_store::sqlx::{PgPool, SqlitePool};
-use uuid::Uuid;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -84,6 +83,30 @@ impl EventHandler for Capture {
     }
 }
 
+/// Consumes as `consumer` (`batch_size` events per transaction) until `n` events arrived;
+/// returns them in arrival order and the size of each transaction's batch.
+async fn consume_until(
+    h: &Harness,
+    consumer: &str,
+    batch_size: usize,
+    n: usize,
+) -> (Vec<OutboxEvent>, Vec<usize>) {
+    let capture = Capture::default();
+    let sub = subscription(h, consumer, batch_size);
+    eventually(LIMIT, "the events at the consumer", || async {
+        h.bus.consume_batch(&sub, &capture).await.unwrap();
+        capture.events.lock().unwrap().len() >= n
+    })
+    .await;
+    // Nothing more arrives: every message was acked or terminated.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = h.bus.consume_batch(&sub, &capture).await.unwrap();
+    assert!(stats.is_idle(), "{stats:?}");
+    let events = capture.events.lock().unwrap().clone();
+    let batches = capture.batches.lock().unwrap().clone();
+    (events, batches)
+}
+
 /// Events of `workspace` with distinct keys, payload sizes (empty included) and instants.
 fn events(h: &Harness, workspace: &str, n: usize, salt: usize) -> Vec<OutboxEvent> {
     (0..n)
@@ -117,17 +140,9 @@ async fn consecutive_events_travel_as_packs_and_arrive_whole(h: Harness) {
     // At least one message per relay round and workspace run; far fewer than events.
     assert!((6..=60).contains(&messages), "{messages} messages");
 
-    let capture = Capture::default();
-    let sub = subscription(&h, "identity", 64);
-    eventually(LIMIT, "every event at the consumer", || async {
-        h.bus.consume_batch(&sub, &capture).await.unwrap();
-        capture.events.lock().unwrap().len() >= 1_500
-    })
-    .await;
-    let got = capture.events.lock().unwrap().clone();
+    let (got, batches) = consume_until(&h, "identity", 64, 1_500).await;
     // Each event once, with its id, workspace, family, key, payload and instant, in order.
     assert_eq!(got, sent);
-    let batches = capture.batches.lock().unwrap().clone();
     assert!(
         batches.iter().all(|&n| n <= 64),
         "a transaction held more than the subscription's batch size: {batches:?}"
@@ -196,14 +211,7 @@ async fn with_packing_off_every_event_is_a_message_and_both_kinds_are_read(h: Ha
     relay_all(&*h.bus).await;
     assert_eq!(messages_in_stream(&bus, &h.family).await, 6);
 
-    let capture = Capture::default();
-    let sub = subscription(&h, "identity", 64);
-    eventually(LIMIT, "both kinds of message read", || async {
-        h.bus.consume_batch(&sub, &capture).await.unwrap();
-        capture.events.lock().unwrap().len() >= 10
-    })
-    .await;
-    let got = capture.events.lock().unwrap().clone();
+    let (got, _) = consume_until(&h, "identity", 64, 10).await;
     assert_eq!(got, [first, second].concat());
     h.cleanup().await;
 }
@@ -234,26 +242,9 @@ async fn an_unreadable_pack_is_dropped_and_the_events_after_it_flow(h: Harness) 
     relay_all(&*h.bus).await;
     assert_eq!(messages_in_stream(&bus, &h.family).await, 3);
 
-    let capture = Capture::default();
-    let sub = subscription(&h, "identity", 64);
-    eventually(LIMIT, "the events around the damaged pack", || async {
-        h.bus.consume_batch(&sub, &capture).await.unwrap();
-        capture.events.lock().unwrap().len() >= 5
-    })
-    .await;
-    let got: Vec<Uuid> = capture
-        .events
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|e| e.event_id)
-        .collect();
-    let expected: Vec<Uuid> = before.iter().chain(&after).map(|e| e.event_id).collect();
-    assert_eq!(got, expected);
-    // Terminated, not redelivered.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let stats = h.bus.consume_batch(&sub, &capture).await.unwrap();
-    assert!(stats.is_idle(), "{stats:?}");
+    // The damaged pack is terminated, not redelivered (checked by `consume_until`).
+    let (got, _) = consume_until(&h, "identity", 64, 5).await;
+    assert_eq!(got, [before, after].concat());
     h.cleanup().await;
 }
 

@@ -254,15 +254,22 @@ pub async fn client_url(dir: &Path, child: &Child) -> String {
     }
 }
 
+/// The stream holding `family`'s events.
+async fn stream_of(
+    bus: &JetStreamBus,
+    family: &EventFamily,
+) -> async_nats::jetstream::stream::Stream {
+    bus.context()
+        .get_stream(bus.settings().stream_name(family))
+        .await
+        .unwrap()
+}
+
 /// Events in the stream of `family`: a pack message counts its `Meridian-Pack-Events`, any
 /// other message one. With every event applied, this equal to the event count means no
 /// event is stored twice.
 pub async fn events_in_stream(bus: &JetStreamBus, family: &EventFamily) -> u64 {
-    let mut stream = bus
-        .context()
-        .get_stream(bus.settings().stream_name(family))
-        .await
-        .unwrap();
+    let mut stream = stream_of(bus, family).await;
     let state = stream.info().await.unwrap().state.clone();
     let mut events = 0;
     for seq in state.first_sequence..=state.last_sequence {
@@ -280,10 +287,6 @@ pub async fn events_in_stream(bus: &JetStreamBus, family: &EventFamily) -> u64 {
 
 /// Messages in the stream of `family`.
 pub async fn messages_in_stream(bus: &JetStreamBus, family: &EventFamily) -> u64 {
-    let mut stream = bus
-        .context()
-        .get_stream(bus.settings().stream_name(family))
-        .await
-        .unwrap();
+    let mut stream = stream_of(bus, family).await;
     stream.info().await.unwrap().state.messages
 }
