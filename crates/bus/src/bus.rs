@@ -45,7 +45,8 @@ pub trait Bus: Send + Sync {
 
     /// Publishes up to `limit` unsent outbox rows and, once the bus holds them durably,
     /// marks them sent (in-process: they are its log) or deletes them (JetStream holds the
-    /// copy). Returns how many were published.
+    /// copy). Returns how many events were published (a pack's rows count their events;
+    /// the in-process relay stops taking packs at about `limit` events).
     async fn relay_batch(&self, limit: usize) -> Result<usize, BusError>;
 
     /// One round of consumption: takes up to `subscription.batch_size` deliveries (new

@@ -495,8 +495,8 @@ pub(crate) async fn requested_replays(
     match tx {
         Tx::Postgres(conn) => {
             let rows = sqlx::query(
-                "SELECT 0::BIGINT AS seq, event_id, workspace_id, family, event_key, payload, occurred_at \
-                 FROM bus_dead_letters WHERE consumer = $1 AND family = $2 \
+                "SELECT 0::BIGINT AS seq, event_id, workspace_id, family, event_key, payload, occurred_at, \
+                 NULL::INT4 AS packed_events FROM bus_dead_letters WHERE consumer = $1 AND family = $2 \
                  AND replay_requested_at IS NOT NULL AND resolved_at IS NULL LIMIT $3",
             )
             .bind(subscription.consumer.as_str())
@@ -510,8 +510,8 @@ pub(crate) async fn requested_replays(
         }
         Tx::Sqlite(conn) => {
             let rows = sqlx::query(
-                "SELECT 0 AS seq, event_id, workspace_id, family, event_key, payload, occurred_at \
-                 FROM bus_dead_letters WHERE consumer = ?1 AND family = ?2 \
+                "SELECT 0 AS seq, event_id, workspace_id, family, event_key, payload, occurred_at, \
+                 NULL AS packed_events FROM bus_dead_letters WHERE consumer = ?1 AND family = ?2 \
                  AND replay_requested_at IS NOT NULL AND resolved_at IS NULL LIMIT ?3",
             )
             .bind(subscription.consumer.as_str())

@@ -78,7 +78,7 @@ impl Default for JetStreamSettings {
             duplicate_window: Duration::from_secs(120),
             ack_wait: Duration::from_secs(30),
             fetch_wait: Duration::from_millis(500),
-            pack_max_bytes: 256 * 1024,
+            pack_max_bytes: pack::MAX_BYTES,
         }
     }
 }
@@ -132,8 +132,6 @@ const HEADER_PACK: &str = "Meridian-Pack";
 /// On a pack: how many events it holds (checked against what it decodes to).
 const HEADER_PACK_EVENTS: &str = "Meridian-Pack-Events";
 
-/// Most events in one pack.
-const PACK_MAX_EVENTS: usize = 1_000;
 /// Room left in a message for its headers when a pack is sized by the server's limit.
 const PACK_HEADER_ROOM: usize = 4 * 1024;
 /// Least a consume round may fetch, in bytes (packs make messages large; the round's
@@ -302,17 +300,12 @@ impl JetStreamBus {
             .settings
             .pack_max_bytes
             .min(max_payload.saturating_sub(PACK_HEADER_ROOM));
-        let runs = pack::runs(events.iter().map(|e| &e.event), pack_bytes, PACK_MAX_EVENTS);
-        let mut pending = Vec::with_capacity(runs.len());
-        for run in runs {
-            let (first, headers, payload) = match run.as_slice() {
-                [event] => (*event, headers(event), event.payload.clone()),
-                [first, ..] => (*first, pack_headers(first, run.len()), pack::encode(&run)),
-                [] => continue,
-            };
+        let messages = messages(events, pack_bytes)?;
+        let mut pending = Vec::with_capacity(messages.len());
+        for (first, headers, payload) in messages {
             let ack = self
                 .context
-                .publish_with_headers(self.settings.subject_of(first), headers, payload.into())
+                .publish_with_headers(self.settings.subject_of(&first), headers, payload.into())
                 .await
                 .map_err(|err| BusError::jetstream("publish", err))?;
             pending.push(ack);
@@ -361,6 +354,66 @@ impl JetStreamBus {
             }
         }
     }
+}
+
+/// The messages for `rows`, in order: each run of single events packed up to `pack_bytes`,
+/// each stored pack as it is (or as single events when packing is off, for consumers that
+/// cannot read packs). Each with its first event, for the subject.
+fn messages(
+    rows: &[StoredEvent],
+    pack_bytes: usize,
+) -> Result<Vec<(OutboxEvent, HeaderMap, Vec<u8>)>, BusError> {
+    let mut out = Vec::new();
+    if pack_bytes == 0 {
+        // Packing is off: every event alone, stored packs' included.
+        for row in rows {
+            for event in row.events()? {
+                out.push((event.clone(), headers(&event), event.payload.clone()));
+            }
+        }
+        return Ok(out);
+    }
+    let mut singles: Vec<&OutboxEvent> = Vec::new();
+    let flush = |singles: &mut Vec<&OutboxEvent>, out: &mut Vec<_>| {
+        for run in pack::runs(singles.drain(..), pack_bytes, pack::MAX_EVENTS) {
+            match run.as_slice() {
+                [event] => out.push(((*event).clone(), headers(event), event.payload.clone())),
+                [first, ..] => out.push((
+                    (*first).clone(),
+                    pack_headers(first, run.len()),
+                    pack::encode(&run),
+                )),
+                [] => {}
+            }
+        }
+    };
+    for row in rows {
+        match row.packed_events {
+            None => singles.push(&row.event),
+            Some(count) => {
+                flush(&mut singles, &mut out);
+                let count = usize::try_from(count).unwrap_or(0);
+                out.push((
+                    row.event.clone(),
+                    pack_headers(&row.event, count),
+                    row.event.payload.clone(),
+                ));
+            }
+        }
+    }
+    flush(&mut singles, &mut out);
+    Ok(out)
+}
+
+/// Events in `rows`, a pack's counted one by one.
+fn event_count(rows: &[StoredEvent]) -> usize {
+    rows.iter()
+        .map(|row| {
+            row.packed_events
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(1)
+        })
+        .sum()
 }
 
 fn headers(event: &OutboxEvent) -> HeaderMap {
@@ -498,7 +551,7 @@ impl Bus for JetStreamBus {
                 }
                 self.publish_all(&events).await?;
                 tx.commit().await?;
-                Ok(events.len())
+                Ok(event_count(&events))
             }
             Store::Sqlite(pool) => {
                 // SQLite has a single writer: holding it across network round trips would
@@ -521,7 +574,7 @@ impl Bus for JetStreamBus {
                 }
                 builder.push(")");
                 builder.build().execute(pool).await?;
-                Ok(events.len())
+                Ok(event_count(&events))
             }
         }
     }

@@ -39,7 +39,7 @@ pub use event::{ConsumerName, EventFamily, OutboxEvent, subject};
 pub use jetstream::{JetStreamBus, JetStreamSettings, StreamLayout};
 pub use outbox::{
     OutboxConnection, OutboxStats, PruneReport, PruneSettings, Tx, enqueue, enqueue_all,
-    forget_keyed_events, outbox_stats, prune,
+    enqueue_packed, forget_keyed_events, outbox_events_of, outbox_stats, prune,
 };
 
 /// The bus for this configuration: JetStream when `nats_url` is set, else in-process.

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::error::BusError;
 use crate::event::{EventFamily, OutboxEvent};
+use crate::pack;
 
 /// A connection inside a transaction, on either backend: what a consumer's handler gets
 /// to apply its effect in the transaction that records the event as processed.
@@ -25,6 +26,14 @@ pub trait OutboxConnection: Send {
         &'a mut self,
         events: &'a [OutboxEvent],
     ) -> BoxFuture<'a, Result<(), BusError>>;
+
+    /// [`enqueue_packed`]'s writer; one row per event unless the backend packs.
+    fn enqueue_packed_events<'a>(
+        &'a mut self,
+        events: &'a [OutboxEvent],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        self.enqueue_events(events)
+    }
 }
 
 /// Writes `event` to the outbox through `conn`, in the caller's transaction: it is
@@ -63,12 +72,37 @@ pub async fn enqueue_all<C: OutboxConnection + ?Sized>(
     conn.enqueue_events(events).await
 }
 
+/// Writes `events` like [`enqueue_all`], but on PostgreSQL each run of consecutive events of
+/// one workspace and family goes in one outbox row, a *pack* (up to [`pack::MAX_BYTES`] and
+/// [`pack::MAX_EVENTS`]; the format is [`crate::pack`]'s). For writers of many events per
+/// transaction, such as ingest: one row, one set of index entries and one relay claim per
+/// pack instead of per event. Consumers still get the events one by one: the JetStream
+/// relay publishes a pack as one message, which consumers unpack, and the in-process relay
+/// replaces it by its events before giving them stream positions. On SQLite it is
+/// [`enqueue_all`].
+pub async fn enqueue_packed<C: OutboxConnection + ?Sized>(
+    conn: &mut C,
+    events: &[OutboxEvent],
+) -> Result<(), BusError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    conn.enqueue_packed_events(events).await
+}
+
 impl OutboxConnection for PgConnection {
     fn enqueue_events<'a>(
         &'a mut self,
         events: &'a [OutboxEvent],
     ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(insert_pg(self, events))
+    }
+
+    fn enqueue_packed_events<'a>(
+        &'a mut self,
+        events: &'a [OutboxEvent],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(insert_packed_pg(self, events))
     }
 }
 
@@ -87,6 +121,13 @@ impl OutboxConnection for Transaction<'_, Postgres> {
         events: &'a [OutboxEvent],
     ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(insert_pg(self, events))
+    }
+
+    fn enqueue_packed_events<'a>(
+        &'a mut self,
+        events: &'a [OutboxEvent],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(insert_packed_pg(self, events))
     }
 }
 
@@ -109,6 +150,76 @@ impl OutboxConnection for Tx<'_> {
             Tx::Sqlite(conn) => Box::pin(insert_sqlite(conn, events)),
         }
     }
+
+    fn enqueue_packed_events<'a>(
+        &'a mut self,
+        events: &'a [OutboxEvent],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        match self {
+            Tx::Postgres(conn) => Box::pin(insert_packed_pg(conn, events)),
+            Tx::Sqlite(conn) => Box::pin(insert_sqlite(conn, events)),
+        }
+    }
+}
+
+/// [`enqueue_packed`] on PostgreSQL: packs and single events in one `UNNEST` insert, in
+/// order (their `seq` follows it).
+async fn insert_packed_pg(conn: &mut PgConnection, events: &[OutboxEvent]) -> Result<(), BusError> {
+    let runs = pack::runs(events, pack::MAX_BYTES, pack::MAX_EVENTS);
+    if runs.iter().all(|run| run.len() == 1) {
+        return insert_pg(conn, events).await;
+    }
+    if let [run] = runs.as_slice() {
+        // The usual case, one pack: bound as it is, not copied into arrays.
+        let first = run[0];
+        sqlx::query(
+            "INSERT INTO outbox_events (event_id, workspace_id, family, event_key, payload, occurred_at, packed_events) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(first.event_id)
+        .bind(first.workspace_id.as_str())
+        .bind(first.family.as_str())
+        .bind(&first.key)
+        .bind(pack::encode(run))
+        .bind(first.occurred_at)
+        .bind(i32::try_from(run.len()).unwrap_or(i32::MAX))
+        .execute(conn)
+        .await?;
+        return Ok(());
+    }
+    let encoded: Vec<Option<Vec<u8>>> = runs
+        .iter()
+        .map(|run| (run.len() > 1).then(|| pack::encode(run)))
+        .collect();
+    let firsts: Vec<&OutboxEvent> = runs.iter().filter_map(|run| run.first().copied()).collect();
+    let ids: Vec<Uuid> = firsts.iter().map(|e| e.event_id).collect();
+    let workspaces: Vec<&str> = firsts.iter().map(|e| e.workspace_id.as_str()).collect();
+    let families: Vec<&str> = firsts.iter().map(|e| e.family.as_str()).collect();
+    let keys: Vec<&str> = firsts.iter().map(|e| e.key.as_str()).collect();
+    let payloads: Vec<&[u8]> = firsts
+        .iter()
+        .zip(&encoded)
+        .map(|(e, packed)| packed.as_deref().unwrap_or(&e.payload))
+        .collect();
+    let occurred: Vec<DateTime<Utc>> = firsts.iter().map(|e| e.occurred_at).collect();
+    let packed: Vec<Option<i32>> = runs
+        .iter()
+        .map(|run| (run.len() > 1).then(|| i32::try_from(run.len()).unwrap_or(i32::MAX)))
+        .collect();
+    sqlx::query(
+        "INSERT INTO outbox_events (event_id, workspace_id, family, event_key, payload, occurred_at, packed_events) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::timestamptz[], $7::int4[])",
+    )
+    .bind(ids)
+    .bind(workspaces)
+    .bind(families)
+    .bind(keys)
+    .bind(payloads)
+    .bind(occurred)
+    .bind(packed)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 async fn insert_pg(conn: &mut PgConnection, events: &[OutboxEvent]) -> Result<(), BusError> {
@@ -213,11 +324,41 @@ async fn insert_sqlite(
 #[derive(Debug, Clone)]
 pub(crate) struct StoredEvent {
     pub(crate) seq: i64,
+    /// A pack's row (see [`enqueue_packed`]): `event` is its first event with the pack as
+    /// its payload, and this many events in all. `None`: a single event.
+    pub(crate) packed_events: Option<i32>,
     pub(crate) event: OutboxEvent,
 }
 
+impl StoredEvent {
+    /// The events of this row: its event, or a pack's events.
+    pub(crate) fn events(&self) -> Result<Vec<OutboxEvent>, BusError> {
+        match self.packed_events {
+            None => Ok(vec![self.event.clone()]),
+            Some(count) => {
+                let events = pack::decode(
+                    &self.event.workspace_id,
+                    &self.event.family,
+                    &self.event.payload,
+                )
+                .map_err(|err| BusError::MalformedRow {
+                    seq: self.seq,
+                    reason: err.to_string(),
+                })?;
+                if i32::try_from(events.len()).ok() != Some(count) {
+                    return Err(BusError::MalformedRow {
+                        seq: self.seq,
+                        reason: format!("a pack of {count} events holds {}", events.len()),
+                    });
+                }
+                Ok(events)
+            }
+        }
+    }
+}
+
 pub(crate) const EVENT_COLUMNS: &str =
-    "seq, event_id, workspace_id, family, event_key, payload, occurred_at";
+    "seq, event_id, workspace_id, family, event_key, payload, occurred_at, packed_events";
 
 pub(crate) fn event_from_pg_row(row: &sqlx::postgres::PgRow) -> Result<StoredEvent, BusError> {
     let seq: i64 = row.try_get("seq")?;
@@ -226,6 +367,7 @@ pub(crate) fn event_from_pg_row(row: &sqlx::postgres::PgRow) -> Result<StoredEve
     let family: String = row.try_get("family")?;
     Ok(StoredEvent {
         seq,
+        packed_events: row.try_get("packed_events")?,
         event: OutboxEvent {
             event_id: row.try_get("event_id")?,
             workspace_id: workspace
@@ -252,6 +394,7 @@ pub(crate) fn event_from_sqlite_row(
     let occurred: String = row.try_get("occurred_at")?;
     Ok(StoredEvent {
         seq,
+        packed_events: row.try_get("packed_events")?,
         event: OutboxEvent {
             event_id: Uuid::parse_str(&event_id).map_err(|e| malformed(e.to_string()))?,
             workspace_id: workspace
@@ -347,6 +490,14 @@ pub(crate) async fn assign_stream_positions_pg(
     limit: usize,
 ) -> Result<u64, BusError> {
     plan_outbox_reads_by_index(&mut *conn).await?;
+    let packs: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM outbox_events WHERE sent_at IS NULL AND packed_events IS NOT NULL)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if packs {
+        return unpack_and_position_pg(conn, limit).await;
+    }
     // Stream positions follow `seq`: `nextval` is taken in the sorted subquery. Taken in the
     // UPDATE itself, it followed the join's scan order, which is the rows' physical order:
     // once updates and concurrent inserts had moved rows, a batch reached consumers out of
@@ -362,6 +513,89 @@ pub(crate) async fn assign_stream_positions_pg(
     .execute(conn)
     .await?
     .rows_affected())
+}
+
+/// [`assign_stream_positions_pg`] when packs are among the unsent rows: each pack is
+/// replaced by its events, each a row of its own, so the log, the consumers' reads, retries
+/// and erasure deal in single events as before. Positions are handed out in row order, a
+/// pack's events taking consecutive ones where the pack stood. Returns the event count.
+async fn unpack_and_position_pg(conn: &mut PgConnection, limit: usize) -> Result<u64, BusError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM outbox_events WHERE sent_at IS NULL \
+         ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(limit_i64(limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut rows = rows
+        .iter()
+        .map(event_from_pg_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.sort_unstable_by_key(|r| r.seq);
+    // About `limit` events, not rows: packs hold up to a thousand each. The rows left out
+    // stay unsent for the next round (their locks end with this transaction).
+    let mut row_events = Vec::with_capacity(rows.len());
+    let mut taken = 0;
+    for row in &rows {
+        if taken >= limit {
+            break;
+        }
+        let events = row.events()?;
+        taken += events.len();
+        row_events.push(events);
+    }
+    rows.truncate(row_events.len());
+    let total: usize = row_events.iter().map(Vec::len).sum();
+    let mut positions: Vec<i64> =
+        sqlx::query_scalar("SELECT nextval('outbox_stream_seq') FROM generate_series(1, $1)")
+            .bind(limit_i64(total))
+            .fetch_all(&mut *conn)
+            .await?;
+    positions.sort_unstable();
+    let mut positions = positions.into_iter();
+    let (mut single_seqs, mut single_positions) = (Vec::new(), Vec::new());
+    let (mut pack_seqs, mut unpacked, mut unpacked_positions) =
+        (Vec::new(), Vec::new(), Vec::new());
+    for (row, events) in rows.iter().zip(row_events) {
+        if row.packed_events.is_none() {
+            single_seqs.push(row.seq);
+            single_positions.push(positions.next());
+            continue;
+        }
+        pack_seqs.push(row.seq);
+        for event in events {
+            unpacked.push(event);
+            unpacked_positions.push(positions.next());
+        }
+    }
+    sqlx::query("DELETE FROM outbox_events WHERE seq = ANY($1)")
+        .bind(&pack_seqs)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE outbox_events o SET sent_at = now(), stream_seq = u.position \
+         FROM UNNEST($1::int8[], $2::int8[]) AS u(seq, position) WHERE o.seq = u.seq",
+    )
+    .bind(&single_seqs)
+    .bind(&single_positions)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO outbox_events (event_id, workspace_id, family, event_key, payload, occurred_at, sent_at, stream_seq) \
+         SELECT e, w, f, k, p, o, now(), s \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::timestamptz[], $7::int8[]) \
+         AS u(e, w, f, k, p, o, s)",
+    )
+    .bind(unpacked.iter().map(|e| e.event_id).collect::<Vec<_>>())
+    .bind(unpacked.iter().map(|e| e.workspace_id.as_str()).collect::<Vec<_>>())
+    .bind(unpacked.iter().map(|e| e.family.as_str()).collect::<Vec<_>>())
+    .bind(unpacked.iter().map(|e| e.key.as_str()).collect::<Vec<_>>())
+    .bind(unpacked.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>())
+    .bind(unpacked.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+    .bind(&unpacked_positions)
+    .execute(&mut *conn)
+    .await?;
+    Ok(total as u64)
 }
 
 /// Unsent rows, oldest first (SQLite has one writer; see the JetStream relay for why no lock
@@ -393,11 +627,11 @@ pub struct OutboxStats {
     pub sent: u64,
 }
 
-/// Deletes the outbox copies (sent or not) and dead letters of a workspace's events of one
-/// family whose key is in `keys`, in the caller's transaction: an erasure must not leave
-/// a subject's blind indexes in the outbox, nor let a not yet relayed event re-create what
-/// it deletes. Returns how many outbox rows went. (JetStream keeps its copy until the
-/// stream's `max_age`.)
+/// Deletes the outbox copies (sent or not, packed or not) and dead letters of a workspace's
+/// events of one family whose key is in `keys`, in the caller's transaction: an erasure
+/// must not leave a subject's blind indexes in the outbox, nor let a not yet relayed event
+/// re-create what it deletes. Returns how many outbox events went. (JetStream keeps its
+/// copy until the stream's `max_age`.)
 pub async fn forget_keyed_events(
     tx: &mut Tx<'_>,
     workspace: &str,
@@ -409,8 +643,9 @@ pub async fn forget_keyed_events(
     }
     Ok(match tx {
         Tx::Postgres(conn) => {
-            let gone = sqlx::query(
-                "DELETE FROM outbox_events WHERE workspace_id = $1 AND family = $2 AND event_key = ANY($3)",
+            let mut gone = sqlx::query(
+                "DELETE FROM outbox_events WHERE workspace_id = $1 AND family = $2 AND event_key = ANY($3) \
+                 AND packed_events IS NULL",
             )
             .bind(workspace)
             .bind(family.as_str())
@@ -418,6 +653,7 @@ pub async fn forget_keyed_events(
             .execute(&mut **conn)
             .await?
             .rows_affected();
+            gone += forget_in_packs_pg(conn, workspace, family, keys).await?;
             sqlx::query(
                 "DELETE FROM bus_dead_letters WHERE workspace_id = $1 AND family = $2 AND event_key = ANY($3)",
             )
@@ -454,9 +690,103 @@ pub async fn forget_keyed_events(
     })
 }
 
+/// Takes the events with any of `keys` out of the workspace's unsent packs of `family`
+/// (packs are only ever unsent: the relays replace or delete them): a pack left with no
+/// event is deleted, one left with events is rewritten in place, keeping its position.
+/// Returns how many events went.
+async fn forget_in_packs_pg(
+    conn: &mut PgConnection,
+    workspace: &str,
+    family: &EventFamily,
+    keys: &[String],
+) -> Result<u64, BusError> {
+    plan_outbox_reads_by_index(&mut *conn).await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM outbox_events WHERE sent_at IS NULL AND packed_events IS NOT NULL \
+         AND workspace_id = $1 AND family = $2 FOR UPDATE"
+    ))
+    .bind(workspace)
+    .bind(family.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    plan_by_cost(&mut *conn).await?;
+    let mut gone = 0;
+    for row in &rows {
+        let row = event_from_pg_row(row)?;
+        let events = row.events()?;
+        let kept: Vec<&OutboxEvent> = events.iter().filter(|e| !keys.contains(&e.key)).collect();
+        gone += (events.len() - kept.len()) as u64;
+        match kept.as_slice() {
+            _ if kept.len() == events.len() => {}
+            [] => {
+                sqlx::query("DELETE FROM outbox_events WHERE seq = $1")
+                    .bind(row.seq)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            [first, ..] => {
+                let (payload, packed) = match kept.as_slice() {
+                    [only] => (only.payload.clone(), None),
+                    _ => (
+                        pack::encode(&kept),
+                        Some(i32::try_from(kept.len()).unwrap_or(i32::MAX)),
+                    ),
+                };
+                sqlx::query(
+                    "UPDATE outbox_events SET event_id = $2, event_key = $3, payload = $4, \
+                     occurred_at = $5, packed_events = $6 WHERE seq = $1",
+                )
+                .bind(row.seq)
+                .bind(first.event_id)
+                .bind(&first.key)
+                .bind(payload)
+                .bind(first.occurred_at)
+                .bind(packed)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+    }
+    Ok(gone)
+}
+
+/// Every event of `family` in the outbox, unsent or kept, packs unpacked, in outbox order:
+/// for tests and inspection (what the relays will publish or have published).
+pub async fn outbox_events_of(
+    store: &Store,
+    family: &EventFamily,
+) -> Result<Vec<OutboxEvent>, BusError> {
+    let rows = match store {
+        Store::Postgres(pool) => sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM outbox_events WHERE family = $1 ORDER BY seq"
+        ))
+        .bind(family.as_str())
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(event_from_pg_row)
+        .collect::<Result<Vec<_>, _>>()?,
+        Store::Sqlite(pool) => sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM outbox_events WHERE family = ?1 ORDER BY seq"
+        ))
+        .bind(family.as_str())
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(event_from_sqlite_row)
+        .collect::<Result<Vec<_>, _>>()?,
+    };
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        events.extend(row.events()?);
+    }
+    Ok(events)
+}
+
 /// How many outbox rows are waiting for the relay, and how many were published.
 pub async fn outbox_stats(store: &Store) -> Result<OutboxStats, BusError> {
-    const SQL: &str = "SELECT COALESCE(SUM(CASE WHEN sent_at IS NULL THEN 1 ELSE 0 END), 0) AS unsent, \
+    // Events, not rows: an unsent pack counts its events.
+    const SQL: &str = "SELECT COALESCE(SUM(CASE WHEN sent_at IS NULL THEN COALESCE(packed_events, 1) ELSE 0 END), 0) AS unsent, \
                        COALESCE(SUM(CASE WHEN sent_at IS NULL THEN 0 ELSE 1 END), 0) AS sent FROM outbox_events";
     let (unsent, sent): (i64, i64) = match store {
         Store::Postgres(pool) => {

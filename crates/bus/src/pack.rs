@@ -27,6 +27,12 @@ use crate::event::{EventFamily, OutboxEvent};
 /// Format version, sent in the `Meridian-Pack` header.
 pub(crate) const PACK_VERSION: &str = "1";
 
+/// Most bytes of entries an outbox pack row holds (a JetStream pack is also bounded by the
+/// server's `max_payload` and the relay's setting).
+pub(crate) const MAX_BYTES: usize = 256 * 1024;
+/// Most events in one pack.
+pub(crate) const MAX_EVENTS: usize = 1_000;
+
 /// Bytes an entry takes besides its key and payload.
 const ENTRY_OVERHEAD: usize = 16 + 8 + 4 + 4;
 

@@ -1505,7 +1505,7 @@ async fn apply_in(
         )
         .await?;
     }
-    meridian_bus::enqueue_all(tx, &b.events).await?;
+    meridian_bus::enqueue_packed(tx, &b.events).await?;
     Ok(())
 }
 

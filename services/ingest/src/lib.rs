@@ -1,7 +1,8 @@
 //! The ingestion room: accepts batches of events from storefront backends (gRPC
 //! `meridian.v1.IngestService` and the Segment-compatible HTTP API), validates them, applies
 //! the consent gate and the collection policy, seals personal fields, and stores each
-//! accepted event with its `EventAccepted` outbox row in one transaction.
+//! accepted event with its `EventAccepted` outbox event in one transaction (on PostgreSQL a
+//! call's events share one outbox row, a pack: `meridian_bus::enqueue_packed`).
 //!
 //! - [`event`]: decoded events ([`RawEvent`]), validation, limits, clock-skew correction.
 //! - [`gate`]: jurisdiction, [`ConsentLookup`] + [`ConsentCache`], per purpose and field

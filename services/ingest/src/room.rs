@@ -1,5 +1,5 @@
 //! [`IngestRoom`]: validates a batch, runs the consent gate, seals, and stores each
-//! accepted event with its `EventAccepted` outbox row in one transaction; serves the
+//! accepted event with its `EventAccepted` outbox event in one transaction; serves the
 //! stored events to other rooms (per identifier, opened) and purges them for erasure.
 
 use std::collections::{HashMap, HashSet};

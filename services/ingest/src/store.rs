@@ -4,8 +4,9 @@
 //!
 //! Idempotency lives in `ingest_message_ids` (non-partitioned, primary key (workspace,
 //! message_id)): a batch claims its message ids with `ON CONFLICT DO NOTHING RETURNING`,
-//! then writes only the events whose ids it claimed, and their outbox rows, in the same
-//! transaction. A concurrent batch with the same id waits on the row lock and finds it taken.
+//! then writes only the events whose ids it claimed, and their outbox events (packed:
+//! `meridian_bus::enqueue_packed`), in the same transaction. A concurrent batch with the
+//! same id waits on the row lock and finds it taken.
 
 use std::collections::HashSet;
 
@@ -542,7 +543,7 @@ async fn insert_pg(
             )));
         }
         if new_rows.len() == rows.len() {
-            meridian_bus::enqueue_all(&mut tx, outbox).await?;
+            meridian_bus::enqueue_packed(&mut tx, outbox).await?;
         } else {
             let events: Vec<OutboxEvent> = outbox
                 .iter()
@@ -550,7 +551,7 @@ async fn insert_pg(
                 .filter(|(_, w)| **w)
                 .map(|(e, _)| e.clone())
                 .collect();
-            meridian_bus::enqueue_all(&mut tx, &events).await?;
+            meridian_bus::enqueue_packed(&mut tx, &events).await?;
         }
     }
     tx.commit().await?;

@@ -10,8 +10,8 @@ use chrono::{Duration, Utc};
 use meridian_bus::{EventHandler, OutboxEvent, Tx};
 use meridian_ingest::store::EventRow;
 use meridian_ingest::{
-    ConsentInvalidation, ConsentLookup, ConsentSnapshot, IngestConfig, IngestError, IngestGrpc,
-    IngestRoom, NoRecordedConsent, SubjectIdentifier,
+    ConsentInvalidation, ConsentLookup, ConsentSnapshot, EVENT_FAMILY, IngestConfig, IngestError,
+    IngestGrpc, IngestRoom, NoRecordedConsent, SubjectIdentifier,
 };
 use meridian_policy::{ConsentState, PolicyEngine};
 use meridian_proto::bus::v1 as bus;
@@ -77,12 +77,20 @@ impl Harness {
         }
     }
 
+    /// The announced events (outbox packs unpacked), in order.
+    async fn announced(&self) -> Vec<OutboxEvent> {
+        let family = EVENT_FAMILY.parse().unwrap();
+        meridian_bus::outbox_events_of(&self.store, &family)
+            .await
+            .unwrap()
+    }
+
     async fn outbox_payloads(&self) -> Vec<Vec<u8>> {
-        let sql = "SELECT payload FROM outbox_events WHERE family = 'ingest-event' ORDER BY seq";
-        match &self.store {
-            Store::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
-            Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
-        }
+        self.announced()
+            .await
+            .into_iter()
+            .map(|e| e.payload)
+            .collect()
     }
 }
 
@@ -217,11 +225,13 @@ async fn accepted_events_are_sealed_indexed_and_announced(h: Harness) {
     .await;
     assert_eq!(resp.summary.unwrap().accepted, 2, "{resp:?}");
     assert_eq!(h.count("SELECT COUNT(*) FROM ingest_events").await, 2);
-    assert_eq!(
-        h.count("SELECT COUNT(*) FROM outbox_events WHERE family = 'ingest-event'")
-            .await,
-        2
-    );
+    assert_eq!(h.announced().await.len(), 2);
+    // On PostgreSQL a call's events share one outbox row (a pack); SQLite writes one each.
+    let rows = match h.store {
+        Store::Postgres(_) => 1,
+        Store::Sqlite(_) => 2,
+    };
+    assert_eq!(h.count("SELECT COUNT(*) FROM outbox_events").await, rows);
 
     // Nothing personal at rest: not the emails, the anonymous ids, the IP or the free text.
     let dump = h.dump().await;
@@ -307,7 +317,7 @@ async fn retried_batches_store_nothing_twice(h: Harness) {
     let s = second.summary.unwrap();
     assert_eq!((s.accepted, s.duplicate), (0, 3));
     assert_eq!(h.count("SELECT COUNT(*) FROM ingest_events").await, 2);
-    assert_eq!(h.count("SELECT COUNT(*) FROM outbox_events").await, 2);
+    assert_eq!(h.announced().await.len(), 2);
     // Concurrent retries of the same batch: still one row per message id.
     let batch: Vec<v1::Event> = (0..50)
         .map(|i| {
@@ -564,11 +574,10 @@ async fn events_are_paged_per_identifier_and_purged(h: Harness) {
     ids.sort();
     assert_eq!(ids, vec!["p-0", "p-1", "p-2", "p-3", "p-4"]);
     assert!(room.events_of(WS, &[pat], "garbage", 2).await.is_err());
-    let outbox = "SELECT COUNT(*) FROM outbox_events WHERE family = 'ingest-event'";
-    let before = h.count(outbox).await;
+    let before = h.announced().await.len();
     assert_eq!(room.purge(WS, &[pat]).await.unwrap(), 5);
     // their outbox copies (which carry the same blind indexes) went with them
-    assert_eq!(h.count(outbox).await, before - 5);
+    assert_eq!(h.announced().await.len(), before - 5);
     assert_eq!(room.purge(WS, &[pat]).await.unwrap(), 0, "idempotent");
     assert_eq!(
         room.events_of(WS, &[pat], "", 10)
@@ -806,11 +815,7 @@ async fn postgres_a_claim_racing_another_batch_stores_each_message_once(pool: Pg
     assert_eq!((s.accepted, s.duplicate), (39, 1));
     assert_eq!(outcome(&response.results[7]), v1::EventOutcome::Duplicate);
     assert_eq!(h.count("SELECT COUNT(*) FROM ingest_events").await, 39);
-    assert_eq!(
-        h.count("SELECT COUNT(*) FROM outbox_events WHERE family = 'ingest-event'")
-            .await,
-        39
-    );
+    assert_eq!(h.announced().await.len(), 39);
     assert_eq!(h.count("SELECT COUNT(*) FROM ingest_message_ids").await, 40);
     // A retry of the whole batch claims nothing and stores nothing more.
     let s = ingest(&room, batch()).await.summary.unwrap();
