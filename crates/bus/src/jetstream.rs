@@ -373,6 +373,15 @@ fn messages(
         }
         return Ok(out);
     }
+    // A stored pack larger than this relay may send (a server with a small `max_payload`)
+    // is split: its events join the single ones.
+    let split: Vec<Option<Vec<OutboxEvent>>> = rows
+        .iter()
+        .map(|row| match row.packed_events {
+            Some(_) if row.event.payload.len() > pack_bytes => row.events().map(Some),
+            _ => Ok(None),
+        })
+        .collect::<Result<_, _>>()?;
     let mut singles: Vec<&OutboxEvent> = Vec::new();
     let flush = |singles: &mut Vec<&OutboxEvent>, out: &mut Vec<_>| {
         for run in pack::runs(singles.drain(..), pack_bytes, pack::MAX_EVENTS) {
@@ -387,10 +396,11 @@ fn messages(
             }
         }
     };
-    for row in rows {
-        match row.packed_events {
-            None => singles.push(&row.event),
-            Some(count) => {
+    for (row, split) in rows.iter().zip(&split) {
+        match (row.packed_events, split) {
+            (_, Some(events)) => singles.extend(events),
+            (None, None) => singles.push(&row.event),
+            (Some(count), None) => {
                 flush(&mut singles, &mut out);
                 let count = usize::try_from(count).unwrap_or(0);
                 out.push((

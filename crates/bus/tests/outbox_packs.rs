@@ -295,3 +295,39 @@ on_every_bus!(
     an_event_of_a_pack_retries_and_dead_letters_alone,
     erasure_takes_keyed_events_out_of_unsent_packs,
 );
+
+/// A relay allowed smaller messages than the stored packs (a server with a small
+/// `max_payload`, or a lowered setting) splits them; with packing off, every event is a
+/// message of its own.
+#[sqlx::test(migrations = "../../migrations/postgres")]
+async fn a_stored_pack_goes_out_in_messages_the_relay_may_send(pool: PgPool) {
+    let h = Harness::new(Store::Postgres(pool), Kind::JetStream).await;
+    let keys = keyed(300);
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let sent = events(&h, "acme", &key_refs);
+    let total: usize = sent.iter().map(|e| e.payload.len()).sum();
+    commit(&h.store, &sent, false).await;
+    let more = events(&h, "acme", &key_refs[..5]);
+    commit(&h.store, &more, false).await;
+    assert_eq!(
+        scalar(&h.store, "SELECT COUNT(*) FROM outbox_events").await,
+        2
+    );
+    let small = common::jetstream_bus(&h, 16 * 1024).await;
+    assert_eq!(small.relay_batch(1).await.unwrap(), 300);
+    let messages = common::messages_in_stream(&small, &h.family).await;
+    // At most 16 KiB of entries each: at least total / 16 KiB messages.
+    assert!(
+        messages as usize > total / (16 * 1024),
+        "{messages} messages for {total} bytes"
+    );
+    let off = common::jetstream_bus(&h, 0).await;
+    assert_eq!(off.relay_batch(1).await.unwrap(), 5);
+    assert_eq!(
+        common::messages_in_stream(&small, &h.family).await,
+        messages + 5
+    );
+    let got = consume_all(&h, 305).await;
+    assert_eq!(got, [sent, more].concat());
+    h.cleanup().await;
+}

@@ -254,14 +254,14 @@ impl Harness {
             .await
     }
 
+    /// The announced profile changes (outbox packs unpacked), in order.
     async fn profile_changes(&self) -> Vec<ProfileChanged> {
-        let sql = "SELECT payload FROM outbox_events WHERE family = 'profile' ORDER BY seq";
-        let rows: Vec<Vec<u8>> = match &self.store {
-            Store::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
-            Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
-        };
-        rows.iter()
-            .map(|b| ProfileChanged::decode(b.as_slice()).unwrap())
+        let family = "profile".parse().unwrap();
+        meridian_bus::outbox_events_of(&self.store, &family)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| ProfileChanged::decode(e.payload.as_slice()).unwrap())
             .collect()
     }
 }

@@ -290,3 +290,18 @@ pub async fn messages_in_stream(bus: &JetStreamBus, family: &EventFamily) -> u64
     let mut stream = stream_of(bus, family).await;
     stream.info().await.unwrap().state.messages
 }
+
+/// Another JetStream bus on the harness's store, publishing packs of at most
+/// `pack_max_bytes` (0: one message per event).
+pub async fn jetstream_bus(h: &Harness, pack_max_bytes: usize) -> JetStreamBus {
+    JetStreamBus::connect(
+        &nats_url(),
+        h.store.clone(),
+        JetStreamSettings {
+            pack_max_bytes,
+            ..test_settings()
+        },
+    )
+    .await
+    .unwrap()
+}
