@@ -36,6 +36,9 @@ const SEGMENT_DEFINITION: &str = r#"{
 /// How long to wait for asynchronous work (stitching, syncs, requests) before giving up.
 const PATIENCE: Duration = Duration::from_secs(45);
 
+/// Consecutive equal previews (100 ms apart) taken as a settled audience.
+const PREVIEWS_HELD: u32 = 5;
+
 /// What the demo prints at the end (and as JSON with `--json`).
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct Summary {
@@ -576,18 +579,35 @@ async fn audience(
         .into_inner()
         .segment
         .context("CreateSegment returned no segment")?;
-    let preview = clients
-        .audience
-        .preview_segment(v1::PreviewSegmentRequest {
-            target: Some(v1::preview_segment_request::Target::SegmentId(
-                segment.segment_id.clone(),
-            )),
-            sample_size: 5,
-            ..Default::default()
-        })
-        .await
-        .context("PreviewSegment")?
-        .into_inner();
+    // The audience room's profiles follow identity's profile events through the bus, a
+    // little after the stitching the demo waited for. Preview until the count has held for
+    // a while, so the sync below sees the members the summary counts.
+    let deadline = Instant::now() + PATIENCE;
+    let mut held = 0;
+    let mut last: Option<v1::PreviewSegmentResponse> = None;
+    let preview = loop {
+        let preview = clients
+            .audience
+            .preview_segment(v1::PreviewSegmentRequest {
+                target: Some(v1::preview_segment_request::Target::SegmentId(
+                    segment.segment_id.clone(),
+                )),
+                sample_size: 5,
+                ..Default::default()
+            })
+            .await
+            .context("PreviewSegment")?
+            .into_inner();
+        let same = last.as_ref().is_some_and(|l| {
+            l.count == preview.count && l.count_by_region == preview.count_by_region
+        });
+        held = if same { held + 1 } else { 0 };
+        if held >= PREVIEWS_HELD || Instant::now() > deadline {
+            break preview;
+        }
+        last = Some(preview);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     summary.audience_size = preview.count;
     summary.audience_by_region = preview.count_by_region.into_iter().collect();
     let export_dir = platform.data_dir.join("exports");
