@@ -415,6 +415,24 @@ fn messages(
     Ok(out)
 }
 
+/// The messages of one pull request, and the error that ended it early, if any.
+async fn drain(
+    batch: Result<jetstream::consumer::pull::Batch, jetstream::consumer::pull::BatchError>,
+) -> (Vec<jetstream::Message>, Option<BusError>) {
+    let mut batch = match batch {
+        Ok(batch) => batch,
+        Err(err) => return (Vec::new(), Some(BusError::jetstream("fetch", err))),
+    };
+    let mut messages = Vec::new();
+    while let Some(next) = batch.next().await {
+        match next {
+            Ok(message) => messages.push(message),
+            Err(err) => return (messages, Some(BusError::jetstream("fetch", err))),
+        }
+    }
+    (messages, None)
+}
+
 /// Events in `rows`, a pack's counted one by one.
 fn event_count(rows: &[StoredEvent]) -> usize {
     rows.iter()
@@ -598,23 +616,32 @@ impl Bus for JetStreamBus {
         // Bounded by bytes too: a round of packs would otherwise hold up to `batch_size`
         // messages of up to `max_payload` each. Twice the largest message always fits one.
         let max_payload = self.context.client().server_info().max_payload;
-        let mut batch = consumer
-            .batch()
-            .max_messages(subscription.batch_size.max(1))
-            .max_bytes(FETCH_MIN_BYTES.max(2 * max_payload))
-            .expires(self.settings.fetch_wait)
-            .messages()
-            .await
-            .map_err(|err| BusError::jetstream("fetch", err))?;
-        let mut messages = Vec::new();
-        let mut fetch_error = None;
-        while let Some(next) = batch.next().await {
-            match next {
-                Ok(message) => messages.push(message),
-                Err(err) => {
-                    fetch_error = Some(BusError::jetstream("fetch", err));
-                    break;
-                }
+        let max_bytes = FETCH_MIN_BYTES.max(2 * max_payload);
+        let max_messages = subscription.batch_size.max(1);
+        // Whatever is there, without waiting for a full batch: with packs a round's messages
+        // rarely fill one, and each round would wait out `fetch_wait`. When nothing is
+        // there, wait up to `fetch_wait` for a first message, then take what came with it.
+        let fetch_now = |max_messages: usize| {
+            consumer
+                .fetch()
+                .max_messages(max_messages)
+                .max_bytes(max_bytes)
+                .messages()
+        };
+        let (mut messages, mut fetch_error) = drain(fetch_now(max_messages).await).await;
+        if messages.is_empty() && fetch_error.is_none() {
+            let first = consumer
+                .batch()
+                .max_messages(1)
+                .max_bytes(max_bytes)
+                .expires(self.settings.fetch_wait)
+                .messages()
+                .await;
+            (messages, fetch_error) = drain(first).await;
+            if !messages.is_empty() && fetch_error.is_none() && max_messages > 1 {
+                let (more, error) = drain(fetch_now(max_messages - 1).await).await;
+                messages.extend(more);
+                fetch_error = error;
             }
         }
 
