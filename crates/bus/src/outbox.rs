@@ -620,7 +620,7 @@ pub(crate) fn limit_i64(limit: usize) -> i64 {
 /// Outbox figures, for the CLI and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct OutboxStats {
-    /// Rows not yet published.
+    /// Events not yet published (an unsent pack row counts its events).
     pub unsent: u64,
     /// Rows published and kept: the in-process bus reads its log from them until they are
     /// pruned. The JetStream relay deletes rows once JetStream holds them.
@@ -783,7 +783,8 @@ pub async fn outbox_events_of(
     Ok(events)
 }
 
-/// How many outbox rows are waiting for the relay, and how many were published.
+/// How many outbox events are waiting for the relay (a pack counts its events), and how
+/// many published rows are kept.
 pub async fn outbox_stats(store: &Store) -> Result<OutboxStats, BusError> {
     // Events, not rows: an unsent pack counts its events.
     const SQL: &str = "SELECT COALESCE(SUM(CASE WHEN sent_at IS NULL THEN COALESCE(packed_events, 1) ELSE 0 END), 0) AS unsent, \
