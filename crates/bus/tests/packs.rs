@@ -286,6 +286,7 @@ on_both_stores!(
     with_packing_off_every_event_is_a_message_and_both_kinds_are_read,
     an_unreadable_pack_is_dropped_and_the_events_after_it_flow,
     a_round_takes_what_is_there_without_waiting_for_a_full_batch,
+    a_pack_of_an_unknown_format_is_left_for_another_replica,
 );
 
 /// A round takes what is there instead of waiting out `fetch_wait` for a full batch: with
@@ -315,5 +316,47 @@ async fn a_round_takes_what_is_there_without_waiting_for_a_full_batch(h: Harness
         "the round waited {:?}",
         started.elapsed()
     );
+    h.cleanup().await;
+}
+
+/// A pack of a format this version does not know (a newer replica's, during an upgrade)
+/// is neither applied nor dropped: it is left, unacknowledged, for a replica that reads it.
+async fn a_pack_of_an_unknown_format_is_left_for_another_replica(h: Harness) {
+    let bus = jetstream(&h).await;
+    let before = events(&h, "acme", 2, 1);
+    commit(&h.store, &before).await;
+    relay_all(&*h.bus).await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Meridian-Pack", "2");
+    headers.insert("Meridian-Pack-Events", "1");
+    headers.insert("Meridian-Workspace", "acme");
+    headers.insert("Meridian-Family", h.family.as_str());
+    bus.context()
+        .publish_with_headers(
+            format!("meridian.acme.{}", h.family),
+            headers,
+            vec![7u8; 40].into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let (got, _) = consume_until(&h, "identity", 64, 2).await;
+    assert_eq!(got, before);
+    let stream = bus
+        .context()
+        .get_stream(bus.settings().stream_name(&h.family))
+        .await
+        .unwrap();
+    let mut consumer = stream
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&format!(
+            "identity_{}",
+            h.family
+        ))
+        .await
+        .unwrap();
+    // Delivered, negatively acknowledged with a delay, not terminated: still pending.
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.num_ack_pending, 1, "{info:?}");
     h.cleanup().await;
 }
