@@ -357,24 +357,16 @@ impl JetStreamBus {
 }
 
 /// The messages for `rows`, in order: each run of single events packed up to `pack_bytes`,
-/// each stored pack as it is (or as single events when packing is off, for consumers that
-/// cannot read packs). Each with its first event, for the subject.
+/// each stored pack as it is if it fits (every event alone when packing is off, for
+/// consumers that cannot read packs). Each with its first event, for the subject.
 fn messages(
     rows: &[StoredEvent],
     pack_bytes: usize,
 ) -> Result<Vec<(OutboxEvent, HeaderMap, Vec<u8>)>, BusError> {
     let mut out = Vec::new();
-    if pack_bytes == 0 {
-        // Packing is off: every event alone, stored packs' included.
-        for row in rows {
-            for event in row.events()? {
-                out.push((event.clone(), headers(&event), event.payload.clone()));
-            }
-        }
-        return Ok(out);
-    }
-    // A stored pack larger than this relay may send (a server with a small `max_payload`)
-    // is split: its events join the single ones.
+    // A stored pack larger than this relay may send (a server with a small `max_payload`,
+    // or packing off: 0) is split: its events join the single ones, which `pack::runs`
+    // then sends alone when packing is off.
     let split: Vec<Option<Vec<OutboxEvent>>> = rows
         .iter()
         .map(|row| match row.packed_events {
@@ -478,86 +470,56 @@ fn pack_headers(first: &OutboxEvent, events: usize) -> HeaderMap {
     headers
 }
 
-/// Why a message cannot be read as Meridian events: the header at fault, or the pack's
-/// damage.
-#[derive(Debug)]
+/// Why a message cannot be read as Meridian events.
+#[derive(Debug, thiserror::Error)]
 enum Unreadable {
+    #[error("missing or bad header {0}")]
     Header(&'static str),
-    Pack(pack::PackError),
+    #[error(transparent)]
+    Pack(#[from] pack::PackError),
     /// A pack format this version does not know: a newer replica's, during an upgrade.
+    #[error("pack format {0} is unknown to this version")]
     Version(String),
-}
-
-impl std::fmt::Display for Unreadable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Unreadable::Header(name) => write!(f, "missing or bad header {name}"),
-            Unreadable::Pack(err) => err.fmt(f),
-            Unreadable::Version(v) => write!(f, "pack format {v} is unknown to this version"),
-        }
-    }
 }
 
 /// Reads the events of a JetStream message: a pack, or a single event.
 fn decode(message: &async_nats::Message) -> Result<Vec<OutboxEvent>, Unreadable> {
-    let headers = message
-        .headers
-        .as_ref()
-        .ok_or(Unreadable::Header("headers"))?;
+    let header = Unreadable::Header;
+    let headers = message.headers.as_ref().ok_or(header("headers"))?;
     let get = |name: &'static str| {
         headers
             .get(name)
             .map(|value| value.as_str().to_owned())
-            .ok_or(Unreadable::Header(name))
+            .ok_or(header(name))
     };
-    let header = Unreadable::Header;
-    if let Some(version) = headers.get(HEADER_PACK) {
-        if version.as_str() != pack::PACK_VERSION {
-            return Err(Unreadable::Version(version.as_str().to_owned()));
-        }
-        let workspace = get(HEADER_WORKSPACE)?
-            .parse()
-            .map_err(|_| header(HEADER_WORKSPACE))?;
-        let family = get(HEADER_FAMILY)?
-            .parse()
-            .map_err(|_| header(HEADER_FAMILY))?;
-        let count: usize = get(HEADER_PACK_EVENTS)?
+    let packed = headers.get(HEADER_PACK);
+    if let Some(version) = packed
+        && version.as_str() != pack::PACK_VERSION
+    {
+        return Err(Unreadable::Version(version.as_str().to_owned()));
+    }
+    let workspace = get(HEADER_WORKSPACE)?
+        .parse()
+        .map_err(|_| header(HEADER_WORKSPACE))?;
+    let family = get(HEADER_FAMILY)?
+        .parse()
+        .map_err(|_| header(HEADER_FAMILY))?;
+    if packed.is_some() {
+        let count = get(HEADER_PACK_EVENTS)?
             .parse()
             .map_err(|_| header(HEADER_PACK_EVENTS))?;
-        let events =
-            pack::decode(&workspace, &family, &message.payload).map_err(Unreadable::Pack)?;
-        if events.len() != count {
-            return Err(header(HEADER_PACK_EVENTS));
-        }
-        return Ok(events);
+        return Ok(pack::decode(&workspace, &family, &message.payload, count)?);
     }
-    decode_single(&get).map(|event| {
-        vec![OutboxEvent {
-            payload: message.payload.to_vec(),
-            ..event
-        }]
-    })
-}
-
-/// A single event's fields from its headers (the payload is the caller's).
-fn decode_single(
-    get: &dyn Fn(&'static str) -> Result<String, Unreadable>,
-) -> Result<OutboxEvent, Unreadable> {
-    let header = Unreadable::Header;
-    Ok(OutboxEvent {
+    Ok(vec![OutboxEvent {
         event_id: Uuid::parse_str(&get(HEADER_EVENT_ID)?).map_err(|_| header(HEADER_EVENT_ID))?,
-        workspace_id: get(HEADER_WORKSPACE)?
-            .parse()
-            .map_err(|_| header(HEADER_WORKSPACE))?,
-        family: get(HEADER_FAMILY)?
-            .parse()
-            .map_err(|_| header(HEADER_FAMILY))?,
+        workspace_id: workspace,
+        family,
         key: get(HEADER_KEY)?,
-        payload: Vec::new(),
+        payload: message.payload.to_vec(),
         occurred_at: DateTime::parse_from_rfc3339(&get(HEADER_OCCURRED_AT)?)
             .map_err(|_| header(HEADER_OCCURRED_AT))?
             .with_timezone(&Utc),
-    })
+    }])
 }
 
 #[async_trait]
@@ -690,23 +652,18 @@ impl Bus for JetStreamBus {
         }
 
         // At most `batch_size` events per transaction, as on the in-process bus: one pack
-        // may hold more. Requested replays go with the first.
-        let mut outcomes = Vec::with_capacity(attempts.len());
-        let mut replay_outcomes = Vec::new();
+        // may hold more. The first transaction runs even without messages: it takes the
+        // requested replays.
         let mut chunks = attempts.chunks(subscription.batch_size.max(1));
-        let mut chunk = chunks.next().unwrap_or(&[]);
-        let mut with_replays = true;
-        loop {
-            let (applied, replayed) = self
-                .apply_in_transaction(subscription, handler, chunk, with_replays)
+        let first = chunks.next().unwrap_or(&[]);
+        let (mut outcomes, replay_outcomes) = self
+            .apply_in_transaction(subscription, handler, first, true)
+            .await?;
+        for chunk in chunks {
+            let (applied, _) = self
+                .apply_in_transaction(subscription, handler, chunk, false)
                 .await?;
             outcomes.extend(applied);
-            replay_outcomes.extend(replayed);
-            with_replays = false;
-            match chunks.next() {
-                Some(next) => chunk = next,
-                None => break,
-            }
         }
 
         let mut stats = ConsumeStats::default();

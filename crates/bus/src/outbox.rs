@@ -333,27 +333,17 @@ pub(crate) struct StoredEvent {
 impl StoredEvent {
     /// The events of this row: its event, or a pack's events.
     pub(crate) fn events(&self) -> Result<Vec<OutboxEvent>, BusError> {
-        match self.packed_events {
-            None => Ok(vec![self.event.clone()]),
-            Some(count) => {
-                let events = pack::decode(
-                    &self.event.workspace_id,
-                    &self.event.family,
-                    &self.event.payload,
-                )
-                .map_err(|err| BusError::MalformedRow {
-                    seq: self.seq,
-                    reason: err.to_string(),
-                })?;
-                if i32::try_from(events.len()).ok() != Some(count) {
-                    return Err(BusError::MalformedRow {
-                        seq: self.seq,
-                        reason: format!("a pack of {count} events holds {}", events.len()),
-                    });
-                }
-                Ok(events)
+        let Some(count) = self.packed_events else {
+            return Ok(vec![self.event.clone()]);
+        };
+        let e = &self.event;
+        let count = usize::try_from(count).unwrap_or(0);
+        pack::decode(&e.workspace_id, &e.family, &e.payload, count).map_err(|err| {
+            BusError::MalformedRow {
+                seq: self.seq,
+                reason: err.to_string(),
             }
-        }
+        })
     }
 }
 

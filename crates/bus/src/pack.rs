@@ -52,6 +52,8 @@ pub(crate) enum PackError {
     Instant { entry: usize },
     #[error("pack holds no event")]
     Empty,
+    #[error("pack holds {found} events where {expected} were announced")]
+    Count { expected: usize, found: usize },
 }
 
 /// Encodes `events` (all of one workspace and family) as a pack payload. Keys and payloads
@@ -73,11 +75,13 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Reads the events of a pack of `workspace`'s `family`, in the order they were packed.
+/// Reads the events of a pack of `workspace`'s `family`, in the order they were packed;
+/// `expected` is the count its row or message announced.
 pub(crate) fn decode(
     workspace: &WorkspaceId,
     family: &EventFamily,
     mut data: &[u8],
+    expected: usize,
 ) -> Result<Vec<OutboxEvent>, PackError> {
     let mut events = Vec::new();
     while !data.is_empty() {
@@ -102,6 +106,12 @@ pub(crate) fn decode(
     }
     if events.is_empty() {
         return Err(PackError::Empty);
+    }
+    if events.len() != expected {
+        return Err(PackError::Count {
+            expected,
+            found: events.len(),
+        });
     }
     Ok(events)
 }
@@ -172,8 +182,15 @@ mod tests {
         let refs: Vec<&OutboxEvent> = events.iter().collect();
         let data = encode(&refs);
         assert_eq!(data.len(), events.iter().map(entry_len).sum::<usize>());
-        let back = decode(&events[0].workspace_id, &events[0].family, &data).unwrap();
+        let back = decode(&events[0].workspace_id, &events[0].family, &data, 3).unwrap();
         assert_eq!(back, events);
+        assert_eq!(
+            decode(&events[0].workspace_id, &events[0].family, &data, 4),
+            Err(PackError::Count {
+                expected: 4,
+                found: 3
+            })
+        );
     }
 
     #[test]
@@ -189,29 +206,29 @@ mod tests {
         let first = entry_len(&events[0]);
         for cut in first + 1..data.len() {
             assert_eq!(
-                decode(ws, family, &data[..cut]),
+                decode(ws, family, &data[..cut], 2),
                 Err(PackError::Truncated { entry: 1 }),
                 "cut at {cut}"
             );
         }
-        assert_eq!(decode(ws, family, &[]), Err(PackError::Empty));
+        assert_eq!(decode(ws, family, &[], 0), Err(PackError::Empty));
         // A length word larger than what follows.
         let mut long = data.clone();
         long[24..28].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(
-            decode(ws, family, &long),
+            decode(ws, family, &long, 2),
             Err(PackError::Truncated { entry: 0 })
         );
         let mut bad_key = data.clone();
         bad_key[28] = 0xff;
         assert_eq!(
-            decode(ws, family, &bad_key),
+            decode(ws, family, &bad_key, 2),
             Err(PackError::Key { entry: 0 })
         );
         let mut bad_instant = data;
         bad_instant[16..24].copy_from_slice(&i64::MAX.to_be_bytes());
         assert_eq!(
-            decode(ws, family, &bad_instant),
+            decode(ws, family, &bad_instant, 2),
             Err(PackError::Instant { entry: 0 })
         );
     }
