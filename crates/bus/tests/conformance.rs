@@ -2,6 +2,7 @@
 //! SQLite and PostgreSQL (a fresh database per test).
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -531,49 +532,7 @@ async fn a_large_delivery_applies_only_what_no_replica_recorded(h: Harness) {
     h.cleanup().await;
 }
 
-/// Instantiates each check for every bus × backend.
-macro_rules! conformance {
-    ($($check:ident),* $(,)?) => {
-        mod sqlite_local {
-            use super::*;
-            $(
-                #[sqlx::test(migrations = "../../migrations/sqlite")]
-                async fn $check(pool: SqlitePool) {
-                    super::$check(Harness::new(Store::Sqlite(pool), Kind::Local).await).await;
-                }
-            )*
-        }
-        mod postgres_local {
-            use super::*;
-            $(
-                #[sqlx::test(migrations = "../../migrations/postgres")]
-                async fn $check(pool: PgPool) {
-                    super::$check(Harness::new(Store::Postgres(pool), Kind::Local).await).await;
-                }
-            )*
-        }
-        mod postgres_jetstream {
-            use super::*;
-            $(
-                #[sqlx::test(migrations = "../../migrations/postgres")]
-                async fn $check(pool: PgPool) {
-                    super::$check(Harness::new(Store::Postgres(pool), Kind::JetStream).await).await;
-                }
-            )*
-        }
-        mod sqlite_jetstream {
-            use super::*;
-            $(
-                #[sqlx::test(migrations = "../../migrations/sqlite")]
-                async fn $check(pool: SqlitePool) {
-                    super::$check(Harness::new(Store::Sqlite(pool), Kind::JetStream).await).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+every_bus!(
     committed_events_are_applied_once_and_rolled_back_ones_never_sent,
     a_delivery_reaches_handle_batch_and_a_failure_falls_back_to_each_event,
     failures_retry_with_backoff_then_dead_letter_and_replay,

@@ -3,6 +3,7 @@
 //! On both buses, over PostgreSQL and SQLite (which writes one row per event).
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::sync::Mutex;
@@ -249,48 +250,7 @@ async fn erasure_takes_keyed_events_out_of_unsent_packs(h: Harness) {
     h.cleanup().await;
 }
 
-macro_rules! on_every_bus {
-    ($($check:ident),* $(,)?) => {
-        mod postgres_local {
-            use super::*;
-            $(
-                #[sqlx::test(migrations = "../../migrations/postgres")]
-                async fn $check(pool: PgPool) {
-                    super::$check(Harness::new(Store::Postgres(pool), Kind::Local).await).await;
-                }
-            )*
-        }
-        mod postgres_jetstream {
-            use super::*;
-            $(
-                #[sqlx::test(migrations = "../../migrations/postgres")]
-                async fn $check(pool: PgPool) {
-                    super::$check(Harness::new(Store::Postgres(pool), Kind::JetStream).await).await;
-                }
-            )*
-        }
-        mod sqlite_local {
-            use super::*;
-            $(
-                #[sqlx::test(migrations = "../../migrations/sqlite")]
-                async fn $check(pool: SqlitePool) {
-                    super::$check(Harness::new(Store::Sqlite(pool), Kind::Local).await).await;
-                }
-            )*
-        }
-        mod sqlite_jetstream {
-            use super::*;
-            $(
-                #[sqlx::test(migrations = "../../migrations/sqlite")]
-                async fn $check(pool: SqlitePool) {
-                    super::$check(Harness::new(Store::Sqlite(pool), Kind::JetStream).await).await;
-                }
-            )*
-        }
-    };
-}
-
-on_every_bus!(
+every_bus!(
     packed_rows_reach_consumers_as_single_events,
     an_event_of_a_pack_retries_and_dead_letters_alone,
     erasure_takes_keyed_events_out_of_unsent_packs,

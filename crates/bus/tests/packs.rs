@@ -3,6 +3,7 @@
 //! On PostgreSQL and SQLite.
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::sync::{Arc, Mutex};
@@ -222,21 +223,7 @@ async fn an_unreadable_pack_is_dropped_and_the_events_after_it_flow(h: Harness) 
     let before = events(&h, "acme", 2, 1);
     commit(&h.store, &before).await;
     relay_all(&*h.bus).await;
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Meridian-Pack", "1");
-    headers.insert("Meridian-Pack-Events", "2");
-    headers.insert("Meridian-Workspace", "acme");
-    headers.insert("Meridian-Family", h.family.as_str());
-    bus.context()
-        .publish_with_headers(
-            format!("meridian.acme.{}", h.family),
-            headers,
-            vec![0u8; 30].into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    publish_pack(&bus, &h, "1", "2", vec![0u8; 30]).await;
     let after = events(&h, "acme", 3, 2);
     commit(&h.store, &after).await;
     relay_all(&*h.bus).await;
@@ -248,6 +235,31 @@ async fn an_unreadable_pack_is_dropped_and_the_events_after_it_flow(h: Harness) 
     h.cleanup().await;
 }
 
+/// Puts a pack message of `acme` on the family's subject as given, bypassing the relay.
+async fn publish_pack(
+    bus: &JetStreamBus,
+    h: &Harness,
+    version: &str,
+    events: &str,
+    payload: Vec<u8>,
+) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Meridian-Pack", version);
+    headers.insert("Meridian-Pack-Events", events);
+    headers.insert("Meridian-Workspace", "acme");
+    headers.insert("Meridian-Family", h.family.as_str());
+    bus.context()
+        .publish_with_headers(
+            format!("meridian.acme.{}", h.family),
+            headers,
+            payload.into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
 /// A second client on the harness's stream, for looking inside it.
 async fn jetstream(h: &Harness) -> Arc<JetStreamBus> {
     Arc::new(
@@ -257,30 +269,7 @@ async fn jetstream(h: &Harness) -> Arc<JetStreamBus> {
     )
 }
 
-macro_rules! on_both_stores {
-    ($($check:ident),* $(,)?) => {
-        mod postgres {
-            use super::*;
-            $(
-                #[sqlx::test(migrations = "../../migrations/postgres")]
-                async fn $check(pool: PgPool) {
-                    super::$check(Harness::new(Store::Postgres(pool), Kind::JetStream).await).await;
-                }
-            )*
-        }
-        mod sqlite {
-            use super::*;
-            $(
-                #[sqlx::test(migrations = "../../migrations/sqlite")]
-                async fn $check(pool: SqlitePool) {
-                    super::$check(Harness::new(Store::Sqlite(pool), Kind::JetStream).await).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(
+jetstream_on_both_stores!(
     consecutive_events_travel_as_packs_and_arrive_whole,
     a_failing_event_in_a_pack_is_retried_and_dead_lettered_alone,
     with_packing_off_every_event_is_a_message_and_both_kinds_are_read,
@@ -326,21 +315,7 @@ async fn a_pack_of_an_unknown_format_is_left_for_another_replica(h: Harness) {
     let before = events(&h, "acme", 2, 1);
     commit(&h.store, &before).await;
     relay_all(&*h.bus).await;
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Meridian-Pack", "2");
-    headers.insert("Meridian-Pack-Events", "1");
-    headers.insert("Meridian-Workspace", "acme");
-    headers.insert("Meridian-Family", h.family.as_str());
-    bus.context()
-        .publish_with_headers(
-            format!("meridian.acme.{}", h.family),
-            headers,
-            vec![7u8; 40].into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    publish_pack(&bus, &h, "2", "1", vec![7u8; 40]).await;
     let (got, _) = consume_until(&h, "identity", 64, 2).await;
     assert_eq!(got, before);
     let stream = bus

@@ -1,5 +1,5 @@
 //! Shared test support: a recording handler, buses over fresh stores, polling helpers.
-#![allow(clippy::unwrap_used, dead_code, unreachable_pub)]
+#![allow(clippy::unwrap_used, dead_code, unreachable_pub, unused_macros)]
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -304,4 +304,72 @@ pub async fn jetstream_bus(h: &Harness, pack_max_bytes: usize) -> JetStreamBus {
     )
     .await
     .unwrap()
+}
+
+/// Instantiates each check (`async fn(Harness)`) for every bus × backend, each on a fresh
+/// database. The calling module imports `Harness`, `Kind`, `Store`, `PgPool`, `SqlitePool`.
+macro_rules! every_bus {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite_local {
+            use super::*;
+            $(
+                #[sqlx::test(migrations = "../../migrations/sqlite")]
+                async fn $check(pool: SqlitePool) {
+                    super::$check(Harness::new(Store::Sqlite(pool), Kind::Local).await).await;
+                }
+            )*
+        }
+        mod postgres_local {
+            use super::*;
+            $(
+                #[sqlx::test(migrations = "../../migrations/postgres")]
+                async fn $check(pool: PgPool) {
+                    super::$check(Harness::new(Store::Postgres(pool), Kind::Local).await).await;
+                }
+            )*
+        }
+        mod postgres_jetstream {
+            use super::*;
+            $(
+                #[sqlx::test(migrations = "../../migrations/postgres")]
+                async fn $check(pool: PgPool) {
+                    super::$check(Harness::new(Store::Postgres(pool), Kind::JetStream).await).await;
+                }
+            )*
+        }
+        mod sqlite_jetstream {
+            use super::*;
+            $(
+                #[sqlx::test(migrations = "../../migrations/sqlite")]
+                async fn $check(pool: SqlitePool) {
+                    super::$check(Harness::new(Store::Sqlite(pool), Kind::JetStream).await).await;
+                }
+            )*
+        }
+    };
+}
+
+/// Instantiates each check (`async fn(Harness)`) for JetStream over PostgreSQL and SQLite,
+/// each on a fresh database. Imports as for `every_bus`.
+macro_rules! jetstream_on_both_stores {
+    ($($check:ident),* $(,)?) => {
+        mod postgres {
+            use super::*;
+            $(
+                #[sqlx::test(migrations = "../../migrations/postgres")]
+                async fn $check(pool: PgPool) {
+                    super::$check(Harness::new(Store::Postgres(pool), Kind::JetStream).await).await;
+                }
+            )*
+        }
+        mod sqlite {
+            use super::*;
+            $(
+                #[sqlx::test(migrations = "../../migrations/sqlite")]
+                async fn $check(pool: SqlitePool) {
+                    super::$check(Harness::new(Store::Sqlite(pool), Kind::JetStream).await).await;
+                }
+            )*
+        }
+    };
 }
