@@ -162,6 +162,11 @@ impl OutboxConnection for Tx<'_> {
     }
 }
 
+/// A pack's event count as stored in `packed_events`.
+fn packed_count(events: usize) -> i32 {
+    i32::try_from(events).unwrap_or(i32::MAX)
+}
+
 /// [`enqueue_packed`] on PostgreSQL: packs and single events in one `UNNEST` insert, in
 /// order (their `seq` follows it).
 async fn insert_packed_pg(conn: &mut PgConnection, events: &[OutboxEvent]) -> Result<(), BusError> {
@@ -182,7 +187,7 @@ async fn insert_packed_pg(conn: &mut PgConnection, events: &[OutboxEvent]) -> Re
         .bind(&first.key)
         .bind(pack::encode(run))
         .bind(first.occurred_at)
-        .bind(i32::try_from(run.len()).unwrap_or(i32::MAX))
+        .bind(packed_count(run.len()))
         .execute(conn)
         .await?;
         return Ok(());
@@ -204,7 +209,7 @@ async fn insert_packed_pg(conn: &mut PgConnection, events: &[OutboxEvent]) -> Re
     let occurred: Vec<DateTime<Utc>> = firsts.iter().map(|e| e.occurred_at).collect();
     let packed: Vec<Option<i32>> = runs
         .iter()
-        .map(|run| (run.len() > 1).then(|| i32::try_from(run.len()).unwrap_or(i32::MAX)))
+        .map(|run| (run.len() > 1).then(|| packed_count(run.len())))
         .collect();
     sqlx::query(
         "INSERT INTO outbox_events (event_id, workspace_id, family, event_key, payload, occurred_at, packed_events) \
@@ -705,37 +710,33 @@ async fn forget_in_packs_pg(
         let row = event_from_pg_row(row)?;
         let events = row.events()?;
         let kept: Vec<&OutboxEvent> = events.iter().filter(|e| !keys.contains(&e.key)).collect();
+        if kept.len() == events.len() {
+            continue;
+        }
         gone += (events.len() - kept.len()) as u64;
-        match kept.as_slice() {
-            _ if kept.len() == events.len() => {}
+        let (first, payload, packed) = match kept.as_slice() {
             [] => {
                 sqlx::query("DELETE FROM outbox_events WHERE seq = $1")
                     .bind(row.seq)
                     .execute(&mut *conn)
                     .await?;
+                continue;
             }
-            [first, ..] => {
-                let (payload, packed) = match kept.as_slice() {
-                    [only] => (only.payload.clone(), None),
-                    _ => (
-                        pack::encode(&kept),
-                        Some(i32::try_from(kept.len()).unwrap_or(i32::MAX)),
-                    ),
-                };
-                sqlx::query(
-                    "UPDATE outbox_events SET event_id = $2, event_key = $3, payload = $4, \
-                     occurred_at = $5, packed_events = $6 WHERE seq = $1",
-                )
-                .bind(row.seq)
-                .bind(first.event_id)
-                .bind(&first.key)
-                .bind(payload)
-                .bind(first.occurred_at)
-                .bind(packed)
-                .execute(&mut *conn)
-                .await?;
-            }
-        }
+            [only] => (*only, only.payload.clone(), None),
+            [first, ..] => (*first, pack::encode(&kept), Some(packed_count(kept.len()))),
+        };
+        sqlx::query(
+            "UPDATE outbox_events SET event_id = $2, event_key = $3, payload = $4, \
+             occurred_at = $5, packed_events = $6 WHERE seq = $1",
+        )
+        .bind(row.seq)
+        .bind(first.event_id)
+        .bind(&first.key)
+        .bind(payload)
+        .bind(first.occurred_at)
+        .bind(packed)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(gone)
 }
