@@ -36,7 +36,7 @@ const SEGMENT_DEFINITION: &str = r#"{
 /// How long to wait for asynchronous work (stitching, syncs, requests) before giving up.
 const PATIENCE: Duration = Duration::from_secs(45);
 
-/// Consecutive equal previews (100 ms apart) taken as a settled audience.
+/// Previews in a row (100 ms apart) that match the one before: a settled audience.
 const PREVIEWS_HELD: u32 = 5;
 
 /// What the demo prints at the end (and as JSON with `--json`).
