@@ -3,10 +3,12 @@
 //! (`tests/conformance.rs`).
 //!
 //! Idempotency lives in `ingest_message_ids` (non-partitioned, primary key (workspace,
-//! message_id)): a batch claims its message ids with `ON CONFLICT DO NOTHING RETURNING`,
-//! then writes only the events whose ids it claimed, and their outbox events (packed:
-//! `meridian_bus::enqueue_packed`), in the same transaction. A concurrent batch with the
-//! same id waits on the row lock and finds it taken.
+//! message_id)): a batch claims its message ids, then writes the events whose ids it
+//! claimed and their outbox events (packed: `meridian_bus::enqueue_packed`), in the same
+//! transaction. On PostgreSQL the claims go in by `COPY`, which fails the whole batch when
+//! one id is taken; the batch is then written again claiming with `ON CONFLICT DO
+//! NOTHING`, keeping only what it claimed. A concurrent batch with the same id waits on
+//! the row lock and finds it taken.
 
 use std::collections::HashSet;
 
@@ -484,15 +486,78 @@ async fn insert_pg(
     rows: &[EventRow],
     outbox: &[OutboxEvent],
 ) -> Result<Vec<bool>, IngestError> {
+    // Message ids are claimed in byte order, on both paths, so two batches sharing ids
+    // never wait on each other in opposite orders.
+    let mut claim_order: Vec<usize> = (0..rows.len()).collect();
+    claim_order.sort_unstable_by(|a, b| rows[*a].message_id.cmp(&rows[*b].message_id));
+    match insert_all_new_pg(pool, workspace, rows, outbox, &claim_order).await {
+        Err(IngestError::Database(sqlx::Error::Database(err)))
+            if err.is_unique_violation() && err.constraint() == Some(MESSAGE_ID_CONSTRAINT) =>
+        {
+            insert_new_of_pg(pool, workspace, rows, outbox, &claim_order).await
+        }
+        done => done,
+    }
+}
+
+/// The primary key of `ingest_message_ids`: a message id already claimed.
+const MESSAGE_ID_CONSTRAINT: &str = "ingest_message_ids_pkey";
+
+/// The usual case, every message id new: the claims go in by `COPY`, which refuses the
+/// whole batch when one is taken (the caller then takes [`insert_new_of_pg`]). An
+/// `INSERT … ON CONFLICT DO NOTHING` of the same claims cost PostgreSQL about twice as
+/// much per event: the executor per row and a speculative insertion per index entry.
+async fn insert_all_new_pg(
+    pool: &PgPool,
+    workspace: &str,
+    rows: &[EventRow],
+    outbox: &[OutboxEvent],
+    claim_order: &[usize],
+) -> Result<Vec<bool>, IngestError> {
+    let claims =
+        copy_claims(workspace, rows, claim_order).map_err(|e| sqlx::Error::Encode(e.into()))?;
     let mut tx = pool.begin().await?;
-    let message_ids: Vec<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
-    let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
-    let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.received_at).collect();
-    // Claimed in message-id order, so two batches sharing ids never wait on each other in
-    // opposite orders.
-    let inserted = sqlx::query(
+    let claimed = claims
+        .send(
+            &mut tx,
+            "COPY ingest_message_ids (workspace_id, message_id, event_id, received_at) \
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    if claimed != rows.len() as u64 {
+        return Err(IngestError::Corrupt(format!(
+            "COPY claimed {claimed} of {} message ids",
+            rows.len()
+        )));
+    }
+    let all: Vec<&EventRow> = rows.iter().collect();
+    copy_events(&mut tx, workspace, &all).await?;
+    meridian_bus::enqueue_packed(&mut tx, outbox).await?;
+    tx.commit().await?;
+    Ok(vec![true; rows.len()])
+}
+
+/// A batch holding message ids already stored (a retried batch, or one racing a retry):
+/// claims only what is free, then writes the events whose ids it claimed.
+async fn insert_new_of_pg(
+    pool: &PgPool,
+    workspace: &str,
+    rows: &[EventRow],
+    outbox: &[OutboxEvent],
+    claim_order: &[usize],
+) -> Result<Vec<bool>, IngestError> {
+    let mut tx = pool.begin().await?;
+    let message_ids: Vec<&str> = claim_order
+        .iter()
+        .map(|&i| rows[i].message_id.as_str())
+        .collect();
+    let event_ids: Vec<Uuid> = claim_order.iter().map(|&i| rows[i].event_id).collect();
+    let received: Vec<DateTime<Utc>> = claim_order.iter().map(|&i| rows[i].received_at).collect();
+    // `WITH ORDINALITY`: inserted in the order given, which is the COPY path's.
+    sqlx::query(
         "INSERT INTO ingest_message_ids (workspace_id, message_id, event_id, received_at) \
-         SELECT $1, m, e, r FROM UNNEST($2::text[], $3::uuid[], $4::timestamptz[]) AS t(m, e, r) ORDER BY m \
+         SELECT $1, m, e, r FROM UNNEST($2::text[], $3::uuid[], $4::timestamptz[]) \
+         WITH ORDINALITY AS t(m, e, r, n) ORDER BY n \
          ON CONFLICT DO NOTHING",
     )
     .bind(workspace)
@@ -500,66 +565,87 @@ async fn insert_pg(
     .bind(&event_ids)
     .bind(&received)
     .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    // Usually every id is new, and nothing needs to come back. Otherwise the claimed ids
-    // are those stored with this batch's event ids (fresh v7 UUIDs: no other batch has them).
-    let written: Vec<bool> = if inserted == rows.len() as u64 {
-        vec![true; rows.len()]
-    } else {
-        let mine: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT i.event_id FROM ingest_message_ids i \
-             WHERE i.workspace_id = $1 AND i.message_id = ANY($2) AND i.event_id = ANY($3)",
-        )
-        .bind(workspace)
-        .bind(&message_ids)
-        .bind(&event_ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mine: HashSet<Uuid> = mine.into_iter().collect();
-        rows.iter().map(|r| mine.contains(&r.event_id)).collect()
-    };
+    .await?;
+    // The claimed ids are those stored with this batch's event ids (fresh v7 UUIDs: no
+    // other batch has them).
+    let mine: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT i.event_id FROM ingest_message_ids i \
+         WHERE i.workspace_id = $1 AND i.message_id = ANY($2) AND i.event_id = ANY($3)",
+    )
+    .bind(workspace)
+    .bind(&message_ids)
+    .bind(&event_ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mine: HashSet<Uuid> = mine.into_iter().collect();
+    let written: Vec<bool> = rows.iter().map(|r| mine.contains(&r.event_id)).collect();
     let new_rows: Vec<&EventRow> = rows
         .iter()
         .zip(&written)
         .filter_map(|(r, w)| w.then_some(r))
         .collect();
     if !new_rows.is_empty() {
-        // Binary COPY rather than a multi-row INSERT: PostgreSQL parses no arrays and runs
-        // no executor per row.
-        let data = copy_rows(workspace, &new_rows).map_err(|e| sqlx::Error::Encode(e.into()))?;
-        let copied = data
-            .send(
-                &mut tx,
-                "COPY ingest_events (workspace_id, received_at, event_id, message_id, kind, event_name, \
-                 occurred_at, jurisdiction, anchor_kind, anchor_index, sealed_subject, identifiers, body, purposes) \
-                 FROM STDIN (FORMAT binary)",
-            )
-            .await?;
-        if copied != new_rows.len() as u64 {
-            return Err(IngestError::Corrupt(format!(
-                "COPY stored {copied} of {} events",
-                new_rows.len()
-            )));
-        }
-        if new_rows.len() == rows.len() {
-            meridian_bus::enqueue_packed(&mut tx, outbox).await?;
-        } else {
-            let events: Vec<OutboxEvent> = outbox
-                .iter()
-                .zip(&written)
-                .filter(|(_, w)| **w)
-                .map(|(e, _)| e.clone())
-                .collect();
-            meridian_bus::enqueue_packed(&mut tx, &events).await?;
-        }
+        copy_events(&mut tx, workspace, &new_rows).await?;
+        let events: Vec<OutboxEvent> = outbox
+            .iter()
+            .zip(&written)
+            .filter(|(_, w)| **w)
+            .map(|(e, _)| e.clone())
+            .collect();
+        meridian_bus::enqueue_packed(&mut tx, &events).await?;
     }
     tx.commit().await?;
     Ok(written)
 }
 
+/// The claims of `rows`' message ids, in `claim_order`, as the data of a binary
+/// `COPY ingest_message_ids (workspace_id, message_id, event_id, received_at)`.
+fn copy_claims(
+    workspace: &str,
+    rows: &[EventRow],
+    claim_order: &[usize],
+) -> Result<BinaryCopy, CopyDataError> {
+    // 4 length words, a UUID, a timestamp; a message id is usually a UUID's 36 characters.
+    const CLAIM_BYTES: usize = 4 * 4 + 16 + 8 + 36;
+    let mut copy = BinaryCopy::with_capacity(claim_order.len() * (CLAIM_BYTES + workspace.len()));
+    for &i in claim_order {
+        let row = &rows[i];
+        copy.row(4);
+        copy.bytes(workspace.as_bytes())?;
+        copy.bytes(row.message_id.as_bytes())?;
+        copy.bytes(row.event_id.as_bytes())?;
+        copy.timestamptz(row.received_at)?;
+    }
+    Ok(copy)
+}
+
+/// Stores `rows` by binary `COPY`: PostgreSQL parses no arrays and runs no executor per
+/// row, as a multi-row `INSERT` would make it.
+async fn copy_events(
+    tx: &mut sqlx::PgConnection,
+    workspace: &str,
+    rows: &[&EventRow],
+) -> Result<(), IngestError> {
+    let data = copy_rows(workspace, rows).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    let copied = data
+        .send(
+            tx,
+            "COPY ingest_events (workspace_id, received_at, event_id, message_id, kind, event_name, \
+             occurred_at, jurisdiction, anchor_kind, anchor_index, sealed_subject, identifiers, body, purposes) \
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    if copied != rows.len() as u64 {
+        return Err(IngestError::Corrupt(format!(
+            "COPY stored {copied} of {} events",
+            rows.len()
+        )));
+    }
+    Ok(())
+}
+
 /// `rows` as the data of a binary `COPY ingest_events (...)`, in the column order of
-/// [`insert_pg`].
+/// [`copy_events`].
 fn copy_rows(workspace: &str, rows: &[&EventRow]) -> Result<BinaryCopy, CopyDataError> {
     let size: usize = rows
         .iter()

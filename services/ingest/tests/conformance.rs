@@ -318,6 +318,21 @@ async fn retried_batches_store_nothing_twice(h: Harness) {
     assert_eq!((s.accepted, s.duplicate), (0, 3));
     assert_eq!(h.count("SELECT COUNT(*) FROM ingest_events").await, 2);
     assert_eq!(h.announced().await.len(), 2);
+    // A batch mixing a stored id with a new one stores and announces only the new one.
+    let mixed = ingest(
+        &room,
+        vec![
+            order("m-2", "a2@example.com", "anon-2"),
+            order("m-3", "a3@example.com", "anon-3"),
+        ],
+    )
+    .await;
+    let s = mixed.summary.unwrap();
+    assert_eq!((s.accepted, s.duplicate), (1, 1));
+    assert_eq!(outcome(&mixed.results[0]), v1::EventOutcome::Duplicate);
+    assert_eq!(outcome(&mixed.results[1]), v1::EventOutcome::Accepted);
+    assert_eq!(h.count("SELECT COUNT(*) FROM ingest_events").await, 3);
+    assert_eq!(h.announced().await.len(), 3);
     // Concurrent retries of the same batch: still one row per message id.
     let batch: Vec<v1::Event> = (0..50)
         .map(|i| {
@@ -333,7 +348,7 @@ async fn retried_batches_store_nothing_twice(h: Harness) {
         a.summary.unwrap().accepted + b.summary.unwrap().accepted,
         50
     );
-    assert_eq!(h.count("SELECT COUNT(*) FROM ingest_events").await, 52);
+    assert_eq!(h.count("SELECT COUNT(*) FROM ingest_events").await, 53);
     let counts = room
         .store()
         .count_message_ids(WS, &(0..50).map(|i| format!("c-{i}")).collect::<Vec<_>>())
@@ -797,7 +812,7 @@ async fn postgres_a_claim_racing_another_batch_stores_each_message_once(pool: Pg
         while h
             .count(
                 "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock' AND query LIKE '%INTO ingest_message_ids%'",
+                 AND wait_event_type = 'Lock' AND query LIKE '%ingest_message_ids (%'",
             )
             .await
             == 0
