@@ -1,8 +1,10 @@
 //! [`IngestRoom`]: validates a batch, runs the consent gate, seals, and stores each
-//! accepted event with its `EventAccepted` outbox event in one transaction; serves the
+//! accepted event with its `EventAccepted` outbox event in one transaction (a large batch
+//! in a few, side by side, when cores are free); serves the
 //! stored events to other rooms (per identifier, opened) and purges them for erasure.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +44,10 @@ pub struct IngestConfig {
     pub purposes: Vec<String>,
     pub consent_cache_ttl: Duration,
     pub consent_cache_capacity: usize,
+    /// At most this many parts of one large batch are sealed and stored concurrently, each
+    /// in its own transaction (PostgreSQL only; see [`MIN_EVENTS_PER_PART`]). Default: the
+    /// cores this process may use.
+    pub max_parts_per_batch: usize,
 }
 
 impl Default for IngestConfig {
@@ -55,6 +61,8 @@ impl Default for IngestConfig {
             ],
             consent_cache_ttl: Duration::from_secs(30),
             consent_cache_capacity: 200_000,
+            max_parts_per_batch: std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get),
         }
     }
 }
@@ -163,6 +171,28 @@ struct Inner {
     config: IngestConfig,
     family: EventFamily,
     partitions: Mutex<HashSet<String>>,
+    /// Batches between validation and acknowledgement, for [`parts_of`].
+    batches_in_flight: AtomicUsize,
+}
+
+/// A batch counted in [`Inner::batches_in_flight`] until dropped (cancelled calls too).
+struct InFlight<'a> {
+    counter: &'a AtomicUsize,
+    /// The other batches in flight when this one entered.
+    others: usize,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        let others = counter.fetch_add(1, Ordering::Relaxed);
+        InFlight { counter, others }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One event on its way through the pipeline.
@@ -172,6 +202,16 @@ struct Work {
     ids: Vec<(SubjectIdentifier, String)>,
     stripped: Vec<(String, String)>,
     jurisdiction: ResolvedJurisdiction,
+}
+
+/// The fewest events a part of a batch is given: below this, a second transaction (its
+/// commit, its outbox pack, its vault round trips) costs more than the cores it frees.
+pub const MIN_EVENTS_PER_PART: usize = 128;
+
+/// How many parts `events` validated events are stored in: as many as `max_parts` allows
+/// while each part keeps [`MIN_EVENTS_PER_PART`] events.
+fn parts_of(events: usize, max_parts: usize) -> usize {
+    (events / MIN_EVENTS_PER_PART).clamp(1, max_parts.max(1))
 }
 
 /// How many of the latest distinct judging contexts of a call an event is compared with.
@@ -227,6 +267,7 @@ impl IngestRoom {
                     .parse()
                     .map_err(|_| IngestError::Corrupt("event family".into()))?,
                 partitions: Mutex::new(HashSet::new()),
+                batches_in_flight: AtomicUsize::new(0),
             }),
         })
     }
@@ -245,8 +286,9 @@ impl IngestRoom {
     }
 
     /// Accepts a batch of decoded events (a decoding failure travels in `decode_error`).
-    /// Every event gets a result; the call fails only when nothing could be stored at all
-    /// (database, vault), and then nothing was acknowledged.
+    /// Every event gets a result; the call fails only when events could not be stored
+    /// (database, vault), and then nothing was acknowledged: a large batch's parts that
+    /// did commit are reported as duplicates when the client retries.
     pub async fn ingest(
         &self,
         workspace: &WorkspaceId,
@@ -282,6 +324,123 @@ impl IngestRoom {
             }
         }
 
+        // 2.–6., on PostgreSQL in parts stored concurrently: a large batch is acknowledged
+        // sooner when cores are free, and costs the same when they are not.
+        let outcomes = self
+            .protect_and_store_in_parts(workspace, valid, batch_sent_at, received_at)
+            .await?;
+        for (index, outcome) in outcomes {
+            results[index] = Some(outcome);
+        }
+
+        let results: Vec<EventResult> = results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.unwrap_or_else(|| EventResult {
+                    reason: "not processed".into(),
+                    ..result(i, "", Outcome::Rejected)
+                })
+            })
+            .collect();
+        let mut summary = Summary::default();
+        for r in &results {
+            match r.outcome {
+                Outcome::Accepted => summary.accepted += 1,
+                Outcome::Duplicate => summary.duplicate += 1,
+                Outcome::Rejected => summary.rejected += 1,
+                Outcome::Dropped => {
+                    summary.dropped += 1;
+                    metrics().dropped(&r.rule);
+                }
+            }
+            summary.stripped_fields += u32::try_from(r.stripped_fields.len()).unwrap_or(u32::MAX);
+        }
+        metrics().outcomes(&summary);
+        tracing::debug!(
+            workspace = ws,
+            accepted = summary.accepted,
+            duplicate = summary.duplicate,
+            rejected = summary.rejected,
+            dropped = summary.dropped,
+            stripped_fields = summary.stripped_fields,
+            "ingested batch"
+        );
+        Ok(IngestReport { results, summary })
+    }
+
+    /// Steps 2 to 6 of [`IngestRoom::ingest`] for `valid`, split into parts stored by
+    /// concurrent tasks when the store takes concurrent writers, the batch is large and
+    /// fewer batches are in flight than `max_parts_per_batch` (under full load every core
+    /// is busy already, and more transactions only cost more). Each part is its own
+    /// transaction; the call succeeds only when every part did, so a failure acknowledges
+    /// nothing and a retry finds the committed parts' ids taken.
+    async fn protect_and_store_in_parts(
+        &self,
+        workspace: &WorkspaceId,
+        mut valid: Vec<(usize, ValidEvent)>,
+        batch_sent_at: Option<DateTime<Utc>>,
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<(usize, EventResult)>, IngestError> {
+        let in_flight = InFlight::enter(&self.inner.batches_in_flight);
+        let parts = if self.inner.store.takes_concurrent_writers() {
+            let free = self
+                .inner
+                .config
+                .max_parts_per_batch
+                .saturating_sub(in_flight.others);
+            parts_of(valid.len(), free)
+        } else {
+            1
+        };
+        if parts <= 1 {
+            return self
+                .protect_and_store(workspace, valid, batch_sent_at, received_at)
+                .await;
+        }
+        let part_len = valid.len().div_ceil(parts);
+        let mut tasks = Vec::with_capacity(parts);
+        while !valid.is_empty() {
+            let rest = valid.split_off(part_len.min(valid.len()));
+            let part = std::mem::replace(&mut valid, rest);
+            let (room, workspace) = (self.clone(), workspace.clone());
+            tasks.push(tokio::spawn(async move {
+                room.protect_and_store(&workspace, part, batch_sent_at, received_at)
+                    .await
+            }));
+        }
+        let mut outcomes = Vec::new();
+        let mut failed = None;
+        // Every task is awaited, even after a failure: none is left running unobserved.
+        for task in tasks {
+            match task.await {
+                Ok(Ok(part)) => outcomes.extend(part),
+                Ok(Err(err)) => failed = failed.or(Some(err)),
+                Err(join) => {
+                    failed = failed.or(Some(IngestError::Corrupt(format!(
+                        "a part of the batch failed: {join}"
+                    ))))
+                }
+            }
+        }
+        match failed {
+            Some(err) => Err(err),
+            None => Ok(outcomes),
+        }
+    }
+
+    /// Identifiers, consent, policy, sealing and storage of validated events (steps 2 to 6
+    /// of [`IngestRoom::ingest`]): the outcome of each, by its index in the request.
+    async fn protect_and_store(
+        &self,
+        workspace: &WorkspaceId,
+        valid: Vec<(usize, ValidEvent)>,
+        batch_sent_at: Option<DateTime<Utc>>,
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<(usize, EventResult)>, IngestError> {
+        let inner = &*self.inner;
+        let ws = workspace.as_str();
+        let mut outcomes: Vec<(usize, EventResult)> = Vec::with_capacity(valid.len());
         // 2. identifiers: normalize, drop placeholders, blind-index (identity's functions)
         let indexer = if valid.is_empty() {
             None
@@ -344,24 +503,31 @@ impl IngestRoom {
                 }
             }
             if let Some(v) = bad {
-                results[index] = Some(EventResult {
-                    reason: v.reason,
-                    field: v.field,
-                    ..result(index, &event.message_id, Outcome::Rejected)
-                });
+                outcomes.push((
+                    index,
+                    EventResult {
+                        reason: v.reason,
+                        field: v.field,
+                        ..result(index, &event.message_id, Outcome::Rejected)
+                    },
+                ));
                 continue;
             }
             if ids.is_empty() {
-                results[index] = Some(EventResult {
-                    reason: "every identifier is a placeholder value (`null`, `undefined`, ...)"
-                        .into(),
-                    field: event
-                        .identifiers
-                        .first()
-                        .map(|i| i.field.clone())
-                        .unwrap_or_default(),
-                    ..result(index, &event.message_id, Outcome::Rejected)
-                });
+                outcomes.push((
+                    index,
+                    EventResult {
+                        reason:
+                            "every identifier is a placeholder value (`null`, `undefined`, ...)"
+                                .into(),
+                        field: event
+                            .identifiers
+                            .first()
+                            .map(|i| i.field.clone())
+                            .unwrap_or_default(),
+                        ..result(index, &event.message_id, Outcome::Rejected)
+                    },
+                ));
                 continue;
             }
             let jurisdiction =
@@ -435,11 +601,14 @@ impl IngestRoom {
             let purposes = match ctx.allowed_purposes(base) {
                 Ok(p) => p,
                 Err(denied) => {
-                    results[w.index] = Some(EventResult {
-                        reason: "no lawful basis to collect this event".into(),
-                        rule: denied.rule,
-                        ..result(w.index, &w.event.message_id, Outcome::Dropped)
-                    });
+                    outcomes.push((
+                        w.index,
+                        EventResult {
+                            reason: "no lawful basis to collect this event".into(),
+                            rule: denied.rule,
+                            ..result(w.index, &w.event.message_id, Outcome::Dropped)
+                        },
+                    ));
                     continue;
                 }
             };
@@ -456,11 +625,14 @@ impl IngestRoom {
                     .last()
                     .map(|(_, r)| r.clone())
                     .unwrap_or_default();
-                results[w.index] = Some(EventResult {
-                    reason: "no lawful basis to collect any identifier of this event".into(),
-                    rule,
-                    ..result(w.index, &w.event.message_id, Outcome::Dropped)
-                });
+                outcomes.push((
+                    w.index,
+                    EventResult {
+                        reason: "no lawful basis to collect any identifier of this event".into(),
+                        rule,
+                        ..result(w.index, &w.event.message_id, Outcome::Dropped)
+                    },
+                ));
                 continue;
             }
             w.ids = ids;
@@ -543,48 +715,18 @@ impl IngestRoom {
                 for (_, rule) in &stripped {
                     metrics().stripped(rule);
                 }
-                results[index] = Some(EventResult {
-                    rule: stripped.first().map(|(_, r)| r.clone()).unwrap_or_default(),
-                    stripped_fields: stripped.into_iter().map(|(f, _)| f).collect(),
-                    ..result(index, &row.message_id, outcome)
-                });
+                outcomes.push((
+                    index,
+                    EventResult {
+                        rule: stripped.first().map(|(_, r)| r.clone()).unwrap_or_default(),
+                        stripped_fields: stripped.into_iter().map(|(f, _)| f).collect(),
+                        ..result(index, &row.message_id, outcome)
+                    },
+                ));
             }
         }
 
-        let results: Vec<EventResult> = results
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                r.unwrap_or_else(|| EventResult {
-                    reason: "not processed".into(),
-                    ..result(i, "", Outcome::Rejected)
-                })
-            })
-            .collect();
-        let mut summary = Summary::default();
-        for r in &results {
-            match r.outcome {
-                Outcome::Accepted => summary.accepted += 1,
-                Outcome::Duplicate => summary.duplicate += 1,
-                Outcome::Rejected => summary.rejected += 1,
-                Outcome::Dropped => {
-                    summary.dropped += 1;
-                    metrics().dropped(&r.rule);
-                }
-            }
-            summary.stripped_fields += u32::try_from(r.stripped_fields.len()).unwrap_or(u32::MAX);
-        }
-        metrics().outcomes(&summary);
-        tracing::debug!(
-            workspace = ws,
-            accepted = summary.accepted,
-            duplicate = summary.duplicate,
-            rejected = summary.rejected,
-            dropped = summary.dropped,
-            stripped_fields = summary.stripped_fields,
-            "ingested batch"
-        );
-        Ok(IngestReport { results, summary })
+        Ok(outcomes)
     }
 
     async fn ensure_partition(&self, at: DateTime<Utc>) -> Result<(), IngestError> {
@@ -1023,6 +1165,32 @@ fn revenue(ev: &ValidEvent) -> Option<bus::Money> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A batch is split only into parts of at least `MIN_EVENTS_PER_PART` events, never
+    /// into more than the free parts, and always stored in at least one.
+    #[test]
+    fn a_batch_is_split_into_parts_of_at_least_the_minimum() {
+        let min = MIN_EVENTS_PER_PART;
+        assert_eq!(parts_of(min - 1, 4), 1);
+        assert_eq!(parts_of(2 * min - 1, 4), 1);
+        assert_eq!(parts_of(2 * min, 4), 2);
+        assert_eq!(parts_of(1000, 4), 4);
+        assert_eq!(parts_of(1000, 1), 1);
+        assert_eq!(parts_of(1000, 0), 1);
+        assert_eq!(parts_of(0, 4), 1);
+    }
+
+    #[test]
+    fn a_batch_in_flight_is_counted_until_dropped() {
+        let counter = AtomicUsize::new(0);
+        let first = InFlight::enter(&counter);
+        let second = InFlight::enter(&counter);
+        assert_eq!((first.others, second.others), (0, 1));
+        drop(first);
+        assert_eq!(InFlight::enter(&counter).others, 1);
+        drop(second);
+        assert_eq!(counter.load(Ordering::Relaxed), 0);
+    }
 
     /// The body serialized from borrowed parts is byte for byte the JSON of the `json!`
     /// value it replaced (the stored format, opened by `events_of`).

@@ -124,6 +124,12 @@ fn decode_index(bytes: &[u8]) -> Result<BlindIndex, IngestError> {
 const PARTITION_LOCK: i64 = 0x494e_4745_5354_5054;
 
 impl EventStore {
+    /// Whether transactions of this store write side by side (PostgreSQL) rather than one
+    /// at a time (SQLite's single writer), so that splitting a batch gains time.
+    pub fn takes_concurrent_writers(&self) -> bool {
+        matches!(self, EventStore::Postgres(_))
+    }
+
     pub fn from_store(store: &Store) -> Self {
         match store {
             Store::Postgres(pool) => EventStore::Postgres(pool.clone()),

@@ -53,12 +53,16 @@ struct Harness {
 
 impl Harness {
     fn room(&self, consent: Arc<dyn ConsentLookup>) -> IngestRoom {
+        self.room_with(consent, IngestConfig::default())
+    }
+
+    fn room_with(&self, consent: Arc<dyn ConsentLookup>, config: IngestConfig) -> IngestRoom {
         IngestRoom::new(
             &self.store,
             self.vault.clone(),
             self.policies.clone(),
             consent,
-            IngestConfig::default(),
+            config,
         )
         .unwrap()
     }
@@ -356,6 +360,70 @@ async fn retried_batches_store_nothing_twice(h: Harness) {
         .unwrap();
     assert_eq!(counts.len(), 50);
     assert!(counts.iter().all(|(_, n)| *n == 1));
+}
+
+/// A batch large enough to be stored in parts (three on PostgreSQL, each its own
+/// transaction; one on SQLite) reports every event's outcome at its own index, stores each
+/// new message once and announces it once.
+async fn a_batch_stored_in_parts_keeps_each_outcome_in_place(h: Harness) {
+    let room = h.room_with(
+        Arc::new(NoRecordedConsent),
+        IngestConfig {
+            max_parts_per_batch: 3,
+            ..IngestConfig::default()
+        },
+    );
+    let message = |i: usize| format!("p-{i:03}");
+    let event = |i: usize| {
+        order(
+            &message(i),
+            &format!("p{i}@example.com"),
+            &format!("anon-p{i}"),
+        )
+    };
+    // Stored before: every 50th, spread over the parts.
+    let earlier: Vec<usize> = (0..400).step_by(50).collect();
+    let s = ingest(&room, earlier.iter().map(|&i| event(i)).collect())
+        .await
+        .summary
+        .unwrap();
+    assert_eq!(s.accepted, 8);
+    let mut batch: Vec<v1::Event> = (0..400).map(event).collect();
+    batch[130] = order(&message(130), "not-an-email", "anon-p130");
+    batch[390] = event(7);
+    let resp = ingest(&room, batch).await;
+    let mut expected_accepted = 0;
+    for (i, r) in resp.results.iter().enumerate() {
+        let expected = if i == 130 {
+            v1::EventOutcome::Rejected
+        } else if earlier.contains(&i) || i == 390 {
+            v1::EventOutcome::Duplicate
+        } else {
+            expected_accepted += 1;
+            v1::EventOutcome::Accepted
+        };
+        assert_eq!((r.index as usize, outcome(r)), (i, expected), "{r:?}");
+        let id = if i == 390 { message(7) } else { message(i) };
+        assert_eq!(r.message_id, id);
+    }
+    assert_eq!(resp.results[130].field, "events[130].identifiers[0].value");
+    let s = resp.summary.unwrap();
+    assert_eq!(
+        (s.accepted, s.duplicate, s.rejected),
+        (expected_accepted, 9, 1)
+    );
+    let stored = 8 + i64::from(expected_accepted);
+    assert_eq!(h.count("SELECT COUNT(*) FROM ingest_events").await, stored);
+    assert_eq!(
+        h.count("SELECT COUNT(DISTINCT message_id) FROM ingest_events")
+            .await,
+        stored
+    );
+    assert_eq!(h.announced().await.len() as i64, stored);
+    // One outbox pack per transaction on PostgreSQL: the earlier batch's and three parts'.
+    if let Store::Postgres(_) = h.store {
+        assert_eq!(h.count("SELECT COUNT(*) FROM outbox_events").await, 4);
+    }
 }
 
 async fn bad_events_are_rejected_alone_with_the_field_at_fault(h: Harness) {
@@ -772,6 +840,7 @@ macro_rules! conformance {
 conformance!(
     accepted_events_are_sealed_indexed_and_announced,
     retried_batches_store_nothing_twice,
+    a_batch_stored_in_parts_keeps_each_outcome_in_place,
     bad_events_are_rejected_alone_with_the_field_at_fault,
     the_consent_gate_drops_without_a_basis_and_counts,
     consent_changes_invalidate_the_cache,
