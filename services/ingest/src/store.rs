@@ -523,19 +523,15 @@ async fn insert_all_new_pg(
     let claims =
         copy_claims(workspace, rows, claim_order).map_err(|e| sqlx::Error::Encode(e.into()))?;
     let mut tx = pool.begin().await?;
-    let claimed = claims
-        .send(
-            &mut tx,
-            "COPY ingest_message_ids (workspace_id, message_id, event_id, received_at) \
-             FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    if claimed != rows.len() as u64 {
-        return Err(IngestError::Corrupt(format!(
-            "COPY claimed {claimed} of {} message ids",
-            rows.len()
-        )));
-    }
+    copy_exactly(
+        &mut tx,
+        claims,
+        "COPY ingest_message_ids (workspace_id, message_id, event_id, received_at) \
+         FROM STDIN (FORMAT binary)",
+        rows.len(),
+        "message ids",
+    )
+    .await?;
     let all: Vec<&EventRow> = rows.iter().collect();
     copy_events(&mut tx, workspace, &all).await?;
     meridian_bus::enqueue_packed(&mut tx, outbox).await?;
@@ -633,18 +629,31 @@ async fn copy_events(
     rows: &[&EventRow],
 ) -> Result<(), IngestError> {
     let data = copy_rows(workspace, rows).map_err(|e| sqlx::Error::Encode(e.into()))?;
-    let copied = data
-        .send(
-            tx,
-            "COPY ingest_events (workspace_id, received_at, event_id, message_id, kind, event_name, \
-             occurred_at, jurisdiction, anchor_kind, anchor_index, sealed_subject, identifiers, body, purposes) \
-             FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    if copied != rows.len() as u64 {
+    copy_exactly(
+        tx,
+        data,
+        "COPY ingest_events (workspace_id, received_at, event_id, message_id, kind, event_name, \
+         occurred_at, jurisdiction, anchor_kind, anchor_index, sealed_subject, identifiers, body, purposes) \
+         FROM STDIN (FORMAT binary)",
+        rows.len(),
+        "events",
+    )
+    .await
+}
+
+/// Runs `statement` (a `COPY … FROM STDIN`) with `data`, which holds `expected` rows of
+/// `what`; a different count stored means the data was malformed.
+async fn copy_exactly(
+    tx: &mut sqlx::PgConnection,
+    data: BinaryCopy,
+    statement: &str,
+    expected: usize,
+    what: &str,
+) -> Result<(), IngestError> {
+    let copied = data.send(tx, statement).await?;
+    if copied != expected as u64 {
         return Err(IngestError::Corrupt(format!(
-            "COPY stored {copied} of {} events",
-            rows.len()
+            "COPY stored {copied} of {expected} {what}"
         )));
     }
     Ok(())
