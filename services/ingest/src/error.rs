@@ -17,6 +17,10 @@ pub enum IngestError {
     Outbox(#[from] meridian_bus::BusError),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// A part of a large batch stopped before it finished (its task panicked or the
+    /// runtime shut down); whether it committed is unknown, so nothing is acknowledged.
+    #[error("a part of the batch did not finish: {0}")]
+    PartLost(String),
 }
 
 impl IngestError {

@@ -24,7 +24,8 @@ impl From<IngestError> for Status {
             | IngestError::Vault(_)
             | IngestError::Database(_)
             | IngestError::Outbox(_)
-            | IngestError::Corrupt(_) => status::internal(&err),
+            | IngestError::Corrupt(_)
+            | IngestError::PartLost(_) => status::internal(&err),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! [`IngestRoom`]: validates a batch, runs the consent gate, seals, and stores each
 //! accepted event with its `EventAccepted` outbox event in one transaction (a large batch
-//! in a few, side by side, when cores are free); serves the
-//! stored events to other rooms (per identifier, opened) and purges them for erasure.
+//! in a few, side by side, when cores are free); serves the stored events to other rooms
+//! (per identifier, opened) and purges them for erasure.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -416,11 +416,7 @@ impl IngestRoom {
             match task.await {
                 Ok(Ok(part)) => outcomes.extend(part),
                 Ok(Err(err)) => failed = failed.or(Some(err)),
-                Err(join) => {
-                    failed = failed.or(Some(IngestError::Corrupt(format!(
-                        "a part of the batch failed: {join}"
-                    ))))
-                }
+                Err(join) => failed = failed.or(Some(IngestError::PartLost(join.to_string()))),
             }
         }
         match failed {
