@@ -208,10 +208,18 @@ struct Work {
 /// commit, its outbox pack, its vault round trips) costs more than the cores it frees.
 pub const MIN_EVENTS_PER_PART: usize = 128;
 
-/// How many parts `events` validated events are stored in: as many as `max_parts` allows
-/// while each part keeps [`MIN_EVENTS_PER_PART`] events.
-fn parts_of(events: usize, max_parts: usize) -> usize {
-    (events / MIN_EVENTS_PER_PART).clamp(1, max_parts.max(1))
+/// How many parts `events` validated events are stored in, with `others` batches in
+/// flight: one when `max_parts` batches are; otherwise one per core the others leave,
+/// and at least two, while each part keeps [`MIN_EVENTS_PER_PART`] events.
+///
+/// At least two because a batch spends about half its time waiting on PostgreSQL, so a
+/// core taken by another batch is still half free: beside one other batch on 2 cores, two
+/// parts cut the ack time at half the maximum rate (`bench ingest`).
+fn parts_of(events: usize, max_parts: usize, others: usize) -> usize {
+    let Some(free) = max_parts.checked_sub(others).filter(|f| *f > 0) else {
+        return 1;
+    };
+    (events / MIN_EVENTS_PER_PART).clamp(1, free.max(2).min(max_parts))
 }
 
 /// How many of the latest distinct judging contexts of a call an event is compared with.
@@ -372,7 +380,8 @@ impl IngestRoom {
     /// Steps 2 to 6 of [`IngestRoom::ingest`] for `valid`, split into parts stored by
     /// concurrent tasks when the store takes concurrent writers, the batch is large and
     /// fewer batches are in flight than `max_parts_per_batch` (under full load every core
-    /// is busy already, and more transactions only cost more). Each part is its own
+    /// is busy already, and more transactions only cost more): into as many parts as
+    /// cores not taken by other batches, and at least two. Each part is its own
     /// transaction; the call succeeds only when every part did, so a failure acknowledges
     /// nothing and a retry finds the committed parts' ids taken.
     async fn protect_and_store_in_parts(
@@ -384,12 +393,11 @@ impl IngestRoom {
     ) -> Result<Vec<(usize, EventResult)>, IngestError> {
         let in_flight = InFlight::enter(&self.inner.batches_in_flight);
         let parts = if self.inner.store.takes_concurrent_writers() {
-            let free = self
-                .inner
-                .config
-                .max_parts_per_batch
-                .saturating_sub(in_flight.others);
-            parts_of(valid.len(), free)
+            parts_of(
+                valid.len(),
+                self.inner.config.max_parts_per_batch,
+                in_flight.others,
+            )
         } else {
             1
         };
@@ -1162,18 +1170,25 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// A batch is split only into parts of at least `MIN_EVENTS_PER_PART` events, never
-    /// into more than the free parts, and always stored in at least one.
+    /// A batch is split only into parts of at least `MIN_EVENTS_PER_PART` events, into
+    /// the cores other batches leave (at least two, at most `max_parts`), and not at all
+    /// when `max_parts` batches are in flight already.
     #[test]
-    fn a_batch_is_split_into_parts_of_at_least_the_minimum() {
+    fn a_batch_is_split_into_the_free_cores_in_parts_of_at_least_the_minimum() {
         let min = MIN_EVENTS_PER_PART;
-        assert_eq!(parts_of(min - 1, 4), 1);
-        assert_eq!(parts_of(2 * min - 1, 4), 1);
-        assert_eq!(parts_of(2 * min, 4), 2);
-        assert_eq!(parts_of(1000, 4), 4);
-        assert_eq!(parts_of(1000, 1), 1);
-        assert_eq!(parts_of(1000, 0), 1);
-        assert_eq!(parts_of(0, 4), 1);
+        assert_eq!(parts_of(min - 1, 4, 0), 1);
+        assert_eq!(parts_of(2 * min - 1, 4, 0), 1);
+        assert_eq!(parts_of(2 * min, 4, 0), 2);
+        assert_eq!(parts_of(1000, 4, 0), 4);
+        assert_eq!(parts_of(1000, 4, 1), 3);
+        assert_eq!(parts_of(1000, 4, 3), 2);
+        assert_eq!(parts_of(1000, 4, 4), 1);
+        assert_eq!(parts_of(1000, 4, 9), 1);
+        assert_eq!(parts_of(1000, 2, 1), 2);
+        assert_eq!(parts_of(1000, 2, 2), 1);
+        assert_eq!(parts_of(1000, 1, 0), 1);
+        assert_eq!(parts_of(1000, 0, 0), 1);
+        assert_eq!(parts_of(0, 4, 0), 1);
     }
 
     #[test]
