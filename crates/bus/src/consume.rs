@@ -22,6 +22,17 @@ use crate::outbox::{Tx, sqlite_time};
 pub trait EventHandler: Send + Sync {
     async fn handle(&self, tx: &mut Tx<'_>, event: &OutboxEvent) -> Result<(), HandlerError>;
 
+    /// The id the event is recorded as processed under (`bus_processed.event_id`): two
+    /// deliveries with the same key are applied once. The bus event's own id by default. A
+    /// handler whose payload carries a durable id of its own (an ingested event's id, which
+    /// stays the same if the event is ever published again as a new outbox row) returns a
+    /// key derived from it, so the bus's record is the consumer's only idempotency record.
+    /// Must not fail: a payload it cannot read keeps the bus event's id, and the handler
+    /// then refuses it.
+    fn idempotency_key(&self, event: &OutboxEvent) -> Uuid {
+        event.event_id
+    }
+
     /// Applies several new events, in delivery order, inside `tx` as one unit: all of them
     /// or (on error) none, since the bus then rolls the batch back and applies each event on
     /// its own through [`EventHandler::handle`], so only the failing ones are retried. The
@@ -214,10 +225,13 @@ async fn apply_batch(
     attempts: &[Attempt],
 ) -> Result<Option<Vec<Outcome>>, BusError> {
     let consumer = subscription.consumer.as_str();
+    let keys: Vec<Uuid> = attempts
+        .iter()
+        .map(|a| handler.idempotency_key(&a.event))
+        .collect();
     match tx {
         Tx::Postgres(conn) => {
             let mut savepoint = conn.begin().await?;
-            let ids: Vec<Uuid> = attempts.iter().map(|a| a.event.event_id).collect();
             let workspaces: Vec<&str> = attempts
                 .iter()
                 .map(|a| a.event.workspace_id.as_str())
@@ -228,12 +242,12 @@ async fn apply_batch(
                  ON CONFLICT DO NOTHING RETURNING event_id",
             )
             .bind(consumer)
-            .bind(ids)
+            .bind(keys.as_slice())
             .bind(workspaces)
             .fetch_all(&mut *savepoint)
             .await?;
             let mut new: HashSet<Uuid> = new.into_iter().collect();
-            let (outcomes, fresh) = sort_new(attempts, |a| new.remove(&a.event.event_id));
+            let (outcomes, fresh) = sort_new(attempts, &keys, |key| new.remove(key));
             let mut db = Tx::Postgres(&mut savepoint);
             if !fresh.is_empty() && handler.handle_batch(&mut db, &fresh).await.is_err() {
                 savepoint.rollback().await?;
@@ -246,13 +260,14 @@ async fn apply_batch(
             let mut savepoint = conn.begin().await?;
             let processed_at = sqlite_time(Utc::now());
             let mut new = HashSet::new();
-            for chunk in attempts.chunks(SQLITE_ROWS_PER_INSERT) {
+            let rows: Vec<(&Attempt, &Uuid)> = attempts.iter().zip(&keys).collect();
+            for chunk in rows.chunks(SQLITE_ROWS_PER_INSERT) {
                 let mut builder = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                     "INSERT INTO bus_processed (consumer, event_id, workspace_id, processed_at) ",
                 );
-                builder.push_values(chunk, |mut row, attempt| {
+                builder.push_values(chunk, |mut row, (attempt, key)| {
                     row.push_bind(consumer)
-                        .push_bind(attempt.event.event_id.to_string())
+                        .push_bind(key.to_string())
                         .push_bind(attempt.event.workspace_id.as_str())
                         .push_bind(processed_at.as_str());
                 });
@@ -263,8 +278,7 @@ async fn apply_batch(
                     .await?;
                 new.extend(inserted);
             }
-            let (outcomes, fresh) =
-                sort_new(attempts, |a| new.remove(&a.event.event_id.to_string()));
+            let (outcomes, fresh) = sort_new(attempts, &keys, |key| new.remove(&key.to_string()));
             let mut db = Tx::Sqlite(&mut savepoint);
             if !fresh.is_empty() && handler.handle_batch(&mut db, &fresh).await.is_err() {
                 savepoint.rollback().await?;
@@ -276,16 +290,19 @@ async fn apply_batch(
     }
 }
 
-/// The outcome of each attempt (applied if `is_new`, else a duplicate) and the new events,
-/// in delivery order, for [`EventHandler::handle_batch`].
-fn sort_new(
-    attempts: &[Attempt],
-    mut is_new: impl FnMut(&Attempt) -> bool,
-) -> (Vec<Outcome>, Vec<&OutboxEvent>) {
+/// The outcome of each attempt (applied if its idempotency key `is_new`, else a duplicate)
+/// and the new events, in delivery order, for [`EventHandler::handle_batch`]. `is_new`
+/// takes each key out of the set of inserted ones, so the second attempt with a key is a
+/// duplicate of the first.
+fn sort_new<'a>(
+    attempts: &'a [Attempt],
+    keys: &[Uuid],
+    mut is_new: impl FnMut(&Uuid) -> bool,
+) -> (Vec<Outcome>, Vec<&'a OutboxEvent>) {
     let mut outcomes = Vec::with_capacity(attempts.len());
     let mut fresh = Vec::with_capacity(attempts.len());
-    for attempt in attempts {
-        if is_new(attempt) {
+    for (attempt, key) in attempts.iter().zip(keys) {
+        if is_new(key) {
             outcomes.push(Outcome::Applied);
             fresh.push(&attempt.event);
         } else {
@@ -311,7 +328,7 @@ async fn apply_pg(
          ON CONFLICT DO NOTHING",
     )
     .bind(subscription.consumer.as_str())
-    .bind(event.event_id)
+    .bind(handler.idempotency_key(event))
     .bind(event.workspace_id.as_str())
     .execute(&mut *savepoint)
     .await?
@@ -348,7 +365,7 @@ async fn apply_sqlite(
          VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
     )
     .bind(subscription.consumer.as_str())
-    .bind(event.event_id.to_string())
+    .bind(handler.idempotency_key(event).to_string())
     .bind(event.workspace_id.as_str())
     .bind(sqlite_time(Utc::now()))
     .execute(&mut *savepoint)

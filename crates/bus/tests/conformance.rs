@@ -532,10 +532,94 @@ async fn a_large_delivery_applies_only_what_no_replica_recorded(h: Harness) {
     h.cleanup().await;
 }
 
+/// A consumer keyed by its payload (a UUID): [`EventHandler::idempotency_key`].
+struct KeyedByPayload(Arc<Recorder>);
+
+#[async_trait::async_trait]
+impl EventHandler for KeyedByPayload {
+    async fn handle(
+        &self,
+        tx: &mut meridian_bus::Tx<'_>,
+        event: &meridian_bus::OutboxEvent,
+    ) -> Result<(), meridian_bus::HandlerError> {
+        self.0.handle(tx, event).await
+    }
+
+    fn idempotency_key(&self, event: &meridian_bus::OutboxEvent) -> Uuid {
+        std::str::from_utf8(&event.payload)
+            .ok()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .unwrap_or(event.event_id)
+    }
+}
+
+/// A handler that names its own idempotency key sees an event published again as a new
+/// outbox row as a duplicate: in the same delivery (the fast path) and in later
+/// deliveries of one event each (the path of one savepoint an event). The bus records the
+/// key, once, in place of the bus event's id.
+async fn a_handler_key_applies_an_event_published_twice_once(h: Harness) {
+    let (k1, k2) = (Uuid::new_v4(), Uuid::new_v4());
+    let first = vec![
+        h.event("acme", &k1.to_string()),
+        h.event("acme", &k1.to_string()),
+        h.event("acme", &k2.to_string()),
+    ];
+    commit_state_and_events(&h, &first).await;
+    let handler = KeyedByPayload(Recorder::new("keyed"));
+    let sub = subscription(&h, "keyed");
+    let one_at_a_time = Subscription {
+        batch_size: 1,
+        ..sub.clone()
+    };
+    let seen = std::sync::atomic::AtomicUsize::new(0);
+    let consume_until = |sub: Subscription, total: usize| {
+        let (seen, handler, h) = (&seen, &handler, &h);
+        async move {
+            eventually(LIMIT, "every delivery to be consumed", || async {
+                h.bus.relay_batch(256).await.unwrap();
+                let stats = h.bus.consume_batch(&sub, handler).await.unwrap();
+                assert_eq!(stats.retried + stats.dead_lettered, 0, "{stats:?}");
+                let n = stats.applied + stats.duplicates;
+                seen.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n == total
+            })
+            .await;
+        }
+    };
+    consume_until(sub.clone(), 3).await;
+    let again = vec![
+        h.event("acme", &k2.to_string()),
+        h.event("acme", &k1.to_string()),
+    ];
+    commit_state_and_events(&h, &again).await;
+    consume_until(one_at_a_time, 5).await;
+    let applied = effects(&h.store, "keyed").await;
+    assert_eq!(applied.len(), 2, "{applied:?}");
+    assert!(applied.values().all(|&n| n == 1), "{applied:?}");
+    assert!(applied.contains_key(&first[0].event_id) && applied.contains_key(&first[2].event_id));
+    let recorded = |key: Uuid| {
+        let sql = format!(
+            "SELECT COUNT(*) FROM bus_processed WHERE consumer = 'keyed' AND event_id = '{key}'"
+        );
+        let store = h.store.clone();
+        async move { scalar(&store, &sql).await }
+    };
+    assert_eq!((recorded(k1).await, recorded(k2).await), (1, 1));
+    assert_eq!(
+        scalar(
+            &h.store,
+            "SELECT COUNT(*) FROM bus_processed WHERE consumer = 'keyed'"
+        )
+        .await,
+        2
+    );
+    h.cleanup().await;
+}
+
 every_bus!(
     committed_events_are_applied_once_and_rolled_back_ones_never_sent,
     a_delivery_reaches_handle_batch_and_a_failure_falls_back_to_each_event,
     failures_retry_with_backoff_then_dead_letter_and_replay,
     concurrent_writers_relays_and_consumers_apply_every_event_once,
     a_large_delivery_applies_only_what_no_replica_recorded,
+    a_handler_key_applies_an_event_published_twice_once,
 );

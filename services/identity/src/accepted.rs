@@ -281,6 +281,52 @@ fn payload_of(event: &OutboxEvent) -> Result<EventAccepted, HandlerError> {
     Ok(payload)
 }
 
+/// The one field of an `EventAccepted` payload its idempotency key needs; decoding it
+/// skips the others without building them.
+#[derive(Clone, PartialEq, Message)]
+struct AcceptedEventId {
+    #[prost(string, tag = "1")]
+    workspace_id: String,
+    #[prost(string, tag = "2")]
+    event_id: String,
+}
+
+/// The key the bus records an accepted event as processed under: the ingested event's id,
+/// so the same ingested event applies once even if it is published again as a new outbox
+/// row. Ingest's ids are hyphenated UUIDs, unique across workspaces, and are the key as
+/// they are (migration 0022 moved the ids recorded before in that form); any other id is
+/// unique within its workspace only and is hashed with it into one. A payload without an
+/// id keeps the bus event's id; the handler refuses such a payload anyway.
+pub(crate) fn accepted_event_key(event: &OutboxEvent) -> uuid::Uuid {
+    match AcceptedEventId::decode(event.payload.as_slice()) {
+        Ok(p) if p.event_id.is_empty() => event.event_id,
+        Ok(p) => {
+            hyphenated_uuid(&p.event_id).unwrap_or_else(|| hashed_key(&p.workspace_id, &p.event_id))
+        }
+        Err(_) => event.event_id,
+    }
+}
+
+fn hyphenated_uuid(id: &str) -> Option<uuid::Uuid> {
+    (id.len() == 36)
+        .then(|| uuid::Uuid::try_parse(id).ok())
+        .flatten()
+}
+
+/// A UUID (version 8) from the first half of SHA-256 over a domain tag, the workspace and
+/// the id (a workspace id is a token: it holds no NUL).
+fn hashed_key(workspace: &str, id: &str) -> uuid::Uuid {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    context.update(b"meridian identity: ingested event id\0");
+    context.update(workspace.as_bytes());
+    context.update(b"\0");
+    context.update(id.as_bytes());
+    let digest = context.finish();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
 fn handler_error(e: IdentityError) -> HandlerError {
     match e {
         IdentityError::Database(e) => HandlerError::Database(e),
@@ -294,6 +340,10 @@ fn handler_error(e: IdentityError) -> HandlerError {
 
 #[async_trait]
 impl EventHandler for IngestConsumer {
+    fn idempotency_key(&self, event: &OutboxEvent) -> uuid::Uuid {
+        accepted_event_key(event)
+    }
+
     async fn handle(&self, tx: &mut Tx<'_>, event: &OutboxEvent) -> Result<(), HandlerError> {
         let payload = payload_of(event)?;
         self.room
@@ -320,5 +370,68 @@ impl EventHandler for IngestConsumer {
             .await
             .map(|_| ())
             .map_err(handler_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox_event(event_id: &str) -> OutboxEvent {
+        outbox_event_in("acme", event_id)
+    }
+
+    fn outbox_event_in(workspace: &str, event_id: &str) -> OutboxEvent {
+        let payload = EventAccepted {
+            workspace_id: workspace.into(),
+            event_id: event_id.into(),
+            message_id: "m-1".into(),
+            ..EventAccepted::default()
+        };
+        OutboxEvent::new(
+            workspace.parse().unwrap(),
+            FAMILY.parse().unwrap(),
+            "subject",
+            payload.encode_to_vec(),
+        )
+    }
+
+    #[test]
+    fn the_key_is_the_ingested_event_id_whatever_outbox_row_carries_it() {
+        let id = uuid::Uuid::now_v7();
+        let (a, b) = (outbox_event(&id.to_string()), outbox_event(&id.to_string()));
+        assert_ne!(a.event_id, b.event_id);
+        assert_eq!(accepted_event_key(&a), id);
+        assert_eq!(accepted_event_key(&b), id);
+        // Hyphenated in upper case too: the same UUID.
+        let upper = outbox_event(&id.to_string().to_uppercase());
+        assert_eq!(accepted_event_key(&upper), id);
+    }
+
+    #[test]
+    fn other_ids_are_hashed_with_their_workspace_into_stable_keys() {
+        let e4 = accepted_event_key(&outbox_event("e4"));
+        assert_eq!(e4, accepted_event_key(&outbox_event("e4")));
+        assert_ne!(e4, accepted_event_key(&outbox_event("e5")));
+        assert_ne!(e4, accepted_event_key(&outbox_event_in("acme-2", "e4")));
+        assert_eq!(e4.get_version_num(), 8);
+        // A simple (unhyphenated) UUID is not ingest's form: hashed, not parsed.
+        let simple = uuid::Uuid::now_v7();
+        let key = accepted_event_key(&outbox_event(&simple.simple().to_string()));
+        assert_ne!(key, simple);
+        assert_eq!(key.get_version_num(), 8);
+    }
+
+    #[test]
+    fn a_payload_without_a_readable_id_keeps_the_bus_event_id() {
+        let missing = outbox_event("");
+        assert_eq!(accepted_event_key(&missing), missing.event_id);
+        let garbage = OutboxEvent::new(
+            "acme".parse().unwrap(),
+            FAMILY.parse().unwrap(),
+            "subject",
+            vec![0xff, 0xff, 0xff],
+        );
+        assert_eq!(accepted_event_key(&garbage), garbage.event_id);
     }
 }

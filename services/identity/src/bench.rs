@@ -696,7 +696,6 @@ async fn cleanup(store: &Store, workspace: &str) -> Result<(), IdentityError> {
     for table in [
         "outbox_events",
         "bus_processed",
-        "identity_applied_events",
         "identity_graph_versions",
         "identity_conflicts",
         "identity_edges",

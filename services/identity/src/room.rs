@@ -115,8 +115,8 @@ pub struct ConsumerTimings {
     pub decode_micros: u64,
     /// The graph and assembling the store batch (CPU only).
     pub graph_micros: u64,
-    /// Statements in the consumer's transaction: applied-event records, the version bump,
-    /// stored stages, and the batch write (graph, anchored rows, computed traits, outbox).
+    /// Statements in the consumer's transaction: the version bump, stored stages, and the
+    /// batch write (graph, anchored rows, computed traits, outbox).
     pub store_micros: u64,
 }
 
@@ -220,7 +220,8 @@ pub struct ErasedProfile {
 /// What applying one consumed event did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AppliedEvent {
-    /// False for an event applied before (or whose subject was erased meanwhile).
+    /// False for an event named again in the same call, or whose subject was erased
+    /// meanwhile (the bus skips one it applied before without calling the room).
     pub applied: bool,
     pub links: u64,
     pub conflicts: u64,
@@ -817,8 +818,10 @@ impl IdentityRoom {
     /// Applies one accepted event inside the consumer's transaction `tx`: stitches its
     /// identifiers (alias events with rule `alias`), keeps its sealed traits (identify) and
     /// activity (orders, AIPL stages), and writes `ProfileChanged` to the outbox, all in
-    /// `tx`. Idempotent on the event id. Never writes to the vault (on SQLite, the
-    /// consumer's transaction holds the only write lock).
+    /// `tx`. Applying an event twice is the bus's to prevent: it records the event as
+    /// processed in the same transaction, under the ingested event's id
+    /// ([`crate::accepted::IngestConsumer`]'s idempotency key). Never writes to the vault (on SQLite,
+    /// the consumer's transaction holds the only write lock).
     pub async fn apply_accepted(
         &self,
         tx: &mut Tx<'_>,
@@ -830,9 +833,9 @@ impl IdentityRoom {
 
     /// Applies a delivery of accepted events, in order, inside `tx`, as
     /// [`IdentityRoom::apply_accepted`] would one by one, but per workspace as one unit: the
-    /// data keys of their subjects in one vault round trip, the applied-event records in one
-    /// statement, one version bump, the graph in memory, then one store write (multi-row
-    /// statements on PostgreSQL) with one `ProfileChanged` per profile the delivery changed.
+    /// data keys of their subjects in one vault round trip, one version bump, the graph in
+    /// memory, then one store write (multi-row statements on PostgreSQL) with one
+    /// `ProfileChanged` per profile the delivery changed.
     /// Returns what each event did, in the order given.
     pub async fn apply_accepted_batch(
         &self,
@@ -881,18 +884,13 @@ impl IdentityRoom {
         let decoded = crate::accepted::decode_batch(self, workspace, events).await?;
         timings.decode_micros = micros(started);
         let started = Instant::now();
-        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-        let mut new = self
-            .inner
-            .store
-            .mark_applied_all(tx, workspace, &ids, Utc::now())
-            .await?;
+        let mut seen: HashSet<&str> = HashSet::with_capacity(events.len());
         let todo: Vec<(usize, crate::accepted::Decoded)> = events
             .iter()
             .zip(decoded)
             .enumerate()
-            // A repeated id applies once; an erased subject's event is recorded, not kept.
-            .filter_map(|(i, (e, d))| new.remove(&e.event_id).then_some((i, d?)))
+            // A repeated id applies once; an erased subject's event is skipped, not kept.
+            .filter_map(|(i, (e, d))| seen.insert(e.event_id.as_str()).then_some((i, d?)))
             .collect();
         let mut out = vec![AppliedEvent::default(); events.len()];
         if todo.is_empty() {

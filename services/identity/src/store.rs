@@ -171,31 +171,6 @@ pub trait IdentityStore: Send + Sync {
     /// Bumps the workspace's graph version inside `tx` (locking it until commit) and
     /// returns the new version.
     async fn bump_version(&self, tx: &mut Tx<'_>, workspace: &str) -> Result<i64, IdentityError>;
-    /// Records an ingested event as applied; `false` when it already was.
-    async fn mark_applied(
-        &self,
-        tx: &mut Tx<'_>,
-        workspace: &str,
-        event_id: &str,
-        at: DateTime<Utc>,
-    ) -> Result<bool, IdentityError>;
-    /// Records many ingested events as applied in one statement; returns the ids that were
-    /// not applied before (each once, even if named twice).
-    async fn mark_applied_all(
-        &self,
-        tx: &mut Tx<'_>,
-        workspace: &str,
-        event_ids: &[&str],
-        at: DateTime<Utc>,
-    ) -> Result<HashSet<String>, IdentityError> {
-        let mut new = HashSet::new();
-        for id in event_ids {
-            if !new.contains(*id) && self.mark_applied(tx, workspace, id, at).await? {
-                new.insert((*id).to_owned());
-            }
-        }
-        Ok(new)
-    }
     /// The AIPL stage stored for each of `profiles` that has computed traits, read in `tx`.
     async fn stages_in(
         &self,
@@ -1029,98 +1004,6 @@ impl IdentityStore for StoreIdentity {
         bump_version(tx, workspace).await
     }
 
-    async fn mark_applied(
-        &self,
-        tx: &mut Tx<'_>,
-        workspace: &str,
-        event_id: &str,
-        at: DateTime<Utc>,
-    ) -> Result<bool, IdentityError> {
-        let sql = "INSERT INTO identity_applied_events (workspace_id, event_id, applied_at) \
-                   VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
-        let affected = on_tx!(tx, conn => sqlx::query(sql)
-            .bind(workspace)
-            .bind(event_id)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected());
-        Ok(affected == 1)
-    }
-
-    async fn mark_applied_all(
-        &self,
-        tx: &mut Tx<'_>,
-        workspace: &str,
-        event_ids: &[&str],
-        at: DateTime<Utc>,
-    ) -> Result<HashSet<String>, IdentityError> {
-        let mut distinct: Vec<&str> = event_ids.to_vec();
-        distinct.sort_unstable();
-        distinct.dedup();
-        let mut new = HashSet::with_capacity(distinct.len());
-        match tx {
-            // A delivery's worth: read which are recorded already, then COPY the others (a
-            // concurrent writer of the same id makes the COPY fail on the key; the bus then
-            // applies the delivery event by event, through the statement below).
-            Tx::Postgres(conn) if distinct.len() >= COPY_MIN_ROWS => {
-                let seen: Vec<String> = sqlx::query_scalar(
-                    "SELECT event_id FROM identity_applied_events \
-                     WHERE workspace_id = $1 AND event_id = ANY($2::text[])",
-                )
-                .bind(workspace)
-                .bind(distinct.as_slice())
-                .fetch_all(&mut **conn)
-                .await?;
-                let seen: HashSet<String> = seen.into_iter().collect();
-                let mut data = BinaryCopy::with_capacity(distinct.len() * (60 + workspace.len()));
-                for id in distinct.iter().filter(|id| !seen.contains(**id)) {
-                    data.row(3);
-                    data.bytes(workspace.as_bytes()).map_err(copy_error)?;
-                    data.bytes(id.as_bytes()).map_err(copy_error)?;
-                    data.timestamptz(at).map_err(copy_error)?;
-                    new.insert((*id).to_owned());
-                }
-                if !new.is_empty() {
-                    data.send(
-                        conn,
-                        "COPY identity_applied_events (workspace_id, event_id, applied_at) \
-                         FROM STDIN (FORMAT binary)",
-                    )
-                    .await?;
-                }
-            }
-            Tx::Postgres(conn) => {
-                let rows: Vec<String> = sqlx::query_scalar(
-                    "INSERT INTO identity_applied_events (workspace_id, event_id, applied_at) \
-                     SELECT $1, e, $3 FROM UNNEST($2::text[]) AS u(e) \
-                     ON CONFLICT DO NOTHING RETURNING event_id",
-                )
-                .bind(workspace)
-                .bind(distinct.as_slice())
-                .bind(at)
-                .fetch_all(&mut **conn)
-                .await?;
-                new.extend(rows);
-            }
-            Tx::Sqlite(conn) => {
-                // 3 parameters a row, well under SQLite's 32766.
-                for chunk in distinct.chunks(1000) {
-                    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                        "INSERT INTO identity_applied_events (workspace_id, event_id, applied_at) ",
-                    );
-                    q.push_values(chunk, |mut row, id| {
-                        row.push_bind(workspace).push_bind(*id).push_bind(at);
-                    });
-                    q.push(" ON CONFLICT DO NOTHING RETURNING event_id");
-                    let rows: Vec<String> = q.build_query_scalar().fetch_all(&mut **conn).await?;
-                    new.extend(rows);
-                }
-            }
-        }
-        Ok(new)
-    }
-
     async fn stages_in(
         &self,
         tx: &mut Tx<'_>,
@@ -1296,7 +1179,7 @@ impl IdentityStore for StoreIdentity {
             sqlx::query(
                 // The tables a write reads by key or profile set (edges and conflicts are
                 // only appended to there).
-                "ANALYZE identity_identifiers, identity_profiles, identity_applied_events, \
+                "ANALYZE identity_identifiers, identity_profiles, \
                  identity_trait_payloads, identity_activity, identity_computed_traits, identity_rfm",
             )
             .execute(pool)

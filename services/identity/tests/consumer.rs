@@ -982,7 +982,8 @@ async fn one_delivery_stitches_like_one_event_at_a_time(h: Harness) {
     for table in [
         "identity_edges",
         "identity_conflicts",
-        "identity_applied_events",
+        // The consumer's idempotency record: one per ingested event id.
+        "bus_processed",
         "identity_activity",
         "identity_trait_payloads",
     ] {
@@ -995,8 +996,10 @@ async fn one_delivery_stitches_like_one_event_at_a_time(h: Harness) {
         assert!(b > 0, "{table}");
     }
     assert_eq!(
-        h.scalar("SELECT COUNT(*) FROM identity_applied_events WHERE workspace_id = 'acme'")
-            .await,
+        h.scalar(
+            "SELECT COUNT(*) FROM bus_processed WHERE consumer = 'identity' AND workspace_id = 'acme'"
+        )
+        .await,
         12,
         "e4 applied once"
     );
@@ -1010,7 +1013,7 @@ async fn one_delivery_stitches_like_one_event_at_a_time(h: Harness) {
 }
 
 /// Enough shoppers that one delivery crosses the bulk-write (COPY) threshold for every kind
-/// of row: new identifiers, edges, created profiles, conflicts and applied-event records.
+/// of row: new identifiers, edges, created profiles, and conflicts.
 fn bulk_events(shoppers: usize) -> Vec<Accepted> {
     let mut out = Vec::new();
     for n in 0..shoppers {
@@ -1063,7 +1066,7 @@ async fn a_bulk_delivery_is_stored_like_one_event_at_a_time(h: Harness) {
         ("identity_identifiers", Some(3 * SHOPPERS)),
         ("identity_edges", Some(2 * SHOPPERS)),
         ("identity_conflicts", Some(SHOPPERS)),
-        ("identity_applied_events", Some(4 * SHOPPERS)),
+        ("bus_processed", Some(4 * SHOPPERS)),
         ("identity_trait_payloads", Some(SHOPPERS)),
         ("identity_activity", None),
         ("identity_computed_traits", Some(SHOPPERS)),
@@ -1199,3 +1202,45 @@ on_both!(
     one_delivery_stitches_like_one_event_at_a_time,
     a_bulk_delivery_is_stored_like_one_event_at_a_time,
 );
+
+/// Migration `0022` on PostgreSQL, during a rollout: a pod of the previous release records
+/// what it applied in `identity_applied_events`; the migration's trigger records it in
+/// `bus_processed` under the consumer's key, so a new pod delivered the same ingested event
+/// skips it. What a new pod applies is recorded in `bus_processed` only.
+#[sqlx::test(migrations = "../../migrations/postgres")]
+async fn an_event_an_old_pod_applied_is_skipped_by_a_new_one(pool: PgPool) {
+    let ks = Arc::new(PgKeyStore::new(pool.clone()));
+    let h = harness(Store::Postgres(pool.clone()), ks).await;
+    let old = uuid::Uuid::now_v7().to_string();
+    sqlx::query(
+        "INSERT INTO identity_applied_events (workspace_id, event_id, applied_at) \
+         VALUES ($1, $2, now())",
+    )
+    .bind(WS)
+    .bind(&old)
+    .execute(&pool)
+    .await
+    .unwrap();
+    h.publish(vec![ev(&old, v1::EventType::Page, 0, &[(Anon, "old-pod")])])
+        .await;
+    let identifiers = "SELECT COUNT(*) FROM identity_identifiers WHERE workspace_id = 'acme'";
+    assert_eq!(h.scalar(identifiers).await, 0, "applied by the old pod");
+
+    let new = uuid::Uuid::now_v7().to_string();
+    h.publish(vec![ev(&new, v1::EventType::Page, 1, &[(Anon, "new-pod")])])
+        .await;
+    assert_eq!(h.scalar(identifiers).await, 1);
+    let recorded = |id: &str| {
+        format!(
+            "SELECT COUNT(*) FROM bus_processed WHERE consumer = 'identity' AND event_id = '{id}'"
+        )
+    };
+    assert_eq!(h.scalar(&recorded(&old)).await, 1);
+    assert_eq!(h.scalar(&recorded(&new)).await, 1);
+    assert_eq!(
+        h.scalar("SELECT COUNT(*) FROM identity_applied_events")
+            .await,
+        1,
+        "new pods do not write the old record"
+    );
+}
