@@ -14,7 +14,10 @@
 //! workspace; right after each, the same store takes a **baseline**: plain multi-row
 //! inserts of as many edge-shaped rows as the run had links, in transactions of the same
 //! size, into a table shaped and indexed like `identity_edges`. The machine is shared, so
-//! the ratio to that baseline is the comparable figure.
+//! the ratio to that baseline is the comparable figure. The baseline table is an ordinary
+//! one, written ahead and committed like the service's (as `bench ingest`'s `COPY`
+//! baseline): a temporary table, as before stop 23, skips the write-ahead log and the
+//! shared buffers, which no table of the service can.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -550,9 +553,11 @@ fn batch_rows(links: u64, events: usize, batch: usize) -> usize {
 }
 
 /// Plain inserts of `rows` edge-shaped rows, `per_tx` a transaction (PostgreSQL: one
-/// `UNNEST` statement each; SQLite: a prepared statement a row), into a temporary table
-/// shaped and indexed like `identity_edges`. Returns rows per second.
+/// `UNNEST` statement each; SQLite: a prepared statement a row), into an ordinary table
+/// shaped and indexed like `identity_edges`, dropped after. Returns rows per second.
 async fn baseline(store: &Store, rows: u64, per_tx: usize) -> Result<f64, IdentityError> {
+    // Its own name: a failed earlier run may have left its table behind.
+    let table = format!("bench_baseline_edges_{}", uuid::Uuid::new_v4().simple());
     let index = |i: u64, salt: u8| {
         let mut b = [salt; 32];
         b[..8].copy_from_slice(&i.to_le_bytes());
@@ -563,15 +568,16 @@ async fn baseline(store: &Store, rows: u64, per_tx: usize) -> Result<f64, Identi
     match store {
         Store::Postgres(pool) => {
             let mut conn = pool.acquire().await?;
-            // A failed earlier run may have left it on this pooled connection.
-            sqlx::query("DROP TABLE IF EXISTS bench_baseline_edges")
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query(
-                "CREATE TEMP TABLE bench_baseline_edges (LIKE identity_edges INCLUDING INDEXES)",
-            )
+            sqlx::query(&format!(
+                "CREATE TABLE {table} (LIKE identity_edges INCLUDING INDEXES)"
+            ))
             .execute(&mut *conn)
             .await?;
+            let insert = format!(
+                "INSERT INTO {table} \
+                 (workspace_id, seq, from_kind, from_index, to_kind, to_index, rule, event_id, linked_at) \
+                 SELECT 'baseline', * FROM UNNEST($1::int8[], $2::int2[], $3::bytea[], $4::int2[], $5::bytea[], $6::text[], $7::text[], $8::timestamptz[])"
+            );
             started = Instant::now();
             let mut next = 0u64;
             while next < rows {
@@ -598,69 +604,63 @@ async fn baseline(store: &Store, rows: u64, per_tx: usize) -> Result<f64, Identi
                     ats.push(at);
                 }
                 let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                sqlx::query(
-                    "INSERT INTO bench_baseline_edges \
-                     (workspace_id, seq, from_kind, from_index, to_kind, to_index, rule, event_id, linked_at) \
-                     SELECT 'baseline', * FROM UNNEST($1::int8[], $2::int2[], $3::bytea[], $4::int2[], $5::bytea[], $6::text[], $7::text[], $8::timestamptz[])",
-                )
-                .bind(seqs)
-                .bind(fk)
-                .bind(fi)
-                .bind(tk)
-                .bind(ti)
-                .bind(rule)
-                .bind(ev)
-                .bind(ats)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(&insert)
+                    .bind(seqs)
+                    .bind(fk)
+                    .bind(fi)
+                    .bind(tk)
+                    .bind(ti)
+                    .bind(rule)
+                    .bind(ev)
+                    .bind(ats)
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
                 next = end;
             }
             let took = started.elapsed();
-            sqlx::query("DROP TABLE bench_baseline_edges")
+            sqlx::query(&format!("DROP TABLE {table}"))
                 .execute(&mut *conn)
                 .await?;
             Ok(rows as f64 / took.max(Duration::from_micros(1)).as_secs_f64())
         }
         Store::Sqlite(pool) => {
             let mut conn = pool.acquire().await?;
-            sqlx::query("DROP TABLE IF EXISTS temp.bench_baseline_edges")
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query(
-                "CREATE TEMP TABLE bench_baseline_edges AS SELECT * FROM identity_edges WHERE 0",
-            )
+            sqlx::query(&format!(
+                "CREATE TABLE {table} AS SELECT * FROM identity_edges WHERE 0"
+            ))
             .execute(&mut *conn)
             .await?;
-            sqlx::query(
-                "CREATE UNIQUE INDEX temp.bench_baseline_edges_pk ON bench_baseline_edges (workspace_id, seq)",
-            )
+            sqlx::query(&format!(
+                "CREATE UNIQUE INDEX {table}_pk ON {table} (workspace_id, seq)"
+            ))
             .execute(&mut *conn)
             .await?;
+            let insert = format!(
+                "INSERT INTO {table} \
+                 (workspace_id, seq, from_kind, from_index, to_kind, to_index, rule, event_id, linked_at) \
+                 VALUES ('baseline', $1, 3, $2, 1, $3, 'same_event', $4, $5)"
+            );
             started = Instant::now();
             let mut next = 0u64;
             while next < rows {
                 let end = (next + per_tx as u64).min(rows);
                 let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                 for i in next..end {
-                    sqlx::query(
-                        "INSERT INTO bench_baseline_edges \
-                         (workspace_id, seq, from_kind, from_index, to_kind, to_index, rule, event_id, linked_at) \
-                         VALUES ('baseline', $1, 3, $2, 1, $3, 'same_event', $4, $5)",
-                    )
-                    .bind(i64::try_from(i).unwrap_or(i64::MAX))
-                    .bind(index(i, 1))
-                    .bind(index(i, 2))
-                    .bind(format!("e{i}"))
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
+                    sqlx::query(&insert)
+                        .bind(i64::try_from(i).unwrap_or(i64::MAX))
+                        .bind(index(i, 1))
+                        .bind(index(i, 2))
+                        .bind(format!("e{i}"))
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await?;
                 next = end;
             }
             let took = started.elapsed();
-            sqlx::query("DROP TABLE bench_baseline_edges")
+            sqlx::query(&format!("DROP TABLE {table}"))
                 .execute(&mut *conn)
                 .await?;
             Ok(rows as f64 / took.max(Duration::from_micros(1)).as_secs_f64())
