@@ -20,6 +20,7 @@ pub use scratch::ScratchDatabase;
 pub use sqlx;
 
 mod copy;
+pub mod cpu;
 mod scratch;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");

@@ -17,7 +17,10 @@
 //! the ratio to that baseline is the comparable figure. The baseline table is an ordinary
 //! one, written ahead and committed like the service's (as `bench ingest`'s `COPY`
 //! baseline): a temporary table, as before stop 23, skips the write-ahead log and the
-//! shared buffers, which no table of the service can.
+//! shared buffers, which no table of the service can. On PostgreSQL on this host, the run
+//! also reports CPU per link (this process and the database's backends) next to the
+//! baseline's CPU per row: a cost ratio that a busy neighbour on the machine moves far
+//! less than it moves rates.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +29,7 @@ use meridian_bus::{Bus, EventHandler, LocalBus, OutboxEvent};
 use meridian_proto::bus::v1::{EventAccepted, Money, SealedIdentifier};
 use meridian_proto::v1::EventType;
 use meridian_store::Store;
+use meridian_store::cpu::{BackendCpu, backend_cpu_seconds, cpu_seconds};
 use meridian_store::sqlx;
 use meridian_test_support::storefront::{QualityReport, Storefront, StorefrontConfig};
 use meridian_vault::{BlindIndex, KeyRing, Vault};
@@ -83,6 +87,18 @@ pub struct RunReport {
     /// Wall time of the deliveries outside the identity handler (bus reads, idempotency
     /// records, offsets, commit), in microseconds.
     pub bus_micros: u64,
+    /// CPU per link of this process while it consumed (the consumer: bus, decoding, graph,
+    /// statements), in microseconds (Linux, PostgreSQL on this host).
+    pub consumer_cpu_us_per_link: Option<f64>,
+    /// CPU per link of the PostgreSQL backends of the database while it consumed.
+    pub postgres_cpu_us_per_link: Option<f64>,
+    /// CPU per row of the PostgreSQL backend that ran the baseline.
+    pub baseline_postgres_cpu_us_per_row: Option<f64>,
+    /// `baseline_postgres_cpu_us_per_row / (consumer + postgres CPU per link)`: the share of
+    /// a link's CPU that inserting one edge-shaped row needs. A cost ratio, not a rate
+    /// ratio: it moves little with the load of a shared machine, so it shows whether a
+    /// change made the consumer cheaper when rates are too noisy to tell.
+    pub cpu_cost_ratio_to_baseline: Option<f64>,
 }
 
 /// Results.
@@ -113,6 +129,8 @@ pub struct BenchReport {
     pub links_per_sec_min: f64,
     pub links_per_sec_median: f64,
     pub ratio_to_baseline_median: f64,
+    /// Median of the runs' `cpu_cost_ratio_to_baseline` (when every run measured one).
+    pub cpu_cost_ratio_to_baseline_median: Option<f64>,
     /// Median links/s of the run with the median; kept under the old name.
     pub links_per_sec: f64,
     /// The goal: at least 100,000 links per second on PostgreSQL.
@@ -390,6 +408,11 @@ pub async fn run(store: &Store, opts: &BenchOptions) -> Result<BenchReport, Iden
         links_per_sec_min: rates.iter().copied().fold(f64::INFINITY, f64::min),
         links_per_sec_median,
         ratio_to_baseline_median: median(runs.iter().map(|r| r.ratio_to_baseline).collect()),
+        cpu_cost_ratio_to_baseline_median: runs
+            .iter()
+            .map(|r| r.cpu_cost_ratio_to_baseline)
+            .collect::<Option<Vec<f64>>>()
+            .map(median),
         links_per_sec: links_per_sec_median,
         runs,
         links_per_sec_goal: 100_000.0,
@@ -458,6 +481,8 @@ async fn run_once(
     };
     let mut halves = Vec::new();
     let mut publish_seconds = published_seconds;
+    // CPU seconds of (this process, the database's backends) while consuming.
+    let mut cpu = Some((0.0, 0.0));
     room.reset_consumer_timings();
     for part in [&payloads[..half], &payloads[half..]] {
         let started = Instant::now();
@@ -466,7 +491,15 @@ async fn run_once(
         while bus.relay_batch(10_000).await.map_err(bus_error)? > 0 {}
         analyze(store).await?;
         publish_seconds += started.elapsed().as_secs_f64();
+        let meter = CpuMeter::start(store).await?;
         let took = consume(&bus, &subscription, &*handler, part.len()).await?;
+        cpu = match (cpu, meter) {
+            (Some((own, postgres)), Some(meter)) => meter
+                .since_start(store)
+                .await?
+                .map(|(o, p)| (own + o, postgres + p)),
+            _ => None,
+        };
         halves.push((links_of(part)?, took));
     }
     let seconds: f64 = halves.iter().map(|(_, d)| d.as_secs_f64()).sum();
@@ -474,8 +507,18 @@ async fn run_once(
     let handler_micros = timings.decode_micros + timings.graph_micros + timings.store_micros;
     let links_per_sec = links as f64 / seconds;
 
-    let baseline_rows_per_sec =
+    let (baseline_rows_per_sec, baseline_cpu_seconds) =
         baseline(store, links, batch_rows(links, payloads.len(), batch)).await?;
+    #[allow(clippy::cast_precision_loss)]
+    let per_link = |seconds: f64| seconds * 1e6 / links.max(1) as f64;
+    let consumer_cpu_us_per_link = cpu.map(|(own, _)| per_link(own));
+    let postgres_cpu_us_per_link = cpu.map(|(_, postgres)| per_link(postgres));
+    // The baseline inserts as many rows as the run had links.
+    let baseline_postgres_cpu_us_per_row = baseline_cpu_seconds.map(per_link);
+    let cpu_cost_ratio_to_baseline = match (cpu, baseline_cpu_seconds) {
+        (Some((own, postgres)), Some(baseline)) => Some(baseline / (own + postgres).max(1e-9)),
+        _ => None,
+    };
 
     // Quality and agreement: every canonical identifier's profile in the consumer's graph,
     // and a sample of lookups through the store.
@@ -527,6 +570,10 @@ async fn run_once(
         ratio_to_baseline: links_per_sec / baseline_rows_per_sec,
         timings,
         bus_micros: wall_micros.saturating_sub(handler_micros),
+        consumer_cpu_us_per_link,
+        postgres_cpu_us_per_link,
+        baseline_postgres_cpu_us_per_row,
+        cpu_cost_ratio_to_baseline,
     };
     Ok((
         RunOutcome {
@@ -554,8 +601,13 @@ fn batch_rows(links: u64, events: usize, batch: usize) -> usize {
 
 /// Plain inserts of `rows` edge-shaped rows, `per_tx` a transaction (PostgreSQL: one
 /// `UNNEST` statement each; SQLite: a prepared statement a row), into an ordinary table
-/// shaped and indexed like `identity_edges`, dropped after. Returns rows per second.
-async fn baseline(store: &Store, rows: u64, per_tx: usize) -> Result<f64, IdentityError> {
+/// shaped and indexed like `identity_edges`, dropped after. Returns rows per second and,
+/// on PostgreSQL on this host, the CPU seconds of the backend that ran them.
+async fn baseline(
+    store: &Store,
+    rows: u64,
+    per_tx: usize,
+) -> Result<(f64, Option<f64>), IdentityError> {
     // Its own name: a failed earlier run may have left its table behind.
     let table = format!("bench_baseline_edges_{}", uuid::Uuid::new_v4().simple());
     let index = |i: u64, salt: u8| {
@@ -573,6 +625,11 @@ async fn baseline(store: &Store, rows: u64, per_tx: usize) -> Result<f64, Identi
             ))
             .execute(&mut *conn)
             .await?;
+            let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut *conn)
+                .await?;
+            let backend = u32::try_from(backend).ok();
+            let cpu_before = backend.and_then(backend_cpu_seconds);
             let insert = format!(
                 "INSERT INTO {table} \
                  (workspace_id, seq, from_kind, from_index, to_kind, to_index, rule, event_id, linked_at) \
@@ -619,10 +676,17 @@ async fn baseline(store: &Store, rows: u64, per_tx: usize) -> Result<f64, Identi
                 next = end;
             }
             let took = started.elapsed();
+            let cpu = match (cpu_before, backend.and_then(backend_cpu_seconds)) {
+                (Some(before), Some(after)) => Some(after - before),
+                _ => None,
+            };
             sqlx::query(&format!("DROP TABLE {table}"))
                 .execute(&mut *conn)
                 .await?;
-            Ok(rows as f64 / took.max(Duration::from_micros(1)).as_secs_f64())
+            Ok((
+                rows as f64 / took.max(Duration::from_micros(1)).as_secs_f64(),
+                cpu,
+            ))
         }
         Store::Sqlite(pool) => {
             let mut conn = pool.acquire().await?;
@@ -663,8 +727,41 @@ async fn baseline(store: &Store, rows: u64, per_tx: usize) -> Result<f64, Identi
             sqlx::query(&format!("DROP TABLE {table}"))
                 .execute(&mut *conn)
                 .await?;
-            Ok(rows as f64 / took.max(Duration::from_micros(1)).as_secs_f64())
+            Ok((
+                rows as f64 / took.max(Duration::from_micros(1)).as_secs_f64(),
+                None,
+            ))
         }
+    }
+}
+
+/// CPU seconds of this process and of the PostgreSQL backends of the store, taken at the
+/// start of a phase; only on PostgreSQL on this host (Linux).
+struct CpuMeter {
+    own: f64,
+    postgres: BackendCpu,
+}
+
+impl CpuMeter {
+    async fn start(store: &Store) -> Result<Option<Self>, IdentityError> {
+        let Store::Postgres(pool) = store else {
+            return Ok(None);
+        };
+        let Some(own) = cpu_seconds(std::process::id()) else {
+            return Ok(None);
+        };
+        Ok(BackendCpu::start(pool)
+            .await?
+            .map(|postgres| CpuMeter { own, postgres }))
+    }
+
+    /// (this process, the backends) CPU seconds since [`CpuMeter::start`].
+    async fn since_start(&self, store: &Store) -> Result<Option<(f64, f64)>, IdentityError> {
+        let Store::Postgres(pool) = store else {
+            return Ok(None);
+        };
+        let postgres = self.postgres.seconds_since_start(pool).await?;
+        Ok(cpu_seconds(std::process::id()).map(|now| (now - self.own, postgres)))
     }
 }
 
@@ -746,6 +843,14 @@ mod tests {
         assert!(report.links > 0 && report.links_per_sec > 0.0);
         assert_eq!(report.runs.len(), 2);
         assert!(report.runs.iter().all(|r| r.baseline_rows_per_sec > 0.0));
+        // CPU is measured on PostgreSQL only.
+        assert!(
+            report
+                .runs
+                .iter()
+                .all(|r| r.cpu_cost_ratio_to_baseline.is_none())
+        );
+        assert!(report.cpu_cost_ratio_to_baseline_median.is_none());
         assert!(report.edges_written > 0);
         assert!(report.profile_changed_events > 0);
         assert!(report.store_agrees_with_graph);

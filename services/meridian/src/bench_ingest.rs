@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use meridian_proto::v1::*;
+use meridian_store::cpu::{BackendCpu, backend_cpu_seconds, cpu_seconds};
 use meridian_store::{ScratchDatabase, StoreLocation};
 use serde::Serialize;
 use sqlx::postgres::PgPoolCopyExt as _;
@@ -143,50 +144,10 @@ pub(crate) struct IngestBenchReport {
     pub(crate) cpu_cost_ratio_to_copy: Option<f64>,
 }
 
-/// CPU seconds (user + system, every thread, living or exited) of process `pid`, from
-/// `/proc/<pid>/stat`; `None` where there is no such file (not Linux, or gone).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    process_cpu_seconds(pid, None)
-}
-
-/// [`cpu_seconds`] of a PostgreSQL backend: `None` unless `pid` is a local process named
-/// `postgres` (a database on another host has its own process ids).
-fn backend_cpu_seconds(pid: u32) -> Option<f64> {
-    process_cpu_seconds(pid, Some("postgres"))
-}
-
-fn process_cpu_seconds(pid: u32, named: Option<&str>) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
-    if named.is_some_and(|name| stat.get(open + 1..close) != Some(name)) {
-        return None;
-    }
-    // The command name (field 2) may hold spaces: count fields after its closing ')'.
-    // utime and stime are fields 14 and 15, in USER_HZ ticks (100 per second on Linux).
-    let mut fields = stat.get(close + 2..)?.split_ascii_whitespace();
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    #[allow(clippy::cast_precision_loss)]
-    Some((utime + stime) as f64 / 100.0)
-}
-
-/// The backends connected to the current database, but this connection's own.
-async fn backends(pool: &sqlx::PgPool) -> anyhow::Result<Vec<u32>> {
-    let pids: Vec<i32> = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(pids
-        .into_iter()
-        .filter_map(|p| u32::try_from(p).ok())
-        .collect())
-}
-
 /// CPU seconds of a set of processes, taken at the start and end of a phase.
 struct CpuMeter {
     server: Option<(u32, f64)>,
-    backends: std::collections::HashMap<u32, f64>,
+    postgres: BackendCpu,
     load_generator: f64,
 }
 
@@ -195,18 +156,13 @@ impl CpuMeter {
         let Some(load_generator) = cpu_seconds(std::process::id()) else {
             return Ok(None);
         };
-        let pids = backends(pool).await?;
-        let backends: std::collections::HashMap<u32, f64> = pids
-            .iter()
-            .filter_map(|pid| Some((*pid, backend_cpu_seconds(*pid)?)))
-            .collect();
-        if backends.len() < pids.len() {
-            // PostgreSQL runs elsewhere: its CPU is not for us to read.
+        // `None` when PostgreSQL runs elsewhere: its CPU is not for us to read.
+        let Some(postgres) = BackendCpu::start(pool).await? else {
             return Ok(None);
-        }
+        };
         Ok(Some(Self {
             server: server.and_then(|pid| Some((pid, cpu_seconds(pid)?))),
-            backends,
+            postgres,
             load_generator,
         }))
     }
@@ -215,12 +171,7 @@ impl CpuMeter {
     async fn per_event(&self, pool: &sqlx::PgPool, events: usize) -> anyhow::Result<CpuPerEvent> {
         #[allow(clippy::cast_precision_loss)]
         let us = |seconds: f64| seconds * 1e6 / events.max(1) as f64;
-        let mut postgres = 0.0;
-        for pid in backends(pool).await? {
-            if let Some(now) = backend_cpu_seconds(pid) {
-                postgres += now - self.backends.get(&pid).copied().unwrap_or(0.0);
-            }
-        }
+        let postgres = self.postgres.seconds_since_start(pool).await?;
         let load_generator = cpu_seconds(std::process::id()).unwrap_or(self.load_generator);
         Ok(CpuPerEvent {
             server_us: self
@@ -802,27 +753,6 @@ mod tests {
                 .iter()
                 .all(|c| c.ack_ms == 5.0 || c.ack_ms > 100.0)
         );
-    }
-
-    #[test]
-    fn cpu_time_is_read_from_proc_and_grows_with_work() {
-        let pid = std::process::id();
-        let before = cpu_seconds(pid).expect("/proc/<pid>/stat on Linux");
-        // Spin until 50 ms of CPU (five 10 ms ticks) show, however loaded the machine is;
-        // a reader that never saw them grow gives up after 20 s of wall time.
-        let started = Instant::now();
-        let mut x = 0u64;
-        let mut after = before;
-        while after - before < 0.05 && started.elapsed() < Duration::from_secs(20) {
-            for _ in 0..1_000_000 {
-                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-            }
-            after = cpu_seconds(pid).unwrap();
-        }
-        assert!(after - before >= 0.05, "{before} → {after}");
-        // This process is not a PostgreSQL backend.
-        assert_eq!(backend_cpu_seconds(pid), None);
-        assert_eq!(cpu_seconds(u32::MAX), None);
     }
 
     #[sqlx::test(migrations = "../../migrations/postgres")]
