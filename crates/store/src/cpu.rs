@@ -3,7 +3,7 @@
 //! next to rates because CPU cost moves little with the load of a shared machine, while
 //! rates do.
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 /// CPU seconds (user + system, every thread, living or exited) of process `pid`; `None`
 /// where there is no such file (not Linux, or gone).
@@ -76,6 +76,64 @@ impl BackendCpu {
     }
 }
 
+/// CPU seconds of this process and of the backends of a database, taken at the start of a
+/// phase: a benchmark that does its work in process and in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct ProcessAndBackendCpu {
+    own_at_start: f64,
+    backends: BackendCpu,
+}
+
+impl ProcessAndBackendCpu {
+    /// `None` when either cannot be read (not Linux, or PostgreSQL on another host).
+    pub async fn start(pool: &PgPool) -> Result<Option<Self>, sqlx::Error> {
+        let Some(own_at_start) = cpu_seconds(std::process::id()) else {
+            return Ok(None);
+        };
+        Ok(BackendCpu::start(pool)
+            .await?
+            .map(|backends| ProcessAndBackendCpu {
+                own_at_start,
+                backends,
+            }))
+    }
+
+    /// (this process, the backends) CPU seconds since [`ProcessAndBackendCpu::start`].
+    pub async fn seconds_since_start(&self, pool: &PgPool) -> Result<(f64, f64), sqlx::Error> {
+        let backends = self.backends.seconds_since_start(pool).await?;
+        let own = cpu_seconds(std::process::id()).unwrap_or(self.own_at_start);
+        Ok((own - self.own_at_start, backends))
+    }
+}
+
+/// CPU seconds of the backend of one connection, taken at the start of a phase: a baseline
+/// statement's cost.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionCpu {
+    pid: u32,
+    at_start: f64,
+}
+
+impl ConnectionCpu {
+    /// `None` when the backend's CPU cannot be read (PostgreSQL on another host).
+    pub async fn start(conn: &mut PgConnection) -> Result<Option<Self>, sqlx::Error> {
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(conn)
+            .await?;
+        Ok(u32::try_from(pid).ok().and_then(|pid| {
+            Some(ConnectionCpu {
+                pid,
+                at_start: backend_cpu_seconds(pid)?,
+            })
+        }))
+    }
+
+    /// CPU seconds the backend used since [`ConnectionCpu::start`]; `None` if it is gone.
+    pub fn seconds_since_start(&self) -> Option<f64> {
+        Some(backend_cpu_seconds(self.pid)? - self.at_start)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +170,20 @@ mod tests {
             .await
             .unwrap();
         let used = meter.seconds_since_start(&pool).await.unwrap();
+        assert!(used >= 0.05, "{used}");
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn connection_cpu_grows_with_the_work_of_that_connection(pool: PgPool) {
+        let mut conn = pool.acquire().await.unwrap();
+        let Some(meter) = ConnectionCpu::start(&mut conn).await.unwrap() else {
+            panic!("the test database is local: its backends' CPU is readable");
+        };
+        sqlx::query("SELECT count(*) FROM generate_series(1, 3000000)")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let used = meter.seconds_since_start().unwrap();
         assert!(used >= 0.05, "{used}");
     }
 }

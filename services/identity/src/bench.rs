@@ -29,7 +29,7 @@ use meridian_bus::{Bus, EventHandler, LocalBus, OutboxEvent};
 use meridian_proto::bus::v1::{EventAccepted, Money, SealedIdentifier};
 use meridian_proto::v1::EventType;
 use meridian_store::Store;
-use meridian_store::cpu::{BackendCpu, backend_cpu_seconds, cpu_seconds};
+use meridian_store::cpu::{ConnectionCpu, ProcessAndBackendCpu};
 use meridian_store::sqlx;
 use meridian_test_support::storefront::{QualityReport, Storefront, StorefrontConfig};
 use meridian_vault::{BlindIndex, KeyRing, Vault};
@@ -491,13 +491,17 @@ async fn run_once(
         while bus.relay_batch(10_000).await.map_err(bus_error)? > 0 {}
         analyze(store).await?;
         publish_seconds += started.elapsed().as_secs_f64();
-        let meter = CpuMeter::start(store).await?;
+        // Only on PostgreSQL on this host (Linux).
+        let meter = match store {
+            Store::Postgres(pool) => ProcessAndBackendCpu::start(pool).await?,
+            Store::Sqlite(_) => None,
+        };
         let took = consume(&bus, &subscription, &*handler, part.len()).await?;
-        cpu = match (cpu, meter) {
-            (Some((own, postgres)), Some(meter)) => meter
-                .since_start(store)
-                .await?
-                .map(|(o, p)| (own + o, postgres + p)),
+        cpu = match (cpu, meter, store) {
+            (Some((own, postgres)), Some(meter), Store::Postgres(pool)) => {
+                let (o, p) = meter.seconds_since_start(pool).await?;
+                Some((own + o, postgres + p))
+            }
             _ => None,
         };
         halves.push((links_of(part)?, took));
@@ -625,11 +629,7 @@ async fn baseline(
             ))
             .execute(&mut *conn)
             .await?;
-            let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                .fetch_one(&mut *conn)
-                .await?;
-            let backend = u32::try_from(backend).ok();
-            let cpu_before = backend.and_then(backend_cpu_seconds);
+            let cpu = ConnectionCpu::start(&mut conn).await?;
             let insert = format!(
                 "INSERT INTO {table} \
                  (workspace_id, seq, from_kind, from_index, to_kind, to_index, rule, event_id, linked_at) \
@@ -676,10 +676,7 @@ async fn baseline(
                 next = end;
             }
             let took = started.elapsed();
-            let cpu = match (cpu_before, backend.and_then(backend_cpu_seconds)) {
-                (Some(before), Some(after)) => Some(after - before),
-                _ => None,
-            };
+            let cpu = cpu.and_then(|cpu| cpu.seconds_since_start());
             sqlx::query(&format!("DROP TABLE {table}"))
                 .execute(&mut *conn)
                 .await?;
@@ -732,36 +729,6 @@ async fn baseline(
                 None,
             ))
         }
-    }
-}
-
-/// CPU seconds of this process and of the PostgreSQL backends of the store, taken at the
-/// start of a phase; only on PostgreSQL on this host (Linux).
-struct CpuMeter {
-    own: f64,
-    postgres: BackendCpu,
-}
-
-impl CpuMeter {
-    async fn start(store: &Store) -> Result<Option<Self>, IdentityError> {
-        let Store::Postgres(pool) = store else {
-            return Ok(None);
-        };
-        let Some(own) = cpu_seconds(std::process::id()) else {
-            return Ok(None);
-        };
-        Ok(BackendCpu::start(pool)
-            .await?
-            .map(|postgres| CpuMeter { own, postgres }))
-    }
-
-    /// (this process, the backends) CPU seconds since [`CpuMeter::start`].
-    async fn since_start(&self, store: &Store) -> Result<Option<(f64, f64)>, IdentityError> {
-        let Store::Postgres(pool) = store else {
-            return Ok(None);
-        };
-        let postgres = self.postgres.seconds_since_start(pool).await?;
-        Ok(cpu_seconds(std::process::id()).map(|now| (now - self.own, postgres)))
     }
 }
 

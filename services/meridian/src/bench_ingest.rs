@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use meridian_proto::v1::*;
-use meridian_store::cpu::{BackendCpu, backend_cpu_seconds, cpu_seconds};
+use meridian_store::cpu::{ConnectionCpu, ProcessAndBackendCpu, cpu_seconds};
 use meridian_store::{ScratchDatabase, StoreLocation};
 use serde::Serialize;
 use sqlx::postgres::PgPoolCopyExt as _;
@@ -150,23 +150,19 @@ pub(crate) struct IngestBenchReport {
 /// CPU seconds of a set of processes, taken at the start and end of a phase.
 struct CpuMeter {
     server: Option<(u32, f64)>,
-    postgres: BackendCpu,
-    load_generator: f64,
+    /// This load generator and the backends of the server's database.
+    local: ProcessAndBackendCpu,
 }
 
 impl CpuMeter {
     async fn start(pool: &sqlx::PgPool, server: Option<u32>) -> anyhow::Result<Option<Self>> {
-        let Some(load_generator) = cpu_seconds(std::process::id()) else {
-            return Ok(None);
-        };
         // `None` when PostgreSQL runs elsewhere: its CPU is not for us to read.
-        let Some(postgres) = BackendCpu::start(pool).await? else {
+        let Some(local) = ProcessAndBackendCpu::start(pool).await? else {
             return Ok(None);
         };
         Ok(Some(Self {
             server: server.and_then(|pid| Some((pid, cpu_seconds(pid)?))),
-            postgres,
-            load_generator,
+            local,
         }))
     }
 
@@ -174,14 +170,13 @@ impl CpuMeter {
     async fn per_event(&self, pool: &sqlx::PgPool, events: usize) -> anyhow::Result<CpuPerEvent> {
         #[allow(clippy::cast_precision_loss)]
         let us = |seconds: f64| seconds * 1e6 / events.max(1) as f64;
-        let postgres = self.postgres.seconds_since_start(pool).await?;
-        let load_generator = cpu_seconds(std::process::id()).unwrap_or(self.load_generator);
+        let (load_generator, postgres) = self.local.seconds_since_start(pool).await?;
         Ok(CpuPerEvent {
             server_us: self
                 .server
                 .and_then(|(pid, then)| Some(us(cpu_seconds(pid)? - then))),
             postgres_us: us(postgres),
-            load_generator_us: us(load_generator - self.load_generator),
+            load_generator_us: us(load_generator),
         })
     }
 }
@@ -692,11 +687,7 @@ async fn copy_into(
     ))
     .execute(&mut *conn)
     .await?;
-    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut *conn)
-        .await?;
-    let backend = u32::try_from(backend).ok();
-    let cpu_before = backend.and_then(backend_cpu_seconds);
+    let cpu = ConnectionCpu::start(&mut conn).await?;
     let started = Instant::now();
     let mut copy = conn
         .copy_in_raw("COPY bench_ingest_copy FROM STDIN (FORMAT binary)")
@@ -704,10 +695,7 @@ async fn copy_into(
     copy.send(rows).await?;
     let copied = copy.finish().await?;
     let seconds = started.elapsed().as_secs_f64();
-    let cpu = match (cpu_before, backend.and_then(backend_cpu_seconds)) {
-        (Some(before), Some(after)) => Some(after - before),
-        _ => None,
-    };
+    let cpu = cpu.and_then(|cpu| cpu.seconds_since_start());
     sqlx::query("DROP TABLE bench_ingest_copy")
         .execute(&mut *conn)
         .await?;
