@@ -135,6 +135,7 @@ pub(crate) async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> 
                     concurrency: args.concurrency,
                     grpc_addr: args.grpc_addr.clone(),
                     api_key: args.api_key.clone(),
+                    runs: args.runs,
                 },
             )
             .await?;

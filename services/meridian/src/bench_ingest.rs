@@ -19,6 +19,10 @@
 //! Each phase lists its slowest calls with the time they were sent, so a p99 can be told
 //! apart as one stall (calls sent together) or as calls spread over the phase.
 //!
+//! `--runs` (3 by default) repeats all three, each run on a server and database of its own
+//! unless `--grpc-addr` is given, and reports every run with the medians and the p99 of
+//! every half-rate call of every run ([`IngestBenchSummary`]).
+//!
 //! On Linux it also reads the CPU time the server, its PostgreSQL backends and this load
 //! generator spent in phase (1) and its relay wait, and the PostgreSQL backend's in the
 //! baseline `COPY`: CPU per event moves far less than wall time when other work shares the
@@ -49,6 +53,8 @@ pub(crate) struct IngestBenchOptions {
     pub(crate) concurrency: usize,
     pub(crate) grpc_addr: Option<String>,
     pub(crate) api_key: Option<String>,
+    /// Runs, each on a fresh server and database when this benchmark starts the server.
+    pub(crate) runs: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -63,6 +69,9 @@ pub(crate) struct Phase {
     /// is one stall that caught calls sent together (the host, a pause) or calls spread
     /// over the phase (work some calls carry).
     pub(crate) slowest_calls: Vec<Call>,
+    /// Every call's ack time, ascending: pooled over runs for [`IngestBenchSummary`].
+    #[serde(skip)]
+    pub(crate) ack_ms_sorted: Vec<f64>,
 }
 
 /// How many of a phase's slowest calls it reports.
@@ -146,6 +155,87 @@ pub(crate) struct IngestBenchReport {
     /// shared machine, so it shows whether a change made ingest cheaper.
     pub(crate) cpu_cost_ratio_to_copy: Option<f64>,
 }
+
+/// What `bench ingest` prints: every run, and the figures the goals are judged on.
+///
+/// One run's figures moved by ±15 % between runs in the same hour on the shared 2-core
+/// machine (the `COPY` baseline as much as ingest), and a half-rate p99 of one run is the
+/// second slowest of about 100 calls. Hence several runs: the medians, and the p99 of every
+/// half-rate call of every run.
+#[derive(Debug, Serialize)]
+pub(crate) struct IngestBenchSummary {
+    pub(crate) batch: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) events_per_run: usize,
+    /// The median over runs of each run's `sustained_ratio_to_copy` (goal ≥ 0.6).
+    pub(crate) sustained_ratio_to_copy: f64,
+    pub(crate) sustained_ratio_to_copy_min: f64,
+    pub(crate) sustained_events_per_s_median: f64,
+    pub(crate) copy_events_per_s_median: f64,
+    /// The median over runs of each run's `cpu_cost_ratio_to_copy` (Linux, own server).
+    pub(crate) cpu_cost_ratio_to_copy_median: Option<f64>,
+    /// The p99 ack time of every half-rate call of every run (goal ≤ 25 ms).
+    pub(crate) half_rate_p99_ack_ms: f64,
+    pub(crate) half_rate_p50_ack_ms: f64,
+    pub(crate) half_rate_calls: usize,
+    /// The median over runs of each run's half-rate p99.
+    pub(crate) half_rate_p99_ack_ms_median: f64,
+    pub(crate) goal_ratio: f64,
+    pub(crate) goal_p99_ack_ms_at_half_rate: f64,
+    pub(crate) meets_goal_ratio: bool,
+    pub(crate) meets_goal_p99: bool,
+    pub(crate) runs: Vec<IngestBenchReport>,
+}
+
+/// The median of `values` (the lower middle one of an even count); 0 when empty.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_unstable_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n => values[(n - 1) / 2],
+    }
+}
+
+impl IngestBenchSummary {
+    fn of(runs: Vec<IngestBenchReport>) -> Self {
+        let of_runs = |f: fn(&IngestBenchReport) -> f64| runs.iter().map(f).collect::<Vec<_>>();
+        let ratios = of_runs(|r| r.sustained_ratio_to_copy);
+        let mut pooled: Vec<f64> = runs
+            .iter()
+            .flat_map(|r| r.half_rate.ack_ms_sorted.iter().copied())
+            .collect();
+        pooled.sort_unstable_by(f64::total_cmp);
+        // Only when every run measured it: a median of some runs would hide the others.
+        let cost_ratios: Option<Vec<f64>> = runs.iter().map(|r| r.cpu_cost_ratio_to_copy).collect();
+        let sustained_ratio_to_copy = median(ratios.clone());
+        let half_rate_p99_ack_ms = percentile(&pooled, 0.99);
+        let (goal_ratio, goal_p99) = (GOAL_RATIO, GOAL_P99_ACK_MS_AT_HALF_RATE);
+        IngestBenchSummary {
+            batch: runs.first().map_or(0, |r| r.batch),
+            concurrency: runs.first().map_or(0, |r| r.concurrency),
+            events_per_run: runs.first().map_or(0, |r| r.max.events),
+            sustained_ratio_to_copy,
+            sustained_ratio_to_copy_min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            sustained_events_per_s_median: median(of_runs(|r| r.sustained_events_per_s)),
+            copy_events_per_s_median: median(of_runs(|r| r.copy_events_per_s)),
+            cpu_cost_ratio_to_copy_median: cost_ratios.map(median),
+            half_rate_p99_ack_ms,
+            half_rate_p50_ack_ms: percentile(&pooled, 0.50),
+            half_rate_calls: pooled.len(),
+            half_rate_p99_ack_ms_median: median(of_runs(|r| r.half_rate.p99_ack_ms)),
+            goal_ratio,
+            goal_p99_ack_ms_at_half_rate: goal_p99,
+            meets_goal_ratio: !runs.is_empty() && sustained_ratio_to_copy >= goal_ratio,
+            meets_goal_p99: !pooled.is_empty() && half_rate_p99_ack_ms <= goal_p99,
+            runs,
+        }
+    }
+}
+
+/// Issue #8's goals: a sustained rate of at least this share of the `COPY` rate…
+const GOAL_RATIO: f64 = 0.6;
+/// …and a p99 ack time at half that rate of at most this.
+const GOAL_P99_ACK_MS_AT_HALF_RATE: f64 = 25.0;
 
 /// CPU seconds of a set of processes, taken at the start and end of a phase.
 struct CpuMeter {
@@ -387,6 +477,7 @@ fn phase(events: usize, accepted: usize, seconds: f64, mut calls: Vec<Call>) -> 
         p50_ack_ms: percentile(&latencies, 0.50),
         p99_ack_ms: percentile(&latencies, 0.99),
         slowest_calls: calls,
+        ack_ms_sorted: latencies,
     }
 }
 
@@ -413,7 +504,7 @@ async fn send(
 pub(crate) async fn run(
     config: &Config,
     opts: IngestBenchOptions,
-) -> anyhow::Result<IngestBenchReport> {
+) -> anyhow::Result<IngestBenchSummary> {
     let StoreLocation::Postgres { url, .. } = &config.store else {
         anyhow::bail!("bench ingest compares with PostgreSQL COPY: set DATABASE_URL");
     };
@@ -422,8 +513,19 @@ pub(crate) async fn run(
         "--batch must be 1 to 1000"
     );
     anyhow::ensure!(opts.concurrency >= 1, "--concurrency must be at least 1");
+    anyhow::ensure!(opts.runs >= 1, "--runs must be at least 1");
+    let mut runs = Vec::with_capacity(opts.runs);
+    for _ in 0..opts.runs {
+        runs.push(run_once(url, &opts).await?);
+    }
+    Ok(IngestBenchSummary::of(runs))
+}
+
+/// One run: against the server `opts` names, or on a server and database of its own, so
+/// that every run starts from the same empty state.
+async fn run_once(url: &str, opts: &IngestBenchOptions) -> anyhow::Result<IngestBenchReport> {
     let (own, addr, key, db_url) = match (&opts.grpc_addr, &opts.api_key) {
-        (Some(addr), Some(key)) => (None, addr.clone(), key.clone(), url.clone()),
+        (Some(addr), Some(key)) => (None, addr.clone(), key.clone(), url.to_owned()),
         (Some(_), None) => anyhow::bail!("--grpc-addr needs --api-key"),
         _ => {
             let (own, addr, key, db_url) = start_server(url).await?;
@@ -431,7 +533,7 @@ pub(crate) async fn run(
         }
     };
     let server_pid = own.as_ref().and_then(|o| o.child.id());
-    let result = measure(&opts, &addr, &key, &db_url, server_pid).await;
+    let result = measure(opts, &addr, &key, &db_url, server_pid).await;
     if let Some(mut own) = own {
         let _ = own.child.kill().await;
         own.database
@@ -569,8 +671,13 @@ async fn measure(
     // 3. plain COPY of the same stored rows
     let mut rows = Vec::new();
     {
+        // This run's rows only: a running server (`--grpc-addr`) holds earlier runs' too.
+        // `run` is `r` and hex digits, safe to inline (COPY takes no parameters).
         let mut out = pool
-            .copy_out_raw("COPY (SELECT * FROM ingest_events) TO STDOUT (FORMAT binary)")
+            .copy_out_raw(&format!(
+                "COPY (SELECT * FROM ingest_events WHERE message_id LIKE '{run}%') \
+                 TO STDOUT (FORMAT binary)"
+            ))
             .await?;
         while let Some(chunk) = out.next().await {
             rows.extend_from_slice(&chunk?);
@@ -627,8 +734,8 @@ async fn measure(
         copy_seconds_runs,
         copy_events_per_s,
         bare_copy_events_per_s,
-        goal_ratio: 0.6,
-        goal_p99_ack_ms_at_half_rate: 25.0,
+        goal_ratio: GOAL_RATIO,
+        goal_p99_ack_ms_at_half_rate: GOAL_P99_ACK_MS_AT_HALF_RATE,
         max_cpu_per_event,
         copy_postgres_cpu_us_per_row,
         cpu_cost_ratio_to_copy,
@@ -755,6 +862,92 @@ mod tests {
                 .iter()
                 .all(|c| c.ack_ms == 5.0 || c.ack_ms > 100.0)
         );
+    }
+
+    /// A run whose sustained ratio is `ratio`, whose half-rate calls took `acks` ms, and
+    /// whose CPU cost ratio is `cost`.
+    fn run_report(ratio: f64, acks: &[f64], cost: Option<f64>) -> IngestBenchReport {
+        let calls = acks
+            .iter()
+            .enumerate()
+            .map(|(i, ms)| Call {
+                sent_at_s: i as f64,
+                ack_ms: *ms,
+            })
+            .collect();
+        IngestBenchReport {
+            batch: 500,
+            concurrency: 4,
+            distinct_shoppers: 10,
+            max: phase(1000, 1000, 1.0, Vec::new()),
+            relay_backlog_after_max: 0,
+            relay_drain_seconds: 0.0,
+            sustained_events_per_s: ratio * 100_000.0,
+            half_rate_target_events_per_s: ratio * 50_000.0,
+            half_rate: phase(acks.len() * 500, acks.len() * 500, 1.0, calls),
+            relay_backlog_after_half_rate: 0,
+            copy_rows: 1000,
+            copy_seconds: 0.01,
+            copy_seconds_runs: vec![0.01],
+            copy_events_per_s: 100_000.0,
+            bare_copy_events_per_s: 150_000.0,
+            sustained_ratio_to_copy: ratio,
+            ratio_to_copy: ratio,
+            ratio_to_bare_copy: ratio / 1.5,
+            goal_ratio: GOAL_RATIO,
+            goal_p99_ack_ms_at_half_rate: GOAL_P99_ACK_MS_AT_HALF_RATE,
+            max_cpu_per_event: None,
+            copy_postgres_cpu_us_per_row: None,
+            cpu_cost_ratio_to_copy: cost,
+        }
+    }
+
+    #[test]
+    fn runs_are_summarized_by_their_medians_and_the_p99_of_every_half_rate_call() {
+        // Three runs of 100 half-rate calls each: one run has a stall of two slow calls,
+        // which is its own p99 but only 2 of the 300 pooled calls.
+        let quiet: Vec<f64> = (0..100).map(|i| 10.0 + f64::from(i) / 10.0).collect();
+        let mut stalled = quiet.clone();
+        stalled[40] = 90.0;
+        stalled[41] = 80.0;
+        let summary = IngestBenchSummary::of(vec![
+            run_report(0.45, &quiet, Some(0.25)),
+            run_report(0.62, &stalled, Some(0.31)),
+            run_report(0.58, &quiet, Some(0.29)),
+        ]);
+        assert_eq!(summary.runs.len(), 3);
+        assert_eq!(summary.sustained_ratio_to_copy, 0.58);
+        assert_eq!(summary.sustained_ratio_to_copy_min, 0.45);
+        assert!((summary.sustained_events_per_s_median - 58_000.0).abs() < 1e-6);
+        assert_eq!(summary.cpu_cost_ratio_to_copy_median, Some(0.29));
+        assert_eq!(summary.half_rate_calls, 300);
+        // Pooled: nearest rank 297 of 300 ascending is a quiet call (the slowest quiet one,
+        // 19.9 ms, three times, under the stall's 80 and 90).
+        assert_eq!(summary.half_rate_p99_ack_ms, 19.9);
+        // Each run's own p99 (nearest rank 99 of 100): 19.8, 80.0 and 19.8.
+        assert_eq!(summary.half_rate_p99_ack_ms_median, 19.8);
+        assert!(summary.meets_goal_p99);
+        assert!(!summary.meets_goal_ratio, "a median of 0.58 is below 0.6");
+    }
+
+    #[test]
+    fn a_cost_ratio_missing_from_a_run_leaves_the_median_out() {
+        let acks = [12.0; 10];
+        let summary = IngestBenchSummary::of(vec![
+            run_report(0.61, &acks, Some(0.3)),
+            run_report(0.63, &acks, None),
+        ]);
+        assert_eq!(summary.cpu_cost_ratio_to_copy_median, None);
+        // The lower middle of two.
+        assert_eq!(summary.sustained_ratio_to_copy, 0.61);
+        assert!(summary.meets_goal_ratio);
+    }
+
+    #[test]
+    fn no_run_meets_no_goal() {
+        let summary = IngestBenchSummary::of(Vec::new());
+        assert!(!summary.meets_goal_ratio && !summary.meets_goal_p99);
+        assert_eq!(summary.half_rate_calls, 0);
     }
 
     #[sqlx::test(migrations = "../../migrations/postgres")]

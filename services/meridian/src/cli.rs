@@ -236,6 +236,8 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 30_000)]
     pub(crate) shoppers: usize,
     /// bench identity: timed runs, each on a fresh workspace (min and median reported).
+    /// bench ingest: runs, each on a fresh server and database unless --grpc-addr (medians,
+    /// and the p99 of every half-rate call, reported).
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: usize,
 }
