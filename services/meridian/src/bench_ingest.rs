@@ -174,6 +174,12 @@ pub(crate) struct IngestBenchSummary {
     pub(crate) copy_events_per_s_median: f64,
     /// The median over runs of each run's `cpu_cost_ratio_to_copy` (Linux, own server).
     pub(crate) cpu_cost_ratio_to_copy_median: Option<f64>,
+    /// The medians over runs of `max_cpu_per_event`'s server and PostgreSQL CPU, and of
+    /// `copy_postgres_cpu_us_per_row` (Linux, own server): what a change to ingest's work
+    /// moves, where rates move with the machine's load.
+    pub(crate) server_cpu_us_per_event_median: Option<f64>,
+    pub(crate) postgres_cpu_us_per_event_median: Option<f64>,
+    pub(crate) copy_postgres_cpu_us_per_row_median: Option<f64>,
     /// The p99 ack time of every half-rate call of every run (goal ≤ 25 ms).
     pub(crate) half_rate_p99_ack_ms: f64,
     pub(crate) half_rate_p50_ack_ms: f64,
@@ -206,7 +212,13 @@ impl IngestBenchSummary {
             .collect();
         pooled.sort_unstable_by(f64::total_cmp);
         // Only when every run measured it: a median of some runs would hide the others.
-        let cost_ratios: Option<Vec<f64>> = runs.iter().map(|r| r.cpu_cost_ratio_to_copy).collect();
+        let median_of_all = |f: fn(&IngestBenchReport) -> Option<f64>| {
+            runs.iter()
+                .map(f)
+                .collect::<Option<Vec<f64>>>()
+                .filter(|all| !all.is_empty())
+                .map(median)
+        };
         let sustained_ratio_to_copy = median(ratios.clone());
         let half_rate_p99_ack_ms = percentile(&pooled, 0.99);
         let (goal_ratio, goal_p99) = (GOAL_RATIO, GOAL_P99_ACK_MS_AT_HALF_RATE);
@@ -218,7 +230,14 @@ impl IngestBenchSummary {
             sustained_ratio_to_copy_min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
             sustained_events_per_s_median: median(of_runs(|r| r.sustained_events_per_s)),
             copy_events_per_s_median: median(of_runs(|r| r.copy_events_per_s)),
-            cpu_cost_ratio_to_copy_median: cost_ratios.map(median),
+            cpu_cost_ratio_to_copy_median: median_of_all(|r| r.cpu_cost_ratio_to_copy),
+            server_cpu_us_per_event_median: median_of_all(|r| {
+                r.max_cpu_per_event.as_ref().and_then(|c| c.server_us)
+            }),
+            postgres_cpu_us_per_event_median: median_of_all(|r| {
+                r.max_cpu_per_event.as_ref().map(|c| c.postgres_us)
+            }),
+            copy_postgres_cpu_us_per_row_median: median_of_all(|r| r.copy_postgres_cpu_us_per_row),
             half_rate_p99_ack_ms,
             half_rate_p50_ack_ms: percentile(&pooled, 0.50),
             half_rate_calls: pooled.len(),
@@ -867,6 +886,11 @@ mod tests {
     /// A run whose sustained ratio is `ratio`, whose half-rate calls took `acks` ms, and
     /// whose CPU cost ratio is `cost`.
     fn run_report(ratio: f64, acks: &[f64], cost: Option<f64>) -> IngestBenchReport {
+        let cpu = cost.map(|c| CpuPerEvent {
+            server_us: Some(20.0 / c),
+            postgres_us: 10.0 / c,
+            load_generator_us: 2.0,
+        });
         let calls = acks
             .iter()
             .enumerate()
@@ -896,8 +920,8 @@ mod tests {
             ratio_to_bare_copy: ratio / 1.5,
             goal_ratio: GOAL_RATIO,
             goal_p99_ack_ms_at_half_rate: GOAL_P99_ACK_MS_AT_HALF_RATE,
-            max_cpu_per_event: None,
-            copy_postgres_cpu_us_per_row: None,
+            max_cpu_per_event: cpu,
+            copy_postgres_cpu_us_per_row: cost.map(|_| 30.0),
             cpu_cost_ratio_to_copy: cost,
         }
     }
@@ -920,6 +944,10 @@ mod tests {
         assert_eq!(summary.sustained_ratio_to_copy_min, 0.45);
         assert!((summary.sustained_events_per_s_median - 58_000.0).abs() < 1e-6);
         assert_eq!(summary.cpu_cost_ratio_to_copy_median, Some(0.29));
+        // The run of the median cost ratio is the median of each CPU figure here.
+        assert_eq!(summary.server_cpu_us_per_event_median, Some(20.0 / 0.29));
+        assert_eq!(summary.postgres_cpu_us_per_event_median, Some(10.0 / 0.29));
+        assert_eq!(summary.copy_postgres_cpu_us_per_row_median, Some(30.0));
         assert_eq!(summary.half_rate_calls, 300);
         // Pooled: nearest rank 297 of 300 ascending is a quiet call (the slowest quiet one,
         // 19.9 ms, three times, under the stall's 80 and 90).
@@ -938,6 +966,7 @@ mod tests {
             run_report(0.63, &acks, None),
         ]);
         assert_eq!(summary.cpu_cost_ratio_to_copy_median, None);
+        assert_eq!(summary.server_cpu_us_per_event_median, None);
         // The lower middle of two.
         assert_eq!(summary.sustained_ratio_to_copy, 0.61);
         assert!(summary.meets_goal_ratio);
@@ -948,6 +977,7 @@ mod tests {
         let summary = IngestBenchSummary::of(Vec::new());
         assert!(!summary.meets_goal_ratio && !summary.meets_goal_p99);
         assert_eq!(summary.half_rate_calls, 0);
+        assert_eq!(summary.cpu_cost_ratio_to_copy_median, None);
     }
 
     #[sqlx::test(migrations = "../../migrations/postgres")]
