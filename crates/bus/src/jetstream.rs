@@ -137,6 +137,10 @@ const PACK_HEADER_ROOM: usize = 4 * 1024;
 /// Least a consume round may fetch, in bytes (packs make messages large; the round's
 /// fetch is bounded by bytes as well as by messages).
 const FETCH_MIN_BYTES: usize = 4 * 1024 * 1024;
+/// How long a pull request may take to end beyond the wait it asked for (async-nats gives
+/// one with `expires` the same 5 s): a reply is a round trip away, and up to a fetch's
+/// bytes. See [`drain`].
+const FETCH_REPLY_LIMIT: Duration = Duration::from_secs(5);
 /// When a pack of a format this version cannot read is offered again.
 const UNKNOWN_FORMAT_RETRY: Duration = Duration::from_secs(30);
 
@@ -407,22 +411,39 @@ fn messages(
     Ok(out)
 }
 
-/// The messages of one pull request, and the error that ended it early, if any.
-async fn drain(
-    batch: Result<jetstream::consumer::pull::Batch, jetstream::consumer::pull::BatchError>,
-) -> (Vec<jetstream::Message>, Option<BusError>) {
+/// The messages of one pull request, and the error that ended it early, if any; given up
+/// after `limit`.
+///
+/// The limit is what ends a pull request whose reply never comes. A no-wait fetch has no
+/// `expires`, and async-nats times out a pull request only when it has one: when the
+/// server was killed after taking the request, the request died with it, and the open
+/// batch waited on its inbox for ever. The consumer then never fetched again after a NATS
+/// restart (`nats_restart.rs` under load, 1 run in 4).
+async fn drain<M, E: std::fmt::Display>(
+    batch: Result<
+        impl futures::Stream<Item = Result<M, E>> + Unpin,
+        jetstream::consumer::pull::BatchError,
+    >,
+    limit: Duration,
+) -> (Vec<M>, Option<BusError>) {
     let mut batch = match batch {
         Ok(batch) => batch,
         Err(err) => return (Vec::new(), Some(BusError::jetstream("fetch", err))),
     };
+    let deadline = tokio::time::Instant::now() + limit;
     let mut messages = Vec::new();
-    while let Some(next) = batch.next().await {
-        match next {
-            Ok(message) => messages.push(message),
-            Err(err) => return (messages, Some(BusError::jetstream("fetch", err))),
+    loop {
+        match tokio::time::timeout_at(deadline, batch.next()).await {
+            Ok(Some(Ok(message))) => messages.push(message),
+            Ok(Some(Err(err))) => return (messages, Some(BusError::jetstream("fetch", err))),
+            Ok(None) => return (messages, None),
+            // What came is kept: it is applied and acked like any delivery.
+            Err(_) => {
+                let err = format!("no end of the pull request within {limit:?}");
+                return (messages, Some(BusError::jetstream("fetch", err)));
+            }
         }
     }
-    (messages, None)
 }
 
 /// Events in `rows`, a pack's counted one by one.
@@ -590,7 +611,8 @@ impl Bus for JetStreamBus {
                 .max_bytes(max_bytes)
                 .messages()
         };
-        let (mut messages, mut fetch_error) = drain(fetch_now(max_messages).await).await;
+        let (mut messages, mut fetch_error) =
+            drain(fetch_now(max_messages).await, FETCH_REPLY_LIMIT).await;
         if messages.is_empty() && fetch_error.is_none() {
             let first = consumer
                 .batch()
@@ -599,9 +621,11 @@ impl Bus for JetStreamBus {
                 .expires(self.settings.fetch_wait)
                 .messages()
                 .await;
-            (messages, fetch_error) = drain(first).await;
+            (messages, fetch_error) =
+                drain(first, self.settings.fetch_wait + FETCH_REPLY_LIMIT).await;
             if !messages.is_empty() && fetch_error.is_none() && max_messages > 1 {
-                let (more, error) = drain(fetch_now(max_messages - 1).await).await;
+                let (more, error) =
+                    drain(fetch_now(max_messages - 1).await, FETCH_REPLY_LIMIT).await;
                 messages.extend(more);
                 fetch_error = error;
             }
@@ -713,4 +737,44 @@ async fn apply_both(
     let outcomes = apply_all(tx, subscription, handler, attempts).await?;
     let replay_outcomes = apply_all(tx, subscription, handler, &replays).await?;
     Ok((outcomes, replay_outcomes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::stream;
+
+    type Reply = Result<u32, &'static str>;
+
+    #[tokio::test]
+    async fn a_pull_request_without_an_end_is_given_up_keeping_what_came() {
+        // Two messages came, then the server went away with the request: nothing more
+        // comes, not even the end.
+        let batch = stream::iter([Ok(1), Ok(2)]).chain(stream::pending::<Reply>());
+        let ended = tokio::time::timeout(
+            Duration::from_secs(10),
+            drain(Ok(batch), Duration::from_millis(50)),
+        )
+        .await;
+        let (messages, error) = ended.expect("the drain gives up at its limit");
+        assert_eq!(messages, [1, 2]);
+        let error = error.expect("a given-up request is an error").to_string();
+        assert!(error.contains("no end of the pull request"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_pull_request_that_ends_is_drained_whole() {
+        let batch = stream::iter([Ok(1), Ok(2), Ok(3)]);
+        let (messages, error) = drain::<u32, &str>(Ok(batch), Duration::from_secs(5)).await;
+        assert_eq!(messages, [1, 2, 3]);
+        assert!(error.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_error_in_a_pull_request_ends_it_keeping_what_came() {
+        let batch = stream::iter([Ok(1), Err("status 409"), Ok(3)]);
+        let (messages, error) = drain(Ok(batch), Duration::from_secs(5)).await;
+        assert_eq!(messages, [1]);
+        assert!(error.unwrap().to_string().contains("status 409"));
+    }
 }
