@@ -937,12 +937,18 @@ conformance!(
     concurrent_identifier_subjects_converge,
 );
 
-// The relational stores refuse keys for a workspace that does not exist.
+// The relational stores refuse keys for a workspace that does not exist. On PostgreSQL the
+// subject key and identifier subject tables have no foreign key to `workspaces` (migration
+// 0023): the store checks the workspace before writing there, on every write path.
 #[sqlx::test(migrations = "../../migrations/postgres")]
 async fn postgres_unknown_workspace(pool: sqlx::PgPool) {
-    let v = vault(ring(1, 1), &pg(pool).await);
+    let v = vault(ring(1, 1), &pg(pool.clone()).await);
     assert!(matches!(
         v.seal("nope", "s", "r", "f", b"x").await,
+        Err(VaultError::UnknownWorkspace)
+    ));
+    assert!(matches!(
+        v.subject_keys("nope", &["s1", "s2"]).await,
         Err(VaultError::UnknownWorkspace)
     ));
     assert!(matches!(
@@ -950,10 +956,44 @@ async fn postgres_unknown_workspace(pool: sqlx::PgPool) {
             .await,
         Err(VaultError::UnknownWorkspace)
     ));
+    // A blind index made in a real workspace, asked for in the unknown one.
+    let index = v
+        .blind_index(WS, IdentifierKind::DeviceId, "d", None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        v.identifier_subjects("nope", std::slice::from_ref(&index))
+            .await,
+        Err(VaultError::UnknownWorkspace)
+    ));
     assert!(matches!(
         v.forget("nope", "s").await,
         Err(VaultError::UnknownWorkspace)
     ));
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM vault_subject_keys WHERE workspace_id = 'nope') \
+              + (SELECT COUNT(*) FROM vault_identifier_subjects WHERE workspace_id = 'nope')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, 0, "nothing was written for the unknown workspace");
+
+    // A refusal is not remembered: the workspace, once created, takes keys.
+    sqlx::query(
+        "INSERT INTO workspaces (workspace_id, home_region, time_zone) \
+         VALUES ('nope', 'eu', 'Europe/Paris')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let sealed = v.seal("nope", "s", "r", "f", b"x").await.unwrap();
+    let opened = v.open("nope", "s", "r", "f", &sealed).await.unwrap();
+    assert_eq!(opened.as_slice(), b"x");
+    assert_eq!(
+        v.identifier_subjects("nope", &[index]).await.unwrap().len(),
+        1
+    );
 }
 
 // PostgreSQL inserts a batch of new subjects through one statement text whatever its size:

@@ -1,5 +1,8 @@
 //! PostgreSQL key store (production backend).
 
+use std::collections::HashSet;
+use std::sync::{PoisonError, RwLock};
+
 use sqlx::PgPool;
 use sqlx::postgres::PgRow;
 
@@ -14,6 +17,12 @@ use crate::error::StoreError;
 pub struct PgKeyStore {
     pool: PgPool,
     q: Queries,
+    /// Workspaces this store has seen in `workspaces`. Since migration 0023 the tables of
+    /// subject keys and identifier subjects no longer check their workspace row by row (a
+    /// trigger, a lookup and a shared row lock per new key, on ingest's path); the store
+    /// checks it once per workspace instead, before its first write there. Workspaces are
+    /// never deleted, so one seen stays valid; one not found is asked again next time.
+    known_workspaces: RwLock<HashSet<String>>,
 }
 
 impl PgKeyStore {
@@ -22,7 +31,34 @@ impl PgKeyStore {
         PgKeyStore {
             pool,
             q: Queries::new(Dialect::Postgres),
+            known_workspaces: RwLock::new(HashSet::new()),
         }
+    }
+
+    /// Fails with [`StoreError::UnknownWorkspace`] unless `workspace` exists: called before
+    /// a write to the tables without a foreign key to `workspaces`.
+    async fn check_workspace(&self, workspace: &str) -> Result<(), StoreError> {
+        let known = self
+            .known_workspaces
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(workspace);
+        if known {
+            return Ok(());
+        }
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM workspaces WHERE workspace_id = $1)")
+                .bind(workspace)
+                .fetch_one(&self.pool)
+                .await?;
+        if !exists {
+            return Err(StoreError::UnknownWorkspace);
+        }
+        self.known_workspaces
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(workspace.to_owned());
+        Ok(())
     }
 
     /// One array parameter holds any number of keys: a batch is one statement.

@@ -193,7 +193,9 @@ impl Queries {
 /// and the backend's own batched statements: `LOOKUP_ROWS` (keys per lookup),
 /// `subject_key_rows` and `identifier_subject_rows` (the rows of one chunk of keys),
 /// `INSERT_ROWS` (rows per insert), `insert_subject_key_rows` and
-/// `insert_identifier_subject_rows` (one chunk's insert; returns the rows inserted).
+/// `insert_identifier_subject_rows` (one chunk's insert; returns the rows inserted), and
+/// `check_workspace` (refuses an unknown workspace before a write to the subject key and
+/// identifier subject tables, where no foreign key does on PostgreSQL).
 macro_rules! sql_key_store {
     ($store:ty, $db:ty) => {
         impl $crate::store::KeyStore for $store {
@@ -228,6 +230,7 @@ macro_rules! sql_key_store {
                 Result<$crate::store::SubjectKeyState, $crate::error::StoreError>,
             > {
                 Box::pin(async move {
+                    self.check_workspace(workspace).await?;
                     sqlx::query(&self.q.insert_subject)
                         .bind(workspace)
                         .bind(subject)
@@ -267,6 +270,7 @@ macro_rules! sql_key_store {
                 keys: &'a [(&'a str, $crate::store::StoredSubjectKey)],
             ) -> $crate::kek::BoxFuture<'a, Result<u64, $crate::error::StoreError>> {
                 Box::pin(async move {
+                    self.check_workspace(workspace).await?;
                     let mut stored = 0;
                     for chunk in keys.chunks(Self::INSERT_ROWS) {
                         stored += self.insert_subject_key_rows(workspace, chunk).await?;
@@ -305,6 +309,7 @@ macro_rules! sql_key_store {
                 rows: &'a [$crate::store::IdentifierSubject],
             ) -> $crate::kek::BoxFuture<'a, Result<u64, $crate::error::StoreError>> {
                 Box::pin(async move {
+                    self.check_workspace(workspace).await?;
                     let mut stored = 0;
                     for chunk in rows.chunks(Self::INSERT_ROWS) {
                         stored += self
@@ -361,6 +366,7 @@ macro_rules! sql_key_store {
                             already_forgotten: false,
                         });
                     }
+                    self.check_workspace(workspace).await?;
                     let tombstoned = sqlx::query(&self.q.forget_insert)
                         .bind(workspace)
                         .bind(subject)
