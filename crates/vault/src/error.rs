@@ -56,6 +56,10 @@ pub enum VaultError {
     /// The system random generator or a crypto primitive failed unexpectedly.
     #[error("cryptographic primitive failed")]
     Crypto,
+    /// [`crate::SubjectKey::seal_json`]: the value refused to serialize (a map with
+    /// non-string keys, say). Nothing of it was kept.
+    #[error("value to seal could not be serialized")]
+    Unserializable,
 }
 
 /// Errors of a [`crate::KeyProvider`].

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use uuid::Uuid;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Result, VaultError};
 
@@ -116,7 +116,52 @@ impl SubjectKey {
 
     /// Seals `plaintext` for `field` of `record_id`.
     pub fn seal(&self, record_id: &str, field: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let (mut out, nonce) = self.sealed_header(plaintext.len())?;
+        out.extend_from_slice(plaintext);
+        self.seal_in_place(record_id, field, nonce, out)
+    }
+
+    /// Seals `value` serialized as JSON, exactly as [`SubjectKey::seal`] seals those bytes,
+    /// without a plaintext buffer of its own: the JSON is written into the sealed value's
+    /// buffer and encrypted in place. The buffer starts with room for `size_hint` bytes of
+    /// JSON; when it must grow, the old allocation is zeroed before it is freed. (Serializing
+    /// with `serde_json::to_vec` first left a copy of part of the plaintext in freed memory
+    /// at every doubling, and copied the whole of it once more to seal it.)
+    pub fn seal_json<T: serde::Serialize + ?Sized>(
+        &self,
+        record_id: &str,
+        field: &str,
+        value: &T,
+        size_hint: usize,
+    ) -> Result<Vec<u8>> {
+        let (mut out, nonce) = self.sealed_header(size_hint)?;
+        if serde_json::to_writer(PlaintextWriter { out: &mut out }, value).is_err() {
+            out.zeroize();
+            return Err(VaultError::Unserializable);
+        }
+        self.seal_in_place(record_id, field, nonce, out)
+    }
+
+    /// A sealed value's buffer with its header (format, key id, a fresh nonce) written and
+    /// room for `plaintext_len` bytes of plaintext and the tag.
+    fn sealed_header(&self, plaintext_len: usize) -> Result<(Vec<u8>, [u8; NONCE_LEN])> {
         let nonce = crate::nonce::next()?;
+        let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext_len);
+        out.push(FORMAT_V1);
+        out.extend_from_slice(self.dek.key_id.as_bytes());
+        out.extend_from_slice(&nonce);
+        Ok((out, nonce))
+    }
+
+    /// Encrypts the plaintext after the header of `out` and appends the tag. On failure the
+    /// plaintext is zeroed, not returned.
+    fn seal_in_place(
+        &self,
+        record_id: &str,
+        field: &str,
+        nonce: [u8; NONCE_LEN],
+        mut out: Vec<u8>,
+    ) -> Result<Vec<u8>> {
         let aad = aad(
             FORMAT_V1,
             &self.workspace,
@@ -124,22 +169,21 @@ impl SubjectKey {
             record_id,
             field,
         );
-        let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
-        out.push(FORMAT_V1);
-        out.extend_from_slice(self.dek.key_id.as_bytes());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext);
-        let tag = self
-            .dek
-            .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&aad),
-                &mut out[HEADER_LEN..],
-            )
-            .map_err(|_| VaultError::Crypto)?;
-        out.extend_from_slice(tag.as_ref());
-        Ok(out)
+        let sealed = self.dek.key.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(&aad),
+            &mut out[HEADER_LEN..],
+        );
+        match sealed {
+            Ok(tag) => {
+                out.extend_from_slice(tag.as_ref());
+                Ok(out)
+            }
+            Err(_) => {
+                out.zeroize();
+                Err(VaultError::Crypto)
+            }
+        }
     }
 
     /// Opens a value sealed for `field` of `record_id`. Plaintext is zeroized on drop.
@@ -169,6 +213,46 @@ impl SubjectKey {
             .len();
         buf.truncate(len);
         Ok(buf)
+    }
+}
+
+/// Appends plaintext to a sealed value's buffer (see [`SubjectKey::seal_json`]). Grows it
+/// by hand so that the allocation it leaves is zeroed first, and keeps room for the tag.
+struct PlaintextWriter<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl PlaintextWriter<'_> {
+    #[cold]
+    fn grow(&mut self, needed: usize) {
+        let mut bigger = Vec::with_capacity(needed.max(2 * self.out.capacity()));
+        bigger.extend_from_slice(self.out);
+        // Zeroes the whole allocation, spare capacity included, then empties it.
+        self.out.zeroize();
+        *self.out = bigger;
+    }
+}
+
+impl std::io::Write for PlaintextWriter<'_> {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    // Inlined into the serializer, as `Vec`'s own is: it runs for every quote and comma.
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let needed = self.out.len() + buf.len() + TAG_LEN;
+        if needed > self.out.capacity() {
+            self.grow(needed);
+        }
+        self.out.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -210,6 +294,54 @@ mod tests {
             v.resize(len, 0);
             assert!(k.open("r", "f", &v).is_err());
         }
+    }
+
+    #[test]
+    fn json_sealed_in_place_opens_to_what_to_vec_serializes_whatever_the_size_hint() {
+        let k = key(7, 3);
+        let long = "é\"x".repeat(400);
+        let value = serde_json::json!({"a": 1, "b": [true, null, 2.5], "s": long});
+        let expected = serde_json::to_vec(&value).unwrap();
+        for hint in [
+            0,
+            1,
+            16,
+            expected.len() - 1,
+            expected.len(),
+            10 * expected.len(),
+        ] {
+            let sealed = k.seal_json("r", "body", &value, hint).unwrap();
+            assert_eq!(sealed.len(), expected.len() + SEAL_OVERHEAD, "hint {hint}");
+            assert_eq!(
+                *k.open("r", "body", &sealed).unwrap(),
+                expected,
+                "hint {hint}"
+            );
+            assert!(k.open("r", "traits", &sealed).is_err());
+            assert!(k.open("r2", "body", &sealed).is_err());
+        }
+    }
+
+    #[test]
+    fn a_value_that_cannot_be_serialized_is_refused() {
+        let mut map = std::collections::BTreeMap::new();
+        map.insert(vec![1u8], "a map key JSON cannot hold");
+        assert!(matches!(
+            key(1, 1).seal_json("r", "f", &map, 8),
+            Err(VaultError::Unserializable)
+        ));
+    }
+
+    #[test]
+    fn a_growing_plaintext_buffer_keeps_room_for_the_tag() {
+        let mut out = Vec::with_capacity(4);
+        let mut writer = PlaintextWriter { out: &mut out };
+        for chunk in [&b"abc"[..], b"defgh", &[b'x'; 100]] {
+            std::io::Write::write_all(&mut writer, chunk).unwrap();
+            assert!(writer.out.capacity() >= writer.out.len() + TAG_LEN);
+        }
+        assert_eq!(out.len(), 108);
+        assert_eq!(&out[..8], b"abcdefgh");
     }
 
     #[test]

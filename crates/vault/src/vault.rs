@@ -11,7 +11,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::blind::{BlindIndex, BlindIndexer, IdentifierKind};
-use crate::cache::{DekCache, IdentifierSubjectCache};
+use crate::cache::{BlindIndexHashing, DekCache, IdentifierSubjectCache};
 use crate::error::{Result, VaultError};
 use crate::kek::{KekVersion, KeyProvider};
 use crate::seal::{DEK_LEN, Dek, SubjectKey};
@@ -20,8 +20,8 @@ use crate::store::{
     KeyStore, StoredSubjectKey, StoredWorkspaceKey, SubjectKeyState, WorkspaceKeyPurpose,
 };
 
-/// Data keys found in the cache, by subject.
-type CachedDeks<'s> = HashMap<&'s str, Arc<Dek>>;
+/// A subject's data key, if the cache held it (or the store had it).
+type CachedDek = Option<Arc<Dek>>;
 
 /// Tuning of a [`Vault`].
 #[derive(Debug, Clone)]
@@ -287,31 +287,53 @@ impl Vault {
         }
     }
 
-    /// Splits `subjects` into the data keys the cache holds and the distinct subjects it
-    /// does not (sorted: the store is asked for them in one batch).
+    /// The data key the cache holds for each of `subjects` (in order), and the distinct
+    /// subjects it holds none for (sorted: the store is asked for them in one batch).
     fn cached_deks<'s>(
         &self,
         workspace: &str,
         subjects: &[&'s str],
         now: Instant,
-    ) -> Result<(CachedDeks<'s>, Vec<&'s str>)> {
-        let mut deks: CachedDeks<'s> = HashMap::with_capacity(subjects.len());
-        let mut missing: Vec<&str> = Vec::new();
+    ) -> Result<(Vec<CachedDek>, Vec<&'s str>)> {
         for subject in subjects {
             check_id(subject)?;
-            if deks.contains_key(subject) {
-                continue;
-            }
-            match self.cache.get(workspace, *subject, now) {
-                Some(dek) => {
-                    deks.insert(subject, dek);
-                }
-                None => missing.push(subject),
-            }
         }
+        let found = self
+            .cache
+            .get_many(workspace, subjects.iter().copied(), now);
+        let mut missing: Vec<&str> = subjects
+            .iter()
+            .zip(&found)
+            .filter(|(_, dek)| dek.is_none())
+            .map(|(subject, _)| *subject)
+            .collect();
         missing.sort_unstable();
         missing.dedup();
-        Ok((deks, missing))
+        Ok((found, missing))
+    }
+
+    /// Fills the gaps of `found` (one per subject of `subjects`) from `loaded`, and caches
+    /// what was loaded.
+    fn cache_loaded(
+        &self,
+        workspace: &str,
+        subjects: &[&str],
+        found: &mut [CachedDek],
+        loaded: HashMap<&str, Arc<Dek>>,
+        started: Instant,
+        generation: u64,
+    ) {
+        for (subject, dek) in subjects.iter().zip(found.iter_mut()) {
+            if dek.is_none() {
+                *dek = loaded.get(subject).cloned();
+            }
+        }
+        self.cache.insert_many(
+            workspace,
+            loaded.into_iter().map(|(s, dek)| (s.to_owned(), dek)),
+            started,
+            generation,
+        );
     }
 
     /// Data keys for many subjects at once, in the order given, created where absent. The
@@ -325,7 +347,7 @@ impl Vault {
     ) -> Result<Vec<SubjectKey>> {
         check_id(workspace)?;
         let started = Instant::now();
-        let (mut deks, missing) = self.cached_deks(workspace, subjects, started)?;
+        let (mut found, missing) = self.cached_deks(workspace, subjects, started)?;
         if !missing.is_empty() {
             let generation = self.cache.generation();
             let mut loaded: HashMap<String, Dek> = HashMap::with_capacity(missing.len());
@@ -367,27 +389,26 @@ impl Vault {
                 }
                 tracing::debug!(workspace, created = stored, "created subject data keys");
             }
+            let mut by_subject: HashMap<&str, Arc<Dek>> = HashMap::with_capacity(missing.len());
             for subject in &missing {
                 let dek = loaded.remove(*subject).ok_or(VaultError::Store(
                     crate::error::StoreError::Corrupt("subject key vanished after insert"),
                 ))?;
-                let dek = Arc::new(dek);
-                self.cache.insert(
-                    workspace,
-                    (*subject).to_owned(),
-                    dek.clone(),
-                    started,
-                    generation,
-                );
-                deks.insert(subject, dek);
+                by_subject.insert(subject, Arc::new(dek));
             }
+            self.cache_loaded(
+                workspace, subjects, &mut found, by_subject, started, generation,
+            );
         }
-        subjects
-            .iter()
-            .map(|s| {
-                deks.get(s)
-                    .map(|dek| self.handle(workspace, dek.clone()))
-                    .ok_or(VaultError::NoSubjectKey)
+        let workspace: Arc<str> = Arc::from(workspace);
+        found
+            .into_iter()
+            .map(|dek| {
+                dek.map(|dek| SubjectKey {
+                    workspace: workspace.clone(),
+                    dek,
+                })
+                .ok_or(VaultError::NoSubjectKey)
             })
             .collect()
     }
@@ -403,9 +424,10 @@ impl Vault {
     ) -> Result<Vec<Option<SubjectKey>>> {
         check_id(workspace)?;
         let started = Instant::now();
-        let (mut deks, missing) = self.cached_deks(workspace, subjects, started)?;
+        let (mut found, missing) = self.cached_deks(workspace, subjects, started)?;
         if !missing.is_empty() {
             let generation = self.cache.generation();
+            let mut by_subject: HashMap<&str, Arc<Dek>> = HashMap::with_capacity(missing.len());
             for (subject, state) in self.store.subject_keys(workspace, &missing).await? {
                 let SubjectKeyState::Active(stored) = state else {
                     continue;
@@ -416,14 +438,21 @@ impl Vault {
                 };
                 let name = missing[at];
                 let dek = Arc::new(self.unwrap_dek(workspace, name, &stored).await?);
-                self.cache
-                    .insert(workspace, subject, dek.clone(), started, generation);
-                deks.insert(name, dek);
+                by_subject.insert(name, dek);
             }
+            self.cache_loaded(
+                workspace, subjects, &mut found, by_subject, started, generation,
+            );
         }
-        Ok(subjects
-            .iter()
-            .map(|s| deks.get(s).map(|dek| self.handle(workspace, dek.clone())))
+        let workspace: Arc<str> = Arc::from(workspace);
+        Ok(found
+            .into_iter()
+            .map(|dek| {
+                dek.map(|dek| SubjectKey {
+                    workspace: workspace.clone(),
+                    dek,
+                })
+            })
             .collect())
     }
 
@@ -455,26 +484,32 @@ impl Vault {
         workspace: &str,
         indexes: &[BlindIndex],
     ) -> Result<Vec<String>> {
+        let subjects = self.shared_identifier_subjects(workspace, indexes).await?;
+        Ok(subjects.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// [`Vault::identifier_subjects`] as the cache holds them: no copy of each name.
+    async fn shared_identifier_subjects(
+        &self,
+        workspace: &str,
+        indexes: &[BlindIndex],
+    ) -> Result<Vec<Arc<str>>> {
         check_id(workspace)?;
         let started = Instant::now();
-        let mut known: HashMap<[u8; 32], Arc<str>> = HashMap::with_capacity(indexes.len());
-        let mut missing: Vec<[u8; 32]> = Vec::new();
-        for index in indexes {
-            if known.contains_key(&index.0) {
-                continue;
-            }
-            match self.identifiers.get(workspace, &index.0, started) {
-                Some(subject) => {
-                    known.insert(index.0, subject);
-                }
-                None => missing.push(index.0),
-            }
-        }
+        let mut found = self
+            .identifiers
+            .get_many(workspace, indexes.iter().map(|i| &i.0), started);
+        let mut missing: Vec<[u8; 32]> = indexes
+            .iter()
+            .zip(&found)
+            .filter(|(_, subject)| subject.is_none())
+            .map(|(index, _)| index.0)
+            .collect();
         missing.sort_unstable();
         missing.dedup();
         if !missing.is_empty() {
             let generation = self.identifiers.generation();
-            let mut loaded: HashMap<[u8; 32], String> = self
+            let mut loaded: HashMap<[u8; 32], String, BlindIndexHashing> = self
                 .store
                 .identifier_subjects(workspace, &missing)
                 .await?
@@ -502,22 +537,24 @@ impl Vault {
                     );
                 }
             }
-            for (index, subject) in loaded {
-                let subject: Arc<str> = Arc::from(subject);
-                self.identifiers
-                    .insert(workspace, index, subject.clone(), started, generation);
-                known.insert(index, subject);
+            let loaded: HashMap<[u8; 32], Arc<str>, BlindIndexHashing> = loaded
+                .into_iter()
+                .map(|(index, subject)| (index, Arc::from(subject)))
+                .collect();
+            for (index, subject) in indexes.iter().zip(found.iter_mut()) {
+                if subject.is_none() {
+                    *subject = loaded.get(&index.0).cloned();
+                }
             }
+            self.identifiers
+                .insert_many(workspace, loaded, started, generation);
         }
-        indexes
-            .iter()
-            .map(|i| {
-                known
-                    .get(&i.0)
-                    .map(|s| s.to_string())
-                    .ok_or(VaultError::Store(crate::error::StoreError::Corrupt(
-                        "identifier subject vanished after insert",
-                    )))
+        found
+            .into_iter()
+            .map(|subject| {
+                subject.ok_or(VaultError::Store(crate::error::StoreError::Corrupt(
+                    "identifier subject vanished after insert",
+                )))
             })
             .collect()
     }
@@ -534,10 +571,12 @@ impl Vault {
     ) -> Result<Vec<(String, SubjectKey)>> {
         let mut asked_again = false;
         loop {
-            let subjects = self.identifier_subjects(workspace, indexes).await?;
-            let names: Vec<&str> = subjects.iter().map(String::as_str).collect();
+            let subjects = self.shared_identifier_subjects(workspace, indexes).await?;
+            let names: Vec<&str> = subjects.iter().map(|s| &**s).collect();
             match self.subject_keys(workspace, &names).await {
-                Ok(keys) => return Ok(subjects.into_iter().zip(keys).collect()),
+                Ok(keys) => {
+                    return Ok(subjects.iter().map(|s| s.to_string()).zip(keys).collect());
+                }
                 Err(VaultError::SubjectForgotten) if !asked_again => {
                     asked_again = true;
                     for index in indexes {

@@ -176,6 +176,9 @@ pub struct ValidEvent {
     pub age: Option<u8>,
     /// `meridian.v1.AgeBand` number, passed on to the bus.
     pub age_band: i32,
+    /// The event's size as delivered (protobuf or JSON): sizes the buffer its sealed body
+    /// is written into.
+    pub encoded_len: usize,
 }
 
 impl std::fmt::Debug for ValidEvent {
@@ -367,6 +370,7 @@ pub fn validate(raw: RawEvent, is_purpose: impl Fn(&str) -> bool) -> Result<Vali
         gpc: raw.gpc,
         age,
         age_band: raw.age_band,
+        encoded_len: raw.encoded_len,
     })
 }
 

@@ -1005,15 +1005,12 @@ fn prepare(
         original_timestamp: original_timestamp.as_deref(),
         stripped: &stripped,
     };
-    let body_bytes = zeroize::Zeroizing::new(
-        serde_json::to_vec(&body).map_err(|_| IngestError::Corrupt("event body".into()))?,
-    );
-    let sealed_body = key.seal(&record, "body", &body_bytes)?;
+    // Serialized straight into the sealed buffer. Its JSON is about the size the event was
+    // delivered at (protobuf or JSON), plus the identifiers' names.
+    let body_size = ev.encoded_len + ev.encoded_len / 2 + 256;
+    let sealed_body = key.seal_json(&record, "body", &body, body_size)?;
     let sealed_traits = if ev.kind == EventKind::Identify && !ev.traits.is_empty() {
-        let traits = zeroize::Zeroizing::new(
-            serde_json::to_vec(&ev.traits).map_err(|_| IngestError::Corrupt("traits".into()))?,
-        );
-        key.seal(&record, "traits", &traits)?
+        key.seal_json(&record, "traits", &ev.traits, ev.encoded_len)?
     } else {
         Vec::new()
     };
