@@ -229,28 +229,40 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> WorkspaceCache<K,
         if state.generation != generation {
             return false;
         }
+        let mut entries = entries.into_iter().peekable();
+        if entries.peek().is_none() {
+            // No empty map for the workspace.
+            return true;
+        }
         let name: Arc<str> = match state.map.get_key_value(workspace) {
             Some((name, _)) => name.clone(),
             None => Arc::from(workspace),
         };
+        let State {
+            map,
+            order,
+            len,
+            seq,
+            ..
+        } = &mut *state;
+        // The workspace's map is found once per batch. Evicting after the whole batch, not
+        // after each entry, evicts the same entries: the queue is in insertion order and
+        // eviction always takes its front.
+        let cached = map.entry(name.clone()).or_default();
         for (key, value) in entries {
-            state.seq += 1;
-            let seq = state.seq;
-            let previous = state.map.entry(name.clone()).or_default().insert(
-                key.clone(),
-                Entry {
-                    value,
-                    loaded_at,
-                    lifetime: lifetime(self.ttl, seq),
-                    seq,
-                },
-            );
-            if previous.is_none() {
-                state.len += 1;
+            *seq += 1;
+            let entry = Entry {
+                value,
+                loaded_at,
+                lifetime: lifetime(self.ttl, *seq),
+                seq: *seq,
+            };
+            if cached.insert(key.clone(), entry).is_none() {
+                *len += 1;
             }
-            state.order.push_back((name.clone(), key, seq));
-            self.evict_oldest(&mut state);
+            order.push_back((name.clone(), key, *seq));
         }
+        self.evict_oldest(&mut state);
         true
     }
 
@@ -432,6 +444,8 @@ mod tests {
         let cache = IdentifierSubjectCache::new(100, ttl);
         let t = Instant::now();
         let (a, b): (Arc<str>, Arc<str>) = (Arc::from("idn-a"), Arc::from("idn-b"));
+        assert!(cache.insert_many("w", [], t, cache.generation()));
+        assert!(cache.lock().map.is_empty());
         assert!(cache.insert_many(
             "w",
             [(key(1), a.clone()), (key(2), b.clone())],

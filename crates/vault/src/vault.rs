@@ -23,6 +23,32 @@ use crate::store::{
 /// A subject's data key, if the cache held it (or the store had it).
 type CachedDek = Option<Arc<Dek>>;
 
+/// The keys of `keys` whose lookup `found` (one per key) missed, sorted and distinct: the
+/// store is asked for them in one batch.
+fn misses<K: Ord, V>(keys: impl Iterator<Item = K>, found: &[Option<V>]) -> Vec<K> {
+    let mut missing: Vec<K> = keys
+        .zip(found)
+        .filter(|(_, hit)| hit.is_none())
+        .map(|(key, _)| key)
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    missing
+}
+
+/// Key handles for a batch's data keys, sharing one workspace name.
+fn handles(workspace: &str, deks: Vec<CachedDek>) -> Vec<Option<SubjectKey>> {
+    let workspace: Arc<str> = Arc::from(workspace);
+    deks.into_iter()
+        .map(|dek| {
+            dek.map(|dek| SubjectKey {
+                workspace: workspace.clone(),
+                dek,
+            })
+        })
+        .collect()
+}
+
 /// Tuning of a [`Vault`].
 #[derive(Debug, Clone)]
 pub struct VaultConfig {
@@ -301,14 +327,7 @@ impl Vault {
         let found = self
             .cache
             .get_many(workspace, subjects.iter().copied(), now);
-        let mut missing: Vec<&str> = subjects
-            .iter()
-            .zip(&found)
-            .filter(|(_, dek)| dek.is_none())
-            .map(|(subject, _)| *subject)
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
+        let missing = misses(subjects.iter().copied(), &found);
         Ok((found, missing))
     }
 
@@ -400,16 +419,9 @@ impl Vault {
                 workspace, subjects, &mut found, by_subject, started, generation,
             );
         }
-        let workspace: Arc<str> = Arc::from(workspace);
-        found
+        handles(workspace, found)
             .into_iter()
-            .map(|dek| {
-                dek.map(|dek| SubjectKey {
-                    workspace: workspace.clone(),
-                    dek,
-                })
-                .ok_or(VaultError::NoSubjectKey)
-            })
+            .map(|key| key.ok_or(VaultError::NoSubjectKey))
             .collect()
     }
 
@@ -444,16 +456,7 @@ impl Vault {
                 workspace, subjects, &mut found, by_subject, started, generation,
             );
         }
-        let workspace: Arc<str> = Arc::from(workspace);
-        Ok(found
-            .into_iter()
-            .map(|dek| {
-                dek.map(|dek| SubjectKey {
-                    workspace: workspace.clone(),
-                    dek,
-                })
-            })
-            .collect())
+        Ok(handles(workspace, found))
     }
 
     async fn dek_from_state(
@@ -499,14 +502,7 @@ impl Vault {
         let mut found = self
             .identifiers
             .get_many(workspace, indexes.iter().map(|i| &i.0), started);
-        let mut missing: Vec<[u8; 32]> = indexes
-            .iter()
-            .zip(&found)
-            .filter(|(_, subject)| subject.is_none())
-            .map(|(index, _)| index.0)
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
+        let missing = misses(indexes.iter().map(|i| i.0), &found);
         if !missing.is_empty() {
             let generation = self.identifiers.generation();
             let mut loaded: HashMap<[u8; 32], String, BlindIndexHashing> = self
