@@ -10,7 +10,7 @@ use sqlx::Row;
 use tokio::sync::{Notify, watch};
 
 use crate::consume::{
-    Attempt, ConsumeStats, EventHandler, Outcome, Source, Subscription, apply_all,
+    Attempt, ConsumeStats, EventHandler, Outcome, Source, Subscription, UpcomingEvent, apply_all,
 };
 use crate::error::BusError;
 use crate::outbox::{
@@ -295,6 +295,12 @@ struct Delivery {
     from_retries: bool,
 }
 
+/// Whether to read the events after a delivery of `delivered` (of at most `limit`) for
+/// `handler`'s look-ahead: only a full delivery leaves events waiting.
+fn wants_hints(handler: &dyn EventHandler, delivered: usize, limit: i64) -> bool {
+    handler.looks_ahead() && i64::try_from(delivered).is_ok_and(|n| n >= limit)
+}
+
 async fn consume_local(
     tx: &mut Tx<'_>,
     subscription: &Subscription,
@@ -305,6 +311,8 @@ async fn consume_local(
     let limit = limit_i64(subscription.batch_size.max(1));
     let mut deliveries = Vec::new();
     let mut new_position = None;
+    // (workspace, key) of the events after this delivery, for `EventHandler::look_ahead`.
+    let mut upcoming: Vec<(String, String)> = Vec::new();
     match tx {
         Tx::Postgres(conn) => {
             plan_outbox_reads_by_index(conn).await?;
@@ -334,6 +342,17 @@ async fn consume_local(
             for row in &rows {
                 new_position = Some(row.try_get::<i64, _>("stream_seq")?);
                 deliveries.push(new_delivery(event_from_pg_row(row)?));
+            }
+            if let Some(after) = new_position.filter(|_| wants_hints(handler, rows.len(), limit)) {
+                upcoming = sqlx::query_as(
+                    "SELECT workspace_id, event_key FROM outbox_events \
+                     WHERE family = $1 AND stream_seq > $2 ORDER BY stream_seq LIMIT $3",
+                )
+                .bind(family)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&mut **conn)
+                .await?;
             }
             let rows = sqlx::query(&format!(
                 "SELECT {}, r.attempts FROM bus_retries r JOIN outbox_events e ON e.event_id = r.event_id \
@@ -382,6 +401,17 @@ async fn consume_local(
                 new_position = Some(row.try_get::<i64, _>("stream_seq")?);
                 deliveries.push(new_delivery(event_from_sqlite_row(row)?));
             }
+            if let Some(after) = new_position.filter(|_| wants_hints(handler, rows.len(), limit)) {
+                upcoming = sqlx::query_as(
+                    "SELECT workspace_id, event_key FROM outbox_events \
+                     WHERE family = ?1 AND stream_seq > ?2 ORDER BY stream_seq LIMIT ?3",
+                )
+                .bind(family)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&mut **conn)
+                .await?;
+            }
             let rows = sqlx::query(&format!(
                 "SELECT {}, r.attempts FROM bus_retries r JOIN outbox_events e ON e.event_id = r.event_id \
                  WHERE r.consumer = ?1 AND r.family = ?2 AND r.next_attempt_at <= ?3 \
@@ -408,6 +438,13 @@ async fn consume_local(
     }
     if deliveries.is_empty() {
         return Ok(ConsumeStats::default());
+    }
+    if !upcoming.is_empty() {
+        let upcoming: Vec<UpcomingEvent> = upcoming
+            .into_iter()
+            .map(|(workspace_id, key)| UpcomingEvent { workspace_id, key })
+            .collect();
+        handler.look_ahead(&upcoming);
     }
     let (attempts, from_retries): (Vec<Attempt>, Vec<bool>) = deliveries
         .into_iter()

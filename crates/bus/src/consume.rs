@@ -48,6 +48,30 @@ pub trait EventHandler: Send + Sync {
         }
         Ok(())
     }
+
+    /// Whether the handler uses [`EventHandler::look_ahead`]: the bus reads the upcoming
+    /// events only for handlers that do.
+    fn looks_ahead(&self) -> bool {
+        false
+    }
+
+    /// The events the bus expects to deliver after the current delivery, oldest first,
+    /// given before that delivery is applied. Work on them that needs no transaction, such
+    /// as loading their keys' data keys into a cache, can then overlap the current
+    /// delivery's database work. A hint only: they may come later, in other deliveries, or
+    /// never (another replica took them, erasure removed them), so nothing may depend on
+    /// it. Must return at once (spawn what takes longer). The in-process bus gives hints
+    /// when a delivery was full (more events are waiting); JetStream gives none.
+    fn look_ahead(&self, _upcoming: &[UpcomingEvent]) {}
+}
+
+/// An event expected in a later delivery (see [`EventHandler::look_ahead`]): what it is
+/// about, without its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpcomingEvent {
+    pub workspace_id: String,
+    /// The event's key ([`OutboxEvent::key`]).
+    pub key: String,
 }
 
 /// Retries with exponential backoff; after `max_attempts` deliveries the event goes to the

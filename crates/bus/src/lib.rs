@@ -30,7 +30,7 @@ use std::sync::Arc;
 use meridian_store::Store;
 
 pub use bus::{Bus, BusKind, LocalBus, LoopSettings, run_consumer, run_relay};
-pub use consume::{ConsumeStats, EventHandler, RetryPolicy, Subscription};
+pub use consume::{ConsumeStats, EventHandler, RetryPolicy, Subscription, UpcomingEvent};
 pub use dead_letters::{
     DeadLetter, DeadLetterFilter, find_dead_letter, list_dead_letters, replay_dead_letter,
 };

@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::{Harness, Kind, Recorder, effects, eventually, scalar};
 use meridian_bus::{
     BusError, BusKind, ConsumerName, DeadLetterFilter, EventHandler, LoopSettings, PruneSettings,
-    RetryPolicy, Subscription, enqueue, enqueue_all, list_dead_letters, outbox_stats, prune,
-    replay_dead_letter, run_consumer, run_relay,
+    RetryPolicy, Subscription, UpcomingEvent, enqueue, enqueue_all, list_dead_letters,
+    outbox_stats, prune, replay_dead_letter, run_consumer, run_relay,
 };
 use meridian_store::Store;
 use meridian_store::sqlx::{PgPool, SqlitePool};
@@ -615,6 +615,75 @@ async fn a_handler_key_applies_an_event_published_twice_once(h: Harness) {
     h.cleanup().await;
 }
 
+/// Applies each event through a [`Recorder`] and records the look-ahead hints it is given.
+struct LookingAhead {
+    recorder: Arc<Recorder>,
+    hints: std::sync::Mutex<Vec<Vec<UpcomingEvent>>>,
+}
+
+#[async_trait::async_trait]
+impl EventHandler for LookingAhead {
+    async fn handle(
+        &self,
+        tx: &mut meridian_bus::Tx<'_>,
+        event: &meridian_bus::OutboxEvent,
+    ) -> Result<(), meridian_bus::HandlerError> {
+        self.recorder.handle(tx, event).await
+    }
+
+    fn looks_ahead(&self) -> bool {
+        true
+    }
+
+    fn look_ahead(&self, upcoming: &[UpcomingEvent]) {
+        self.hints.lock().unwrap().push(upcoming.to_vec());
+    }
+}
+
+async fn a_full_delivery_names_the_events_after_it_to_a_handler_that_looks_ahead(h: Harness) {
+    let events: Vec<_> = (0..5)
+        .map(|i| {
+            meridian_bus::OutboxEvent::new(
+                "acme".parse().unwrap(),
+                h.family.clone(),
+                format!("subject-{i}"),
+                format!("ahead-{i}").into_bytes(),
+            )
+        })
+        .collect();
+    commit_state_and_events(&h, &events).await;
+    let handler = LookingAhead {
+        recorder: Recorder::new("ahead"),
+        hints: std::sync::Mutex::new(Vec::new()),
+    };
+    let sub = Subscription {
+        batch_size: 2,
+        ..subscription(&h, "ahead")
+    };
+    eventually(LIMIT, "every event to be applied", || async {
+        pump(&h, &sub, &handler).await;
+        effects(&h.store, "ahead").await.len() == 5
+    })
+    .await;
+    let hints = handler.hints.lock().unwrap().clone();
+    if h.bus.kind() == BusKind::InProcess {
+        let upcoming = |keys: &[usize]| -> Vec<UpcomingEvent> {
+            keys.iter()
+                .map(|i| UpcomingEvent {
+                    workspace_id: "acme".into(),
+                    key: format!("subject-{i}"),
+                })
+                .collect()
+        };
+        // Deliveries [0, 1], [2, 3], [4]: each full one names the next up to a delivery's
+        // size; the last, not full, names nothing.
+        assert_eq!(hints, vec![upcoming(&[2, 3]), upcoming(&[4])]);
+    } else {
+        assert!(hints.is_empty(), "{hints:?}");
+    }
+    h.cleanup().await;
+}
+
 every_bus!(
     committed_events_are_applied_once_and_rolled_back_ones_never_sent,
     a_delivery_reaches_handle_batch_and_a_failure_falls_back_to_each_event,
@@ -622,4 +691,5 @@ every_bus!(
     concurrent_writers_relays_and_consumers_apply_every_event_once,
     a_large_delivery_applies_only_what_no_replica_recorded,
     a_handler_key_applies_an_event_published_twice_once,
+    a_full_delivery_names_the_events_after_it_to_a_handler_that_looks_ahead,
 );

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use meridian_bus::{ConsumerName, EventFamily, EventHandler, HandlerError, OutboxEvent, Tx};
+use meridian_bus::{
+    ConsumerName, EventFamily, EventHandler, HandlerError, OutboxEvent, Tx, UpcomingEvent,
+};
 use meridian_proto::bus::v1::EventAccepted;
 use meridian_proto::v1::EventType;
 use meridian_vault::{BlindIndex, SubjectKey};
@@ -251,6 +253,12 @@ impl IngestConsumer {
         Arc::new(IngestConsumer { room })
     }
 
+    /// Loads the data keys [`EventHandler::look_ahead`] noted and not yet loaded, and
+    /// waits until no such loading runs (tests, and a shutdown that leaves no task behind).
+    pub async fn look_ahead_settled(&self) {
+        self.room.settle_key_look_ahead().await;
+    }
+
     /// The durable subscription (consumer `identity`, family `ingest-event`).
     pub fn subscription() -> meridian_bus::Subscription {
         // Both names are valid tokens by construction (checked by a test).
@@ -342,6 +350,16 @@ fn handler_error(e: IdentityError) -> HandlerError {
 impl EventHandler for IngestConsumer {
     fn idempotency_key(&self, event: &OutboxEvent) -> uuid::Uuid {
         accepted_event_key(event)
+    }
+
+    fn looks_ahead(&self) -> bool {
+        true
+    }
+
+    /// Notes the upcoming events' subjects: their data keys are loaded into the vault's
+    /// cache while the current delivery's store write runs (see [`crate::look_ahead`]).
+    fn look_ahead(&self, upcoming: &[UpcomingEvent]) {
+        self.room.note_upcoming(upcoming);
     }
 
     async fn handle(&self, tx: &mut Tx<'_>, event: &OutboxEvent) -> Result<(), HandlerError> {

@@ -45,6 +45,7 @@ pub mod explain;
 pub mod graph;
 pub mod grpc;
 pub mod identifier;
+pub(crate) mod look_ahead;
 pub mod quality;
 pub mod room;
 pub mod store;

@@ -35,6 +35,7 @@ use crate::identifier::{
     CompiledRules, IdentifierObservation, Intake, NodeKey, Normalized, RawIdentifier, intake,
     prepare,
 };
+use crate::look_ahead::KeyLookAhead;
 use crate::store::{
     ChangeBatch, ComputedRow, IdentifierRow, IdentityStore, ProfileRow, SealedValue,
 };
@@ -245,6 +246,7 @@ struct Inner {
     event_source: Option<Arc<dyn ProfileEventSource>>,
     consumer_timings: Mutex<ConsumerTimings>,
     statistics: StatisticsRefresh,
+    key_look_ahead: KeyLookAhead,
 }
 
 /// Graph size (identifiers of a workspace) from which the room keeps the planner's
@@ -320,6 +322,7 @@ impl IdentityRoom {
                 event_source,
                 consumer_timings: Mutex::new(ConsumerTimings::default()),
                 statistics: StatisticsRefresh::default(),
+                key_look_ahead: KeyLookAhead::default(),
             }),
         }
     }
@@ -347,6 +350,7 @@ impl IdentityRoom {
                 event_source: Some(source),
                 consumer_timings: Mutex::new(ConsumerTimings::default()),
                 statistics: StatisticsRefresh::default(),
+                key_look_ahead: KeyLookAhead::default(),
             }),
         }
     }
@@ -414,6 +418,17 @@ impl IdentityRoom {
 
     pub(crate) fn vault(&self) -> &Arc<Vault> {
         &self.inner.vault
+    }
+
+    /// Notes the subjects of the events the bus will deliver next (see
+    /// [`crate::look_ahead`]).
+    pub(crate) fn note_upcoming(&self, upcoming: &[meridian_bus::UpcomingEvent]) {
+        self.inner.key_look_ahead.note(upcoming);
+    }
+
+    /// Loads what [`IdentityRoom::note_upcoming`] noted and waits for it.
+    pub(crate) async fn settle_key_look_ahead(&self) {
+        self.inner.key_look_ahead.settle(&self.inner.vault).await;
     }
 
     fn slot(&self, workspace: &str) -> GraphSlot {
@@ -1046,6 +1061,8 @@ impl IdentityRoom {
         draft.activity = activities;
         let batch = self.assemble(workspace, graph, draft)?;
         timings.graph_micros += micros(started);
+        // The consumer waits on the database from here: the next delivery's keys load now.
+        self.inner.key_look_ahead.start(&self.inner.vault);
         let started = Instant::now();
         let result = self
             .inner

@@ -32,6 +32,7 @@ const WS: &str = "acme";
 struct Harness {
     room: IdentityRoom,
     vault: Arc<Vault>,
+    key_store: Arc<dyn meridian_vault::KeyStore>,
     store: Store,
     bus: LocalBus,
     events: Arc<MemoryEvents>,
@@ -181,10 +182,12 @@ impl Harness {
                 storefront_id: a.storefront.into(),
                 age_band: 0,
             };
+            // Keyed by the sealed subject, as ingest keys them (the consumer's look-ahead
+            // loads those subjects' data keys).
             outbox.push(OutboxEvent::new(
                 ws.parse().unwrap(),
                 "ingest-event".parse().unwrap(),
-                a.id,
+                subject,
                 payload.encode_to_vec(),
             ));
         }
@@ -1146,25 +1149,80 @@ async fn harness(store: Store, key_store: Arc<dyn meridian_vault::KeyStore>) -> 
     add_workspace(&store, WS).await;
     let vault = Arc::new(Vault::new(
         Arc::new(KeyRing::generate(1).unwrap()),
-        key_store,
+        key_store.clone(),
     ));
-    let identity: Arc<dyn IdentityStore> = match &store {
-        Store::Postgres(p) => Arc::new(StoreIdentity::Postgres(p.clone())),
-        Store::Sqlite(p) => Arc::new(StoreIdentity::Sqlite(p.clone())),
-    };
     Harness {
-        room: IdentityRoom::with_profile_rules(
-            identity,
-            vault.clone(),
-            Rules::default().validate().unwrap(),
-            rules(),
-            None,
-        ),
+        room: room_on(&store, vault.clone()),
         vault,
+        key_store,
         bus: LocalBus::new(store.clone()),
         store,
         events: Arc::new(MemoryEvents::default()),
     }
+}
+
+/// An identity room over `store` whose consumer reads keys through `vault`.
+fn room_on(store: &Store, vault: Arc<Vault>) -> IdentityRoom {
+    let identity: Arc<dyn IdentityStore> = match store {
+        Store::Postgres(p) => Arc::new(StoreIdentity::Postgres(p.clone())),
+        Store::Sqlite(p) => Arc::new(StoreIdentity::Sqlite(p.clone())),
+    };
+    IdentityRoom::with_profile_rules(
+        identity,
+        vault,
+        Rules::default().validate().unwrap(),
+        rules(),
+        None,
+    )
+}
+
+/// The consumer's look-ahead loads the data keys of the subjects the bus names into its
+/// vault's cache, where the next delivery's decode finds them. Seen from outside: once
+/// the key store has lost every key, the named subjects' keys are still served (from
+/// memory), and a subject that was not named is looked up in the store and found gone.
+async fn look_ahead_loads_the_named_subjects_keys_into_the_cache(h: Harness) {
+    let indexer = h.vault.blind_indexer(WS).await.unwrap();
+    let mut subjects = Vec::new();
+    for email in ["a@shop.example", "b@shop.example", "c@shop.example"] {
+        let n = normalize(IdentifierType::Email, email, "", "").unwrap();
+        let index = blind_index(&indexer, &n).index;
+        let subject = h.vault.identifier_subjects(WS, &[index]).await.unwrap()[0].clone();
+        h.vault.subject_key(WS, &subject).await.unwrap();
+        subjects.push(subject);
+    }
+    // The consumer runs on another replica: same key store, its own (cold) cache.
+    let replica = Arc::new(Vault::new(h.vault.provider().clone(), h.key_store.clone()));
+    let consumer = IngestConsumer::new(room_on(&h.store, replica.clone()));
+    assert!(consumer.looks_ahead());
+    let upcoming = |subject: &String| meridian_bus::UpcomingEvent {
+        workspace_id: WS.into(),
+        key: subject.clone(),
+    };
+    consumer.look_ahead(&[
+        upcoming(&subjects[0]),
+        upcoming(&subjects[1]),
+        upcoming(&subjects[0]),
+    ]);
+    consumer.look_ahead_settled().await;
+    let lost = match &h.store {
+        Store::Postgres(p) => sqlx::query("DELETE FROM vault_subject_keys WHERE workspace_id = $1")
+            .bind(WS)
+            .execute(p)
+            .await
+            .unwrap()
+            .rows_affected(),
+        Store::Sqlite(p) => sqlx::query("DELETE FROM vault_subject_keys WHERE workspace_id = ?1")
+            .bind(WS)
+            .execute(p)
+            .await
+            .unwrap()
+            .rows_affected(),
+    };
+    assert_eq!(lost, 3);
+    let names: Vec<&str> = subjects.iter().map(String::as_str).collect();
+    let keys = replica.existing_subject_keys(WS, &names).await.unwrap();
+    let served: Vec<bool> = keys.iter().map(Option::is_some).collect();
+    assert_eq!(served, [true, true, false]);
 }
 
 macro_rules! on_both {
@@ -1201,6 +1259,7 @@ on_both!(
     malformed_payloads_are_refused_not_applied,
     one_delivery_stitches_like_one_event_at_a_time,
     a_bulk_delivery_is_stored_like_one_event_at_a_time,
+    look_ahead_loads_the_named_subjects_keys_into_the_cache,
 );
 
 /// Migration `0022` on PostgreSQL, during a rollout: a pod of the previous release records
