@@ -72,11 +72,14 @@ impl KeyLookAhead {
         }));
     }
 
-    /// Starts what is noted and waits until no loading runs.
+    /// Loads what is noted and waits until no loading runs (one still running when this is
+    /// called is waited for first, then the noted subjects are loaded).
     pub(crate) async fn settle(&self, vault: &Arc<Vault>) {
-        self.start(vault);
-        let loading = self.state().loading.take();
-        if let Some(loading) = loading {
+        loop {
+            self.start(vault);
+            let Some(loading) = self.state().loading.take() else {
+                return;
+            };
             // A loading that panicked or was cancelled only leaves the cache colder.
             let _ = loading.await;
         }
