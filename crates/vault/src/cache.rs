@@ -105,6 +105,31 @@ impl<K, V, S> Default for State<K, V, S> {
     }
 }
 
+/// The value `entries` holds for `key` if still fresh; an expired entry is removed (and
+/// counted out of `len`).
+fn fresh_or_removed<K, V, S, Q>(
+    entries: &mut HashMap<K, Entry<V>, S>,
+    len: &mut usize,
+    key: &Q,
+    now: Instant,
+) -> Option<V>
+where
+    K: Borrow<Q> + Hash + Eq,
+    V: Clone,
+    S: BuildHasher,
+    Q: Hash + Eq + ?Sized,
+{
+    match entries.get(key) {
+        Some(entry) if entry.is_fresh(now) => Some(entry.value.clone()),
+        Some(_) => {
+            entries.remove(key);
+            *len -= 1;
+            None
+        }
+        None => None,
+    }
+}
+
 impl<K: Hash + Eq, V, S: BuildHasher> State<K, V, S> {
     fn remove<Q>(&mut self, workspace: &str, key: &Q) -> bool
     where
@@ -150,12 +175,13 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> WorkspaceCache<K,
         Q: Hash + Eq + ?Sized,
     {
         let mut state = self.lock();
-        let entry = state.map.get(workspace)?.get(key)?;
-        if entry.is_fresh(now) {
-            return Some(entry.value.clone());
+        let State { map, len, .. } = &mut *state;
+        let entries = map.get_mut(workspace)?;
+        let found = fresh_or_removed(entries, len, key, now);
+        if entries.is_empty() {
+            map.remove(workspace);
         }
-        state.remove(workspace, key);
-        None
+        found
     }
 
     /// What is cached for each of `keys` of one workspace, in order, under one lock (a
@@ -179,15 +205,7 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> WorkspaceCache<K,
             return found;
         };
         for key in keys {
-            found.push(match entries.get(key) {
-                Some(entry) if entry.is_fresh(now) => Some(entry.value.clone()),
-                Some(_) => {
-                    entries.remove(key);
-                    *len -= 1;
-                    None
-                }
-                None => None,
-            });
+            found.push(fresh_or_removed(entries, len, key, now));
         }
         if entries.is_empty() {
             map.remove(workspace);

@@ -36,6 +36,19 @@ fn misses<K: Ord, V>(keys: impl Iterator<Item = K>, found: &[Option<V>]) -> Vec<
     missing
 }
 
+/// Fills the misses of `found` (one per key of `keys`) with what `loaded` holds for them.
+fn fill_misses<K, V: Clone>(
+    keys: impl Iterator<Item = K>,
+    found: &mut [Option<V>],
+    loaded: impl Fn(K) -> Option<V>,
+) {
+    for (key, hit) in keys.zip(found.iter_mut()) {
+        if hit.is_none() {
+            *hit = loaded(key);
+        }
+    }
+}
+
 /// Key handles for a batch's data keys, sharing one workspace name.
 fn handles(workspace: &str, deks: Vec<CachedDek>) -> Vec<Option<SubjectKey>> {
     let workspace: Arc<str> = Arc::from(workspace);
@@ -342,11 +355,7 @@ impl Vault {
         started: Instant,
         generation: u64,
     ) {
-        for (subject, dek) in subjects.iter().zip(found.iter_mut()) {
-            if dek.is_none() {
-                *dek = loaded.get(subject).cloned();
-            }
-        }
+        fill_misses(subjects.iter(), found, |s| loaded.get(s).cloned());
         self.cache.insert_many(
             workspace,
             loaded.into_iter().map(|(s, dek)| (s.to_owned(), dek)),
@@ -537,11 +546,7 @@ impl Vault {
                 .into_iter()
                 .map(|(index, subject)| (index, Arc::from(subject)))
                 .collect();
-            for (index, subject) in indexes.iter().zip(found.iter_mut()) {
-                if subject.is_none() {
-                    *subject = loaded.get(&index.0).cloned();
-                }
-            }
+            fill_misses(indexes.iter(), &mut found, |i| loaded.get(&i.0).cloned());
             self.identifiers
                 .insert_many(workspace, loaded, started, generation);
         }
