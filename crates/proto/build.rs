@@ -38,6 +38,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .skip_debug(REDACTED_DEBUG)
+        // Decoded straight into JSON (src/json.rs): every service reads these fields as JSON.
+        .extern_path(".google.protobuf.Struct", "crate::JsonObject")
         .compile_fds(descriptors)?;
     Ok(())
 }

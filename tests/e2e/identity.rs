@@ -223,10 +223,7 @@ async fn accepted_events_become_a_profile_with_traits_and_computed_traits() {
                 .any(|i| i.value == "dora.e2e@example.com")
         );
         let traits = profile.traits.unwrap();
-        assert!(matches!(
-            traits.fields["plan"].kind,
-            Some(prost_types::value::Kind::StringValue(ref s)) if s == "gold"
-        ));
+        assert_eq!(traits.0["plan"], "gold");
         let computed = profile.computed_traits.unwrap();
         assert_eq!(computed.aipl_stage, AiplStage::Purchase as i32);
         assert_eq!(computed.rfm.unwrap().monetary_minor_units, 12_900);

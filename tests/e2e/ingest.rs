@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
+use meridian_proto::JsonObject;
 use meridian_proto::v1::*;
 use meridian_vault::testing::{dump_postgres, dump_sqlite, find_plaintext};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -158,10 +159,8 @@ async fn post_json(addr: &str, path: &str, write_key: &str, body: &str) -> (u16,
     (status, body)
 }
 
-fn string(v: &str) -> prost_types::Value {
-    prost_types::Value {
-        kind: Some(prost_types::value::Kind::StringValue(v.into())),
-    }
+fn json_object(value: serde_json::Value) -> JsonObject {
+    JsonObject::try_from(value).expect("a JSON object")
 }
 
 /// An identify over gRPC carrying every personal field of the shopper.
@@ -183,16 +182,12 @@ fn grpc_identify(s: &Shopper, message_id: &str) -> Event {
                 ..Default::default()
             },
         ],
-        traits: Some(prost_types::Struct {
-            fields: [
-                ("name".to_owned(), string(&s.name)),
-                ("email".to_owned(), string(&s.email)),
-            ]
-            .into(),
-        }),
-        properties: Some(prost_types::Struct {
-            fields: [("note".to_owned(), string(&format!("deliver to {}", s.name)))].into(),
-        }),
+        traits: Some(json_object(
+            serde_json::json!({"name": s.name, "email": s.email}),
+        )),
+        properties: Some(json_object(
+            serde_json::json!({"note": format!("deliver to {}", s.name)}),
+        )),
         jurisdiction: "US-CA".into(),
         ..Default::default()
     }

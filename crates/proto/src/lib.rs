@@ -3,7 +3,8 @@
 //! Exposes the generated messages, clients and server traits under [`v1`], the bus
 //! event payloads under [`bus::v1`], and
 //! [`FILE_DESCRIPTOR_SET`] for gRPC reflection. Messages that carry personal
-//! data have a redacting `Debug` (see `redact.rs`).
+//! data have a redacting `Debug` (see `redact.rs`). `google.protobuf.Struct` fields are
+//! [`JsonObject`]s, decoded straight into JSON.
 
 #[allow(clippy::all, unreachable_pub, missing_docs)]
 pub mod v1 {
@@ -19,7 +20,10 @@ pub mod bus {
     }
 }
 
+mod json;
 mod redact;
+
+pub use json::JsonObject;
 
 /// The encoded descriptor set of every `meridian.v1` file, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -609,31 +609,6 @@ fn request_to_pb(r: dsr::DataSubjectRequest) -> pb::DataSubjectRequest {
     }
 }
 
-fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
-    serde_json::Value::Object(
-        s.fields
-            .iter()
-            .map(|(k, v)| (k.clone(), value_to_json(v)))
-            .collect(),
-    )
-}
-
-fn value_to_json(v: &prost_types::Value) -> serde_json::Value {
-    use prost_types::value::Kind;
-    match &v.kind {
-        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
-        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
-            .map(serde_json::Value::Number)
-            .unwrap_or(serde_json::Value::Null),
-        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
-        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
-        Some(Kind::StructValue(s)) => struct_to_json(s),
-        Some(Kind::ListValue(l)) => {
-            serde_json::Value::Array(l.values.iter().map(value_to_json).collect())
-        }
-    }
-}
-
 /// `meridian.v1.DsrService` on a [`ConsentRoom`].
 #[derive(Debug, Clone)]
 pub struct DsrGrpc {
@@ -666,7 +641,10 @@ impl dsr_service_server::DsrService for DsrGrpc {
         let j = jurisdiction(&mut v, "jurisdiction", &r.jurisdiction);
         // the deadline is counted in the jurisdiction's zone; a given zone must still be valid
         let _ = time_zone(&mut v, "time_zone", &r.time_zone);
-        let corrections = r.corrections.as_ref().map(struct_to_json);
+        let corrections = r
+            .corrections
+            .as_ref()
+            .map(|c| serde_json::Value::Object(c.0.clone()));
         if kind == Some(RequestKind::Rectification) && corrections.is_none() {
             v.add("corrections", "required for a rectification");
         }

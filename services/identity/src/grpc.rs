@@ -2,7 +2,7 @@
 //! call the room → map the typed error (one `From` impl below).
 
 use meridian_edge::{status, workspace};
-use meridian_proto::v1;
+use meridian_proto::{JsonObject, v1};
 use prost_types::Timestamp;
 use tonic::{Request, Response, Status};
 
@@ -108,34 +108,9 @@ fn profile(view: &ProfileView) -> v1::Profile {
             .collect(),
         created_at: Some(timestamp(view.profile.created_at)),
         updated_at: Some(timestamp(view.profile.updated_at)),
-        traits: (!view.traits.0.is_empty()).then(|| json_struct(&view.traits.0)),
+        traits: (!view.traits.0.is_empty()).then(|| JsonObject(view.traits.0.clone())),
         computed_traits: view.computed.as_ref().map(computed_traits),
         ..Default::default()
-    }
-}
-
-fn json_value(v: &serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match v {
-        serde_json::Value::Null => Kind::NullValue(0),
-        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
-        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
-        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.iter().map(json_value).collect(),
-        }),
-        serde_json::Value::Object(o) => Kind::StructValue(json_struct(o)),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
-
-/// A JSON object as a `google.protobuf.Struct`.
-pub fn json_struct(map: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: map
-            .iter()
-            .map(|(k, v)| (k.clone(), json_value(v)))
-            .collect(),
     }
 }
 
@@ -277,7 +252,7 @@ impl v1::identity_service_server::IdentityService for IdentityRoom {
                     r#type: e.event_type.clone(),
                     event: e.event.clone(),
                     name: e.name.clone(),
-                    properties: Some(json_struct(&e.properties)),
+                    properties: Some(JsonObject(e.properties.clone())),
                     timestamp: Some(timestamp(e.timestamp)),
                     received_at: Some(timestamp(e.received_at)),
                 })

@@ -415,10 +415,7 @@ async fn events_stitch_and_build_traits_and_computed_traits(h: Harness) {
         .profile
         .unwrap();
     let traits = got.traits.unwrap();
-    assert!(matches!(
-        traits.fields["plan"].kind,
-        Some(prost_types::value::Kind::StringValue(ref s)) if s == "pro"
-    ));
+    assert_eq!(traits.0["plan"], "pro");
     let computed = got.computed_traits.unwrap();
     assert_eq!(computed.aipl_stage, v1::AiplStage::Purchase as i32);
     let rfm = computed.rfm.unwrap();
@@ -783,7 +780,7 @@ async fn list_profile_events_reads_through_the_source(h: Harness) {
             .properties
             .as_ref()
             .unwrap()
-            .fields
+            .0
             .contains_key("sku")
     );
     let err = room

@@ -3,9 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use meridian_edge::{status, workspace};
-use meridian_proto::v1;
+use meridian_proto::{JsonObject, v1};
 use prost::Message;
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
 use crate::error::IngestError;
@@ -55,26 +55,6 @@ pub(crate) fn instant(ts: &prost_types::Timestamp) -> Result<DateTime<Utc>, &'st
         return Err("nanos out of range");
     }
     DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).unwrap_or(0)).ok_or("out of range")
-}
-
-/// A protobuf value as JSON, moved rather than copied (the request is not needed after).
-pub(crate) fn json_value(v: prost_types::Value) -> Value {
-    use prost_types::value::Kind;
-    match v.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => Value::Bool(b),
-        Some(Kind::NumberValue(n)) => Number::from_f64(n).map_or(Value::Null, Value::Number),
-        Some(Kind::StringValue(s)) => Value::String(s),
-        Some(Kind::ListValue(l)) => Value::Array(l.values.into_iter().map(json_value).collect()),
-        Some(Kind::StructValue(s)) => Value::Object(json_map(s)),
-    }
-}
-
-pub(crate) fn json_map(s: prost_types::Struct) -> Map<String, Value> {
-    s.fields
-        .into_iter()
-        .map(|(k, v)| (k, json_value(v)))
-        .collect()
 }
 
 fn put(map: &mut Map<String, Value>, key: &str, value: String) {
@@ -169,8 +149,8 @@ pub fn raw_event(e: v1::Event) -> RawEvent {
         name: e.name,
         group_id: e.group_id,
         previous_id: e.previous_id,
-        properties: e.properties.map(json_map).unwrap_or_default(),
-        traits: e.traits.map(json_map).unwrap_or_default(),
+        properties: e.properties.map(JsonObject::into_inner).unwrap_or_default(),
+        traits: e.traits.map(JsonObject::into_inner).unwrap_or_default(),
         context: e.context.map(context_map).unwrap_or_default(),
         timestamp,
         sent_at,

@@ -15,8 +15,8 @@ use meridian_ingest::{
 };
 use meridian_policy::{ConsentState, PolicyEngine};
 use meridian_proto::bus::v1 as bus;
-use meridian_proto::v1;
 use meridian_proto::v1::ingest_service_server::IngestService;
+use meridian_proto::{JsonObject, v1};
 use meridian_store::Store;
 use meridian_store::sqlx::{self, PgPool, SqlitePool};
 use meridian_vault::testing::{TableDump, dump_postgres, dump_sqlite, find_plaintext};
@@ -140,32 +140,6 @@ fn request<T>(body: T) -> tonic::Request<T> {
     r
 }
 
-fn strct(json: serde_json::Value) -> prost_types::Struct {
-    fn value(v: serde_json::Value) -> prost_types::Value {
-        use prost_types::value::Kind;
-        prost_types::Value {
-            kind: Some(match v {
-                serde_json::Value::Null => Kind::NullValue(0),
-                serde_json::Value::Bool(b) => Kind::BoolValue(b),
-                serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
-                serde_json::Value::String(s) => Kind::StringValue(s),
-                serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-                    values: a.into_iter().map(value).collect(),
-                }),
-                serde_json::Value::Object(o) => {
-                    Kind::StructValue(strct(serde_json::Value::Object(o)))
-                }
-            }),
-        }
-    }
-    let serde_json::Value::Object(o) = json else {
-        panic!("object expected")
-    };
-    prost_types::Struct {
-        fields: o.into_iter().map(|(k, v)| (k, value(v))).collect(),
-    }
-}
-
 /// An `Order Completed` by a Californian shopper known by email and anonymous id.
 fn order(message_id: &str, email: &str, anon: &str) -> v1::Event {
     v1::Event {
@@ -178,10 +152,13 @@ fn order(message_id: &str, email: &str, anon: &str) -> v1::Event {
             ..Default::default()
         }],
         event: "Order Completed".into(),
-        properties: Some(strct(serde_json::json!({
-            "order_id": "o-1", "revenue": 42.5, "currency": "EUR",
-            "shipping_name": format!("Ship to {email}"),
-        }))),
+        properties: Some(
+            JsonObject::try_from(serde_json::json!({
+                "order_id": "o-1", "revenue": 42.5, "currency": "EUR",
+                "shipping_name": format!("Ship to {email}"),
+            }))
+            .unwrap(),
+        ),
         context: Some(v1::Context {
             ip: "203.0.113.77".into(),
             storefront: Some(v1::Storefront {

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
+use meridian_proto::JsonObject;
 use meridian_proto::v1::*;
 use meridian_store::cpu::{ConnectionCpu, ProcessAndBackendCpu, cpu_seconds};
 use meridian_store::{ScratchDatabase, StoreLocation};
@@ -384,18 +385,6 @@ async fn start_server(admin_url: &str) -> anyhow::Result<(OwnServer, String, Str
     ))
 }
 
-fn string(v: &str) -> prost_types::Value {
-    prost_types::Value {
-        kind: Some(prost_types::value::Kind::StringValue(v.into())),
-    }
-}
-
-fn number(v: f64) -> prost_types::Value {
-    prost_types::Value {
-        kind: Some(prost_types::value::Kind::NumberValue(v)),
-    }
-}
-
 /// A storefront event of shopper `shopper`: a product view or an order, with an email on
 /// one in four.
 fn event(run: &str, n: usize, shopper: usize) -> Event {
@@ -423,20 +412,15 @@ fn event(run: &str, n: usize, shopper: usize) -> Event {
         } else {
             "Product Viewed".into()
         },
-        properties: Some(prost_types::Struct {
-            fields: [
-                ("product_id".to_owned(), string(&format!("sku-{}", n % 997))),
-                ("name".to_owned(), string("Linen shirt")),
-                ("price".to_owned(), number(39.9)),
-                ("currency".to_owned(), string("USD")),
-                ("revenue".to_owned(), number(if order { 79.8 } else { 0.0 })),
-                (
-                    "url".to_owned(),
-                    string("https://shop.example/p/linen-shirt"),
-                ),
-            ]
-            .into(),
-        }),
+        properties: JsonObject::try_from(serde_json::json!({
+            "product_id": format!("sku-{}", n % 997),
+            "name": "Linen shirt",
+            "price": 39.9,
+            "currency": "USD",
+            "revenue": if order { 79.8 } else { 0.0 },
+            "url": "https://shop.example/p/linen-shirt",
+        }))
+        .ok(),
         context: Some(Context {
             ip: "203.0.113.10".into(),
             user_agent: "Mozilla/5.0 (X11; Linux x86_64) Bench/1.0".into(),

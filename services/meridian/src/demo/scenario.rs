@@ -3,9 +3,11 @@
 //! carts and orders — as the public API's messages, generated from a seed.
 
 use chrono::{DateTime, Duration, Utc};
+use meridian_proto::JsonObject;
 use meridian_proto::v1;
 use meridian_test_support::rng::Rng;
-use prost_types::{Struct, Timestamp, Value, value::Kind};
+use prost_types::Timestamp;
+use serde_json::Value;
 
 use super::consent_strings::{
     GPP_USCA_NO_OPT_OUT, GPP_USCA_OPTED_OUT, TCF_ACCEPT_ALL_DE, TCF_ACCEPT_ALL_GB, TCF_NO_ADS_FR,
@@ -174,24 +176,21 @@ fn ts(at: DateTime<Utc>) -> Timestamp {
     }
 }
 
-fn fields(pairs: &[(&str, Kind)]) -> Struct {
-    Struct {
-        fields: pairs
+fn fields(pairs: &[(&str, Value)]) -> JsonObject {
+    JsonObject(
+        pairs
             .iter()
-            .map(|(k, v)| {
-                (
-                    (*k).to_owned(),
-                    Value {
-                        kind: Some(v.clone()),
-                    },
-                )
-            })
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect(),
-    }
+    )
 }
 
-fn text(s: &str) -> Kind {
-    Kind::StringValue(s.to_owned())
+fn text(s: &str) -> Value {
+    Value::String(s.to_owned())
+}
+
+fn amount(units: f64) -> Value {
+    serde_json::Number::from_f64(units).map_or(Value::Null, Value::Number)
 }
 
 impl Storefront {
@@ -269,7 +268,7 @@ fn shopper_journey(
         let product = *rng.pick(&PRODUCTS);
         let mut step = 0i64;
         let mut event =
-            |kind: v1::EventType, name: &str, properties: Option<Struct>, identified: bool| {
+            |kind: v1::EventType, name: &str, properties: Option<JsonObject>, identified: bool| {
                 step += 1;
                 let at = start + Duration::seconds(step * 40);
                 let mut identifiers = Vec::new();
@@ -340,7 +339,7 @@ fn shopper_journey(
         let product_props = || {
             fields(&[
                 ("product_id", text(product.0)),
-                ("price", Kind::NumberValue(product.1 as f64 / 100.0)),
+                ("price", amount(product.1 as f64 / 100.0)),
                 ("currency", text(s.market.currency)),
             ])
         };
@@ -374,7 +373,7 @@ fn shopper_journey(
                     "Order Completed",
                     Some(fields(&[
                         ("order_id", text(&format!("o-{i}-{session}"))),
-                        ("revenue", Kind::NumberValue(product.1 as f64 / 100.0)),
+                        ("revenue", amount(product.1 as f64 / 100.0)),
                         ("currency", text(s.market.currency)),
                     ])),
                     true,
