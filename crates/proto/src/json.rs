@@ -3,9 +3,10 @@
 //!
 //! Every service wants these fields as JSON (to judge, seal and store them, or to answer
 //! from stored JSON). Decoded as `prost_types::Struct`, each one was built as a B-tree of
-//! `prost_types::Value`s and then rebuilt as a `serde_json::Map`, a tenth of the ingest
-//! server's CPU in bench ingest; this decodes the wire format straight into the map. The
-//! wire format is the well-known type's, so clients still send and read a `Struct`.
+//! `prost_types::Value`s and then rebuilt as a `serde_json::Map`; this decodes the wire
+//! format straight into the map (bench ingest: 7 % less server CPU per event, median of 8
+//! alternated pairs). The wire format is the well-known type's, so clients still send and
+//! read a `Struct`.
 //!
 //! Mapping, as `google.protobuf.Value` defines it: null, bool, number (a double: NaN and
 //! infinities, which JSON cannot hold, decode as null), string, object, array. An integer
@@ -29,12 +30,6 @@ pub struct JsonObject(pub Map<String, Value>);
 impl JsonObject {
     pub fn into_inner(self) -> Map<String, Value> {
         self.0
-    }
-}
-
-impl From<Map<String, Value>> for JsonObject {
-    fn from(map: Map<String, Value>) -> Self {
-        JsonObject(map)
     }
 }
 
