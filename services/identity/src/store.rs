@@ -2,6 +2,10 @@
 //! ([`StoreIdentity`]); both pass `tests/conformance.rs`. Identifiers are stored only as
 //! blind indexes plus a sealed copy. PostgreSQL writes a batch with a handful of `UNNEST`
 //! statements in one transaction; SQLite loops over prepared statements in one transaction.
+//! One exception: a consumer delivery's new edges are committed on a second PostgreSQL
+//! connection just before the delivery's transaction, and are read only once that
+//! transaction has raised `edges_through` over them (`copy_edges_beside`): readers still
+//! see a delivery's changes all at once or not at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -9,7 +13,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use meridian_bus::Tx;
-use meridian_store::sqlx::{self, PgConnection, PgPool, Row, SqliteConnection, SqlitePool};
+use meridian_store::sqlx::pool::PoolConnection;
+use meridian_store::sqlx::{
+    self, Connection as _, PgConnection, PgPool, Postgres, Row, SqliteConnection, SqlitePool,
+};
 use meridian_store::{BinaryCopy, COPY_MIN_ROWS, Store};
 use meridian_vault::BlindIndex;
 use uuid::Uuid;
@@ -376,17 +383,37 @@ const EDGE_COLUMNS: &str =
 const SELECT_PROFILE: &str = "SELECT profile_id, created_at, updated_at, merged_into FROM identity_profiles \
      WHERE workspace_id = $1 AND profile_id = $2";
 
+/// The highest edge `seq` of the committed graph of workspace `$1`: an edge above it was
+/// copied beside a delivery that has not committed (see [`copy_edges_beside`]).
+const EDGES_THROUGH: &str =
+    "COALESCE((SELECT edges_through FROM identity_graph_versions WHERE workspace_id = $1), -1)";
+
 fn select_edges_of() -> String {
     format!(
         "SELECT {EDGE_COLUMNS} FROM identity_edges e JOIN identity_identifiers i \
          ON i.workspace_id = e.workspace_id AND i.kind = e.from_kind AND i.blind_index = e.from_index \
-         WHERE e.workspace_id = $1 AND i.profile_id = $2 ORDER BY e.seq"
+         WHERE e.workspace_id = $1 AND i.profile_id = $2 AND e.seq <= {EDGES_THROUGH} ORDER BY e.seq"
     )
 }
 
 fn select_all_edges() -> String {
-    format!("SELECT {EDGE_COLUMNS} FROM identity_edges e WHERE e.workspace_id = $1 ORDER BY e.seq")
+    format!(
+        "SELECT {EDGE_COLUMNS} FROM identity_edges e \
+         WHERE e.workspace_id = $1 AND e.seq <= {EDGES_THROUGH} ORDER BY e.seq"
+    )
 }
+
+/// Edges above the committed graph's: left by a delivery whose transaction rolled back
+/// after its edges were copied beside it. Deleted before a workspace's edges are written
+/// (their `seq`s are handed out again) and when identifiers are removed.
+fn delete_uncommitted_edges() -> String {
+    format!("DELETE FROM identity_edges WHERE workspace_id = $1 AND seq > {EDGES_THROUGH}")
+}
+
+/// Raises the committed graph's highest edge `seq` (in the writing transaction, whose
+/// version bump holds the row).
+const RAISE_EDGES_THROUGH: &str = "UPDATE identity_graph_versions SET edges_through = $2 \
+     WHERE workspace_id = $1 AND (edges_through IS NULL OR edges_through < $2)";
 
 const SELECT_CONFLICTS_OF: &str = "SELECT c.from_kind, c.from_index, c.to_kind, c.to_index, c.rule, c.event_id, c.seen_at, c.reason, c.conflict_id \
      FROM identity_conflicts c WHERE c.workspace_id = $1 AND (EXISTS (SELECT 1 FROM identity_identifiers i \
@@ -603,10 +630,13 @@ async fn upsert_identifiers_pg(
 }
 
 impl StoreIdentity {
+    /// `edges_copied`: the batch's new edges were committed beside this transaction
+    /// ([`copy_edges_beside`]).
     async fn apply_postgres(
         tx: &mut PgConnection,
         ws: &str,
         b: &ChangeBatch,
+        edges_copied: bool,
     ) -> Result<(), IdentityError> {
         // A created profile that is also touched is written touched (`updated_at` = the
         // batch's time) rather than inserted and then updated.
@@ -675,7 +705,17 @@ impl StoreIdentity {
         if !upserts.is_empty() {
             upsert_identifiers_pg(tx, ws, &upserts).await?;
         }
-        if b.new_edges.len() >= COPY_MIN_ROWS {
+        // Before writing edges (their `seq`s are handed out again), and before an erasure
+        // or correction completes (a leftover may hold the removed identifier).
+        if (!b.new_edges.is_empty() || !b.removed_identifiers.is_empty()) && !edges_copied {
+            sqlx::query(&delete_uncommitted_edges())
+                .bind(ws)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if edges_copied {
+            // Committed beside this transaction, just now.
+        } else if b.new_edges.len() >= COPY_MIN_ROWS {
             copy_edges(ws, &b.new_edges)?.send(tx, COPY_EDGES).await?;
         } else if !b.new_edges.is_empty() {
             let mut seqs = Vec::with_capacity(b.new_edges.len());
@@ -972,7 +1012,7 @@ impl IdentityStore for StoreIdentity {
                 if version != expected_version + 1 {
                     return Err(IdentityError::StaleGraph);
                 }
-                apply_in(&mut conn, workspace, batch, rules).await?;
+                apply_in(&mut conn, workspace, batch, rules, false).await?;
                 tx.commit().await?;
                 Ok(version)
             }
@@ -983,7 +1023,7 @@ impl IdentityStore for StoreIdentity {
                 if version != expected_version + 1 {
                     return Err(IdentityError::StaleGraph);
                 }
-                apply_in(&mut conn, workspace, batch, rules).await?;
+                apply_in(&mut conn, workspace, batch, rules, false).await?;
                 tx.commit().await?;
                 Ok(version)
             }
@@ -997,7 +1037,33 @@ impl IdentityStore for StoreIdentity {
         batch: &ChangeBatch,
         rules: &AiplRules,
     ) -> Result<(), IdentityError> {
-        apply_in(tx, workspace, batch, rules).await
+        // Beside only on a connection had soon: waiting long for one while this
+        // transaction holds its own could wait for ever on a small, busy pool.
+        let free = match self {
+            StoreIdentity::Postgres(pool) if batch.new_edges.len() >= COPY_MIN_ROWS => {
+                match pool.try_acquire() {
+                    Some(conn) => Some(conn),
+                    None => tokio::time::timeout(BESIDE_CONNECTION_WAIT, pool.acquire())
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                }
+            }
+            _ => None,
+        };
+        match free {
+            Some(conn) => {
+                let beside = copy_edges_beside(conn, workspace, &batch.new_edges)?;
+                let (beside, written) =
+                    tokio::join!(beside, apply_in(tx, workspace, batch, rules, true));
+                // Both must succeed: the caller then commits, after the edges. An error
+                // rolls the caller back; edges already committed stay above the graph's
+                // `edges_through`, unread, until the next write deletes them.
+                beside?;
+                written
+            }
+            None => apply_in(tx, workspace, batch, rules, false).await,
+        }
     }
 
     async fn bump_version(&self, tx: &mut Tx<'_>, workspace: &str) -> Result<i64, IdentityError> {
@@ -1372,10 +1438,20 @@ async fn apply_in(
     ws: &str,
     b: &ChangeBatch,
     rules: &AiplRules,
+    edges_copied: bool,
 ) -> Result<(), IdentityError> {
     match tx {
-        Tx::Postgres(conn) => StoreIdentity::apply_postgres(conn, ws, b).await?,
+        Tx::Postgres(conn) => StoreIdentity::apply_postgres(conn, ws, b, edges_copied).await?,
         Tx::Sqlite(conn) => StoreIdentity::apply_sqlite(conn, ws, b).await?,
+    }
+    if let Some(highest) = b.new_edges.iter().map(|e| e.seq).max() {
+        let highest = seq_i64(highest)?;
+        on_tx!(tx, conn => sqlx::query(RAISE_EDGES_THROUGH)
+            .bind(ws)
+            .bind(highest)
+            .execute(&mut *conn)
+            .await
+            .map(drop)?);
     }
     insert_anchored(tx, ws, b).await?;
     upkeep(tx, ws, b, rules).await?;
@@ -1516,6 +1592,38 @@ async fn insert_anchored(tx: &mut Tx<'_>, ws: &str, b: &ChangeBatch) -> Result<(
         }
     }
     Ok(())
+}
+
+/// How long a delivery waits for a second connection to copy its edges beside it, before
+/// it writes them itself: long enough to open one, short against the delivery.
+const BESIDE_CONNECTION_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Commits a delivery's new edges on a connection of their own, while the delivery's
+/// transaction writes the rest: PostgreSQL then works on both at once, on two backends
+/// (`bench identity`: links/s +7 %, median of 10 alternated pairs, 8 higher). The delivery's
+/// transaction commits after this returns and raises `edges_through` over the new edges:
+/// until then no read returns them (see [`EDGES_THROUGH`]). Edges the workspace's last
+/// delivery left uncommitted go first: their `seq`s are handed out again.
+///
+/// Safe because one delivery of a workspace writes at a time: its version bump holds the
+/// workspace's `identity_graph_versions` row, which the next writer must wait for.
+fn copy_edges_beside(
+    mut conn: PoolConnection<Postgres>,
+    ws: &str,
+    edges: &[Edge],
+) -> Result<impl std::future::Future<Output = Result<(), IdentityError>> + use<>, IdentityError> {
+    let copy = copy_edges(ws, edges)?;
+    let ws = ws.to_owned();
+    Ok(async move {
+        let mut beside = conn.begin().await?;
+        sqlx::query(&delete_uncommitted_edges())
+            .bind(&ws)
+            .execute(&mut *beside)
+            .await?;
+        copy.send(&mut beside, COPY_EDGES).await?;
+        beside.commit().await?;
+        Ok(())
+    })
 }
 
 /// Re-homes anchored rows of changed profiles and recomputes computed traits.
