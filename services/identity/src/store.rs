@@ -1038,7 +1038,9 @@ impl IdentityStore for StoreIdentity {
         rules: &AiplRules,
     ) -> Result<(), IdentityError> {
         // Beside only on a connection had soon: waiting long for one while this
-        // transaction holds its own could wait for ever on a small, busy pool.
+        // transaction holds its own could wait for ever on a small, busy pool. An idle one
+        // is taken first with `try_acquire`, which skips the pool's liveness ping (one
+        // round trip); a dead one fails this delivery, which the bus then retries.
         let free = match self {
             StoreIdentity::Postgres(pool) if batch.new_edges.len() >= COPY_MIN_ROWS => {
                 match pool.try_acquire() {
