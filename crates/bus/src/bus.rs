@@ -1,5 +1,6 @@
 //! The bus trait, its in-process implementation over the store, and the run loops.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,6 +169,7 @@ pub async fn run_consumer(
 pub struct LocalBus {
     store: Store,
     published: Arc<Notify>,
+    read_ahead: Arc<ReadAheadSlots>,
 }
 
 /// `pg_advisory_xact_lock` key serializing in-process relays, so positions are handed out
@@ -179,6 +181,7 @@ impl LocalBus {
         Self {
             store,
             published: Arc::new(Notify::new()),
+            read_ahead: Arc::default(),
         }
     }
 }
@@ -227,21 +230,34 @@ impl Bus for LocalBus {
         subscription: &Subscription,
         handler: &dyn EventHandler,
     ) -> Result<ConsumeStats, BusError> {
-        if !has_work(&self.store, subscription).await? {
+        let ahead = self.read_ahead.take(subscription);
+        // Events read ahead are work enough (stale ones are checked and dropped below).
+        if ahead.is_none() && !has_work(&self.store, subscription).await? {
             return Ok(ConsumeStats::default());
         }
         match &self.store {
             Store::Postgres(pool) => {
+                let reading = ReadingAhead {
+                    pool,
+                    slots: &self.read_ahead,
+                    ahead,
+                };
                 let mut tx = pool.begin().await?;
-                let stats =
-                    consume_local(&mut Tx::Postgres(&mut tx), subscription, handler).await?;
+                let stats = consume_local(
+                    &mut Tx::Postgres(&mut tx),
+                    subscription,
+                    handler,
+                    Some(reading),
+                )
+                .await?;
                 tx.commit().await?;
                 Ok(stats)
             }
             Store::Sqlite(pool) => {
                 // Take the write lock first: a read snapshot could not be upgraded later.
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let stats = consume_local(&mut Tx::Sqlite(&mut tx), subscription, handler).await?;
+                let stats =
+                    consume_local(&mut Tx::Sqlite(&mut tx), subscription, handler, None).await?;
                 tx.commit().await?;
                 Ok(stats)
             }
@@ -305,14 +321,18 @@ async fn consume_local(
     tx: &mut Tx<'_>,
     subscription: &Subscription,
     handler: &dyn EventHandler,
+    mut reading: Option<ReadingAhead<'_>>,
 ) -> Result<ConsumeStats, BusError> {
     let consumer = subscription.consumer.as_str();
     let family = subscription.family.as_str();
     let limit = limit_i64(subscription.batch_size.max(1));
     let mut deliveries = Vec::new();
     let mut new_position = None;
-    // (workspace, key) of the events after this delivery, for `EventHandler::look_ahead`.
+    // (workspace, key) of the events after this delivery, for `EventHandler::look_ahead`
+    // (SQLite; PostgreSQL names them once it has read them ahead).
     let mut upcoming: Vec<(String, String)> = Vec::new();
+    // Where the next delivery's new events start, when they are read ahead.
+    let mut read_next_after = None;
     match tx {
         Tx::Postgres(conn) => {
             plan_outbox_reads_by_index(conn).await?;
@@ -330,30 +350,21 @@ async fn consume_local(
             .bind(family)
             .fetch_one(&mut **conn)
             .await?;
-            let rows = sqlx::query(&format!(
-                "SELECT {EVENT_COLUMNS}, stream_seq FROM outbox_events \
-                 WHERE family = $1 AND stream_seq > $2 ORDER BY stream_seq LIMIT $3"
-            ))
-            .bind(family)
-            .bind(position)
-            .bind(limit)
-            .fetch_all(&mut **conn)
-            .await?;
-            for row in &rows {
-                new_position = Some(row.try_get::<i64, _>("stream_seq")?);
-                deliveries.push(new_delivery(event_from_pg_row(row)?));
+            // Read ahead for this position, or read now.
+            let ahead = reading
+                .as_mut()
+                .and_then(|r| r.ahead.take())
+                .filter(|a| a.after == position);
+            let events = match ahead {
+                Some(ahead) => ahead.events,
+                None => read_new_events_pg(conn, family, position, limit).await?,
+            };
+            let full = i64::try_from(events.len()).is_ok_and(|n| n >= limit);
+            for (stored, stream_seq) in events {
+                new_position = Some(stream_seq);
+                deliveries.push(new_delivery(stored));
             }
-            if let Some(after) = new_position.filter(|_| wants_hints(handler, rows.len(), limit)) {
-                upcoming = sqlx::query_as(
-                    "SELECT workspace_id, event_key FROM outbox_events \
-                     WHERE family = $1 AND stream_seq > $2 ORDER BY stream_seq LIMIT $3",
-                )
-                .bind(family)
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&mut **conn)
-                .await?;
-            }
+            read_next_after = new_position.filter(|_| full);
             let rows = sqlx::query(&format!(
                 "SELECT {}, r.attempts FROM bus_retries r JOIN outbox_events e ON e.event_id = r.event_id \
                  WHERE r.consumer = $1 AND r.family = $2 AND r.next_attempt_at <= now() \
@@ -450,7 +461,17 @@ async fn consume_local(
         .into_iter()
         .map(|d| (d.attempt, d.from_retries))
         .unzip();
-    let outcomes = apply_all(tx, subscription, handler, &attempts).await?;
+    let read_next = async {
+        match (read_next_after, &reading) {
+            (Some(after), Some(r)) => read_ahead(r.pool, family, after, limit, handler).await,
+            _ => None,
+        }
+    };
+    let (outcomes, next) = tokio::join!(apply_all(tx, subscription, handler, &attempts), read_next);
+    let outcomes = outcomes?;
+    if let (Some(next), Some(r)) = (next, &reading) {
+        r.slots.put(subscription, next);
+    }
     let mut stats = ConsumeStats::default();
     for ((attempt, outcome), from_retries) in attempts.iter().zip(&outcomes).zip(from_retries) {
         stats.count(outcome);
@@ -492,6 +513,127 @@ async fn consume_local(
         }
     }
     Ok(stats)
+}
+
+/// The next delivery's new events, read on a connection of their own while a full
+/// delivery is applied (PostgreSQL): the next delivery then starts with its events in hand
+/// instead of reading them on its own connection, and a handler that looks ahead is told
+/// what comes while its current delivery still runs.
+///
+/// They are the next delivery's only if the consumer's position is still `after` when it
+/// starts: a delivery that rolled back, or another replica's, moved it elsewhere, and the
+/// events are read again. Positions are handed out in commit order (see [`RELAY_LOCK`]),
+/// so any read sees a gap-free stretch of the stream after `after`; one read ahead of a
+/// relay's commit is merely short, and the rest comes in the delivery after.
+struct ReadAhead {
+    after: i64,
+    /// Each event with its stream position.
+    events: Vec<(StoredEvent, i64)>,
+}
+
+/// What was read ahead, by (consumer, family).
+#[derive(Default)]
+struct ReadAheadSlots(std::sync::Mutex<HashMap<(String, String), ReadAhead>>);
+
+impl ReadAheadSlots {
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), ReadAhead>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn slot(subscription: &Subscription) -> (String, String) {
+        (
+            subscription.consumer.as_str().to_owned(),
+            subscription.family.as_str().to_owned(),
+        )
+    }
+
+    fn take(&self, subscription: &Subscription) -> Option<ReadAhead> {
+        self.slots().remove(&Self::slot(subscription))
+    }
+
+    fn put(&self, subscription: &Subscription, ahead: ReadAhead) {
+        self.slots().insert(Self::slot(subscription), ahead);
+    }
+}
+
+/// A PostgreSQL delivery's part in reading ahead.
+struct ReadingAhead<'a> {
+    pool: &'a sqlx::PgPool,
+    slots: &'a ReadAheadSlots,
+    /// Read during the previous delivery, if any.
+    ahead: Option<ReadAhead>,
+}
+
+/// How long a delivery waits for a connection to read ahead on; without one it reads
+/// nothing ahead (the next delivery reads its events itself), so waiting long only holds
+/// a connection a busy pool may need.
+const READ_AHEAD_CONNECTION_WAIT: Duration = Duration::from_millis(100);
+
+/// Up to `limit` events of `family` after stream position `after`, oldest first.
+async fn read_new_events_pg(
+    conn: &mut sqlx::PgConnection,
+    family: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(StoredEvent, i64)>, BusError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS}, stream_seq FROM outbox_events \
+         WHERE family = $1 AND stream_seq > $2 ORDER BY stream_seq LIMIT $3"
+    ))
+    .bind(family)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((event_from_pg_row(row)?, row.try_get("stream_seq")?)))
+        .collect()
+}
+
+/// Reads the events after `after` on a connection of its own (see [`ReadAhead`]) and names
+/// them to `handler` if it looks ahead. `None` when no connection came soon or the read
+/// failed: the next delivery then reads its events itself, so nothing is lost.
+async fn read_ahead(
+    pool: &sqlx::PgPool,
+    family: &str,
+    after: i64,
+    limit: i64,
+    handler: &dyn EventHandler,
+) -> Option<ReadAhead> {
+    let mut conn = match pool.try_acquire() {
+        Some(conn) => conn,
+        None => tokio::time::timeout(READ_AHEAD_CONNECTION_WAIT, pool.acquire())
+            .await
+            .ok()?
+            .ok()?,
+    };
+    let read = async {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        plan_outbox_reads_by_index(&mut tx).await?;
+        let events = read_new_events_pg(&mut tx, family, after, limit).await?;
+        tx.commit().await?;
+        Ok::<_, BusError>(events)
+    };
+    let events = match read.await {
+        Ok(events) => events,
+        Err(err) => {
+            tracing::debug!(error = %err, "reading the next delivery ahead failed");
+            return None;
+        }
+    };
+    if handler.looks_ahead() && !events.is_empty() {
+        let upcoming: Vec<UpcomingEvent> = events
+            .iter()
+            .map(|(stored, _)| UpcomingEvent {
+                workspace_id: stored.event.workspace_id.as_str().to_owned(),
+                key: stored.event.key.clone(),
+            })
+            .collect();
+        handler.look_ahead(&upcoming);
+    }
+    Some(ReadAhead { after, events })
 }
 
 fn prefixed_columns() -> String {

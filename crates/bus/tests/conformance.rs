@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use common::{Harness, Kind, Recorder, effects, eventually, scalar};
 use meridian_bus::{
-    BusError, BusKind, ConsumerName, DeadLetterFilter, EventHandler, LoopSettings, PruneSettings,
-    RetryPolicy, Subscription, UpcomingEvent, enqueue, enqueue_all, list_dead_letters,
-    outbox_stats, prune, replay_dead_letter, run_consumer, run_relay,
+    Bus, BusError, BusKind, ConsumerName, DeadLetterFilter, EventHandler, LoopSettings,
+    PruneSettings, RetryPolicy, Subscription, UpcomingEvent, enqueue, enqueue_all,
+    list_dead_letters, outbox_stats, prune, replay_dead_letter, run_consumer, run_relay,
 };
 use meridian_store::Store;
 use meridian_store::sqlx::{PgPool, SqlitePool};
@@ -683,6 +683,101 @@ async fn a_full_delivery_names_the_events_after_it_to_a_handler_that_looks_ahead
     }
     h.cleanup().await;
 }
+
+/// Commits and relays `events` events of `h`'s family (`first`, `first + 1`, …).
+async fn publish_numbered(h: &Harness, first: usize, events: usize) {
+    let events: Vec<_> = (first..first + events)
+        .map(|i| h.event("acme", &format!("n{i}")))
+        .collect();
+    commit_state_and_events(h, &events).await;
+    while h.bus.relay_batch(256).await.unwrap() > 0 {}
+}
+
+fn consumed(applied: usize) -> meridian_bus::ConsumeStats {
+    meridian_bus::ConsumeStats {
+        applied,
+        ..Default::default()
+    }
+}
+
+/// On PostgreSQL a full delivery reads the next one's events ahead, on a connection of its
+/// own. Another replica of the consumer may take those events first: the read-ahead then no
+/// longer follows the consumer's position and is dropped, never delivered again.
+async fn events_read_ahead_are_dropped_once_another_replica_consumed_them(h: Harness) {
+    publish_numbered(&h, 0, 6).await;
+    let replica = meridian_bus::LocalBus::new(h.store.clone());
+    let handler = Recorder::new("ahead");
+    let sub = Subscription {
+        batch_size: 2,
+        ..subscription(&h, "ahead")
+    };
+    // This replica delivers [0, 1] and reads [2, 3] ahead; the other delivers [2, 3].
+    assert_eq!(
+        h.bus.consume_batch(&sub, &*handler).await.unwrap(),
+        consumed(2)
+    );
+    assert_eq!(
+        replica.consume_batch(&sub, &*handler).await.unwrap(),
+        consumed(2)
+    );
+    // [4, 5], not [2, 3] again (which the bus's idempotency records would count as
+    // duplicates).
+    assert_eq!(
+        h.bus.consume_batch(&sub, &*handler).await.unwrap(),
+        consumed(2)
+    );
+    assert!(
+        h.bus
+            .consume_batch(&sub, &*handler)
+            .await
+            .unwrap()
+            .is_idle()
+    );
+    let applied = effects(&h.store, "ahead").await;
+    assert_eq!(applied.len(), 6);
+    assert!(applied.values().all(|&n| n == 1), "{applied:?}");
+    h.cleanup().await;
+}
+
+/// Events read ahead before a relay published more are the next delivery's (a gap-free
+/// stretch of the stream, only shorter); the ones published after come in the delivery after.
+async fn events_read_ahead_before_a_relay_are_delivered_and_the_later_ones_after(h: Harness) {
+    publish_numbered(&h, 0, 3).await;
+    let handler = Recorder::new("ahead");
+    let sub = Subscription {
+        batch_size: 2,
+        ..subscription(&h, "ahead")
+    };
+    assert_eq!(
+        h.bus.consume_batch(&sub, &*handler).await.unwrap(),
+        consumed(2)
+    );
+    publish_numbered(&h, 3, 2).await;
+    let mut deliveries = Vec::new();
+    loop {
+        let stats = h.bus.consume_batch(&sub, &*handler).await.unwrap();
+        if stats.is_idle() {
+            break;
+        }
+        assert_eq!(stats, consumed(stats.applied), "nothing delivered twice");
+        deliveries.push(stats.applied);
+    }
+    match h.store {
+        // [2], read ahead during [0, 1], then [3, 4].
+        Store::Postgres(_) => assert_eq!(deliveries, [1, 2]),
+        // Nothing read ahead: [2, 3], then [4].
+        Store::Sqlite(_) => assert_eq!(deliveries, [2, 1]),
+    }
+    let applied = effects(&h.store, "ahead").await;
+    assert_eq!(applied.len(), 5);
+    assert!(applied.values().all(|&n| n == 1), "{applied:?}");
+    h.cleanup().await;
+}
+
+local_on_both_stores!(
+    events_read_ahead_are_dropped_once_another_replica_consumed_them,
+    events_read_ahead_before_a_relay_are_delivered_and_the_later_ones_after,
+);
 
 every_bus!(
     committed_events_are_applied_once_and_rolled_back_ones_never_sent,

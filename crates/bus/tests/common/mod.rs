@@ -349,6 +349,31 @@ macro_rules! every_bus {
     };
 }
 
+/// Instantiates each check (`async fn(Harness)`) for the in-process bus over PostgreSQL and
+/// SQLite, each on a fresh database. Imports as for `every_bus`.
+macro_rules! local_on_both_stores {
+    ($($check:ident),* $(,)?) => {
+        mod postgres_local_only {
+            use super::*;
+            $(
+                #[sqlx::test(migrations = "../../migrations/postgres")]
+                async fn $check(pool: PgPool) {
+                    super::$check(Harness::new(Store::Postgres(pool), Kind::Local).await).await;
+                }
+            )*
+        }
+        mod sqlite_local_only {
+            use super::*;
+            $(
+                #[sqlx::test(migrations = "../../migrations/sqlite")]
+                async fn $check(pool: SqlitePool) {
+                    super::$check(Harness::new(Store::Sqlite(pool), Kind::Local).await).await;
+                }
+            )*
+        }
+    };
+}
+
 /// Instantiates each check (`async fn(Harness)`) for JetStream over PostgreSQL and SQLite,
 /// each on a fresh database. Imports as for `every_bus`.
 macro_rules! jetstream_on_both_stores {
