@@ -593,8 +593,8 @@ async fn read_new_events_pg(
 }
 
 /// Reads the events after `after` on a connection of its own (see [`ReadAhead`]) and names
-/// them to `handler` if it looks ahead. `None` when no connection came soon or the read
-/// failed: the next delivery then reads its events itself, so nothing is lost.
+/// them to `handler` if it looks ahead. `None` when there were none, no connection came
+/// soon or the read failed: the next delivery then reads its events itself.
 async fn read_ahead(
     pool: &sqlx::PgPool,
     family: &str,
@@ -617,13 +617,15 @@ async fn read_ahead(
         Ok::<_, BusError>(events)
     };
     let events = match read.await {
+        // Nothing yet: the next delivery asks again (a relay may have published since).
+        Ok(events) if events.is_empty() => return None,
         Ok(events) => events,
         Err(err) => {
             tracing::debug!(error = %err, "reading the next delivery ahead failed");
             return None;
         }
     };
-    if handler.looks_ahead() && !events.is_empty() {
+    if handler.looks_ahead() {
         let upcoming: Vec<UpcomingEvent> = events
             .iter()
             .map(|(stored, _)| UpcomingEvent {

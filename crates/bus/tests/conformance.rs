@@ -32,6 +32,14 @@ fn subscription(h: &Harness, consumer: &str) -> Subscription {
     }
 }
 
+/// Deliveries of at most two events, so a few events make several.
+fn two_per_delivery(h: &Harness, consumer: &str) -> Subscription {
+    Subscription {
+        batch_size: 2,
+        ..subscription(h, consumer)
+    }
+}
+
 /// One relay round and one consume round.
 async fn pump(h: &Harness, sub: &Subscription, handler: &dyn EventHandler) {
     h.bus.relay_batch(256).await.unwrap();
@@ -656,10 +664,7 @@ async fn a_full_delivery_names_the_events_after_it_to_a_handler_that_looks_ahead
         recorder: Recorder::new("ahead"),
         hints: std::sync::Mutex::new(Vec::new()),
     };
-    let sub = Subscription {
-        batch_size: 2,
-        ..subscription(&h, "ahead")
-    };
+    let sub = two_per_delivery(&h, "ahead");
     eventually(LIMIT, "every event to be applied", || async {
         pump(&h, &sub, &handler).await;
         effects(&h.store, "ahead").await.len() == 5
@@ -707,11 +712,9 @@ async fn events_read_ahead_are_dropped_once_another_replica_consumed_them(h: Har
     publish_numbered(&h, 0, 6).await;
     let replica = meridian_bus::LocalBus::new(h.store.clone());
     let handler = Recorder::new("ahead");
-    let sub = Subscription {
-        batch_size: 2,
-        ..subscription(&h, "ahead")
-    };
-    // This replica delivers [0, 1] and reads [2, 3] ahead; the other delivers [2, 3].
+    let sub = two_per_delivery(&h, "ahead");
+    // This replica delivers [0, 1] (on PostgreSQL reading [2, 3] ahead); the other one
+    // delivers [2, 3].
     assert_eq!(
         h.bus.consume_batch(&sub, &*handler).await.unwrap(),
         consumed(2)
@@ -744,10 +747,7 @@ async fn events_read_ahead_are_dropped_once_another_replica_consumed_them(h: Har
 async fn events_read_ahead_before_a_relay_are_delivered_and_the_later_ones_after(h: Harness) {
     publish_numbered(&h, 0, 3).await;
     let handler = Recorder::new("ahead");
-    let sub = Subscription {
-        batch_size: 2,
-        ..subscription(&h, "ahead")
-    };
+    let sub = two_per_delivery(&h, "ahead");
     assert_eq!(
         h.bus.consume_batch(&sub, &*handler).await.unwrap(),
         consumed(2)
@@ -774,9 +774,36 @@ async fn events_read_ahead_before_a_relay_are_delivered_and_the_later_ones_after
     h.cleanup().await;
 }
 
+/// A full delivery that took the last events reads nothing ahead: the next delivery reads
+/// for itself and finds what was published in between.
+async fn a_delivery_after_one_that_emptied_the_stream_finds_the_newer_events(h: Harness) {
+    publish_numbered(&h, 0, 2).await;
+    let handler = Recorder::new("ahead");
+    let sub = two_per_delivery(&h, "ahead");
+    assert_eq!(
+        h.bus.consume_batch(&sub, &*handler).await.unwrap(),
+        consumed(2)
+    );
+    publish_numbered(&h, 2, 1).await;
+    assert_eq!(
+        h.bus.consume_batch(&sub, &*handler).await.unwrap(),
+        consumed(1)
+    );
+    assert!(
+        h.bus
+            .consume_batch(&sub, &*handler)
+            .await
+            .unwrap()
+            .is_idle()
+    );
+    assert_eq!(effects(&h.store, "ahead").await.len(), 3);
+    h.cleanup().await;
+}
+
 local_on_both_stores!(
     events_read_ahead_are_dropped_once_another_replica_consumed_them,
     events_read_ahead_before_a_relay_are_delivered_and_the_later_ones_after,
+    a_delivery_after_one_that_emptied_the_stream_finds_the_newer_events,
 );
 
 every_bus!(
