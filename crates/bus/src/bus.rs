@@ -518,7 +518,10 @@ async fn consume_local(
 /// The next delivery's new events, read on a connection of their own while a full
 /// delivery is applied (PostgreSQL): the next delivery then starts with its events in hand
 /// instead of reading them on its own connection, and a handler that looks ahead is told
-/// what comes while its current delivery still runs.
+/// what comes while its current delivery still runs (a few milliseconds in: `bench
+/// identity`'s decode time did not change, so its data keys still load in time). Measured
+/// there: links/s +7 % (median of 8 alternated pairs, all 8 higher), the bus's time per run
+/// 7.1 s → 5.4 s (the has-work check is skipped too).
 ///
 /// They are the next delivery's only if the consumer's position is still `after` when it
 /// starts: a delivery that rolled back, or another replica's, moved it elsewhere, and the
