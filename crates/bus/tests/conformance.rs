@@ -698,6 +698,22 @@ async fn publish_numbered(h: &Harness, first: usize, events: usize) {
     while h.bus.relay_batch(256).await.unwrap() > 0 {}
 }
 
+/// One consume round of `bus`.
+async fn deliver(
+    bus: &dyn Bus,
+    sub: &Subscription,
+    handler: &Recorder,
+) -> meridian_bus::ConsumeStats {
+    bus.consume_batch(sub, handler).await.unwrap()
+}
+
+/// `consumer` applied `events` events, each once.
+async fn assert_each_applied_once(h: &Harness, consumer: &str, events: usize) {
+    let applied = effects(&h.store, consumer).await;
+    assert_eq!(applied.len(), events, "{applied:?}");
+    assert!(applied.values().all(|&n| n == 1), "{applied:?}");
+}
+
 fn consumed(applied: usize) -> meridian_bus::ConsumeStats {
     meridian_bus::ConsumeStats {
         applied,
@@ -715,30 +731,13 @@ async fn events_read_ahead_are_dropped_once_another_replica_consumed_them(h: Har
     let sub = two_per_delivery(&h, "ahead");
     // This replica delivers [0, 1] (on PostgreSQL reading [2, 3] ahead); the other one
     // delivers [2, 3].
-    assert_eq!(
-        h.bus.consume_batch(&sub, &*handler).await.unwrap(),
-        consumed(2)
-    );
-    assert_eq!(
-        replica.consume_batch(&sub, &*handler).await.unwrap(),
-        consumed(2)
-    );
+    assert_eq!(deliver(&*h.bus, &sub, &handler).await, consumed(2));
+    assert_eq!(deliver(&replica, &sub, &handler).await, consumed(2));
     // [4, 5], not [2, 3] again (which the bus's idempotency records would count as
     // duplicates).
-    assert_eq!(
-        h.bus.consume_batch(&sub, &*handler).await.unwrap(),
-        consumed(2)
-    );
-    assert!(
-        h.bus
-            .consume_batch(&sub, &*handler)
-            .await
-            .unwrap()
-            .is_idle()
-    );
-    let applied = effects(&h.store, "ahead").await;
-    assert_eq!(applied.len(), 6);
-    assert!(applied.values().all(|&n| n == 1), "{applied:?}");
+    assert_eq!(deliver(&*h.bus, &sub, &handler).await, consumed(2));
+    assert!(deliver(&*h.bus, &sub, &handler).await.is_idle());
+    assert_each_applied_once(&h, "ahead", 6).await;
     h.cleanup().await;
 }
 
@@ -748,14 +747,11 @@ async fn events_read_ahead_before_a_relay_are_delivered_and_the_later_ones_after
     publish_numbered(&h, 0, 3).await;
     let handler = Recorder::new("ahead");
     let sub = two_per_delivery(&h, "ahead");
-    assert_eq!(
-        h.bus.consume_batch(&sub, &*handler).await.unwrap(),
-        consumed(2)
-    );
+    assert_eq!(deliver(&*h.bus, &sub, &handler).await, consumed(2));
     publish_numbered(&h, 3, 2).await;
     let mut deliveries = Vec::new();
     loop {
-        let stats = h.bus.consume_batch(&sub, &*handler).await.unwrap();
+        let stats = deliver(&*h.bus, &sub, &handler).await;
         if stats.is_idle() {
             break;
         }
@@ -768,9 +764,7 @@ async fn events_read_ahead_before_a_relay_are_delivered_and_the_later_ones_after
         // Nothing read ahead: [2, 3], then [4].
         Store::Sqlite(_) => assert_eq!(deliveries, [2, 1]),
     }
-    let applied = effects(&h.store, "ahead").await;
-    assert_eq!(applied.len(), 5);
-    assert!(applied.values().all(|&n| n == 1), "{applied:?}");
+    assert_each_applied_once(&h, "ahead", 5).await;
     h.cleanup().await;
 }
 
@@ -780,23 +774,11 @@ async fn a_delivery_after_one_that_emptied_the_stream_finds_the_newer_events(h: 
     publish_numbered(&h, 0, 2).await;
     let handler = Recorder::new("ahead");
     let sub = two_per_delivery(&h, "ahead");
-    assert_eq!(
-        h.bus.consume_batch(&sub, &*handler).await.unwrap(),
-        consumed(2)
-    );
+    assert_eq!(deliver(&*h.bus, &sub, &handler).await, consumed(2));
     publish_numbered(&h, 2, 1).await;
-    assert_eq!(
-        h.bus.consume_batch(&sub, &*handler).await.unwrap(),
-        consumed(1)
-    );
-    assert!(
-        h.bus
-            .consume_batch(&sub, &*handler)
-            .await
-            .unwrap()
-            .is_idle()
-    );
-    assert_eq!(effects(&h.store, "ahead").await.len(), 3);
+    assert_eq!(deliver(&*h.bus, &sub, &handler).await, consumed(1));
+    assert!(deliver(&*h.bus, &sub, &handler).await.is_idle());
+    assert_each_applied_once(&h, "ahead", 3).await;
     h.cleanup().await;
 }
 
