@@ -569,11 +569,6 @@ struct ReadingAhead<'a> {
     ahead: Option<ReadAhead>,
 }
 
-/// How long a delivery waits for a connection to read ahead on; without one it reads
-/// nothing ahead (the next delivery reads its events itself), so waiting long only holds
-/// a connection a busy pool may need.
-const READ_AHEAD_CONNECTION_WAIT: Duration = Duration::from_millis(100);
-
 /// Up to `limit` events of `family` after stream position `after`, oldest first.
 async fn read_new_events_pg(
     conn: &mut sqlx::PgConnection,
@@ -605,13 +600,7 @@ async fn read_ahead(
     limit: i64,
     handler: &dyn EventHandler,
 ) -> Option<ReadAhead> {
-    let mut conn = match pool.try_acquire() {
-        Some(conn) => conn,
-        None => tokio::time::timeout(READ_AHEAD_CONNECTION_WAIT, pool.acquire())
-            .await
-            .ok()?
-            .ok()?,
-    };
+    let mut conn = meridian_store::spare_connection(pool).await?;
     let read = async {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         plan_outbox_reads_by_index(&mut tx).await?;

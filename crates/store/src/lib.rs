@@ -17,11 +17,13 @@ use sqlx::{PgPool, SqlitePool};
 
 pub use copy::{BinaryCopy, COPY_MIN_ROWS, CopyDataError};
 pub use scratch::ScratchDatabase;
+pub use spare::{SPARE_CONNECTION_WAIT, spare_connection};
 pub use sqlx;
 
 mod copy;
 pub mod cpu;
 mod scratch;
+mod spare;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");

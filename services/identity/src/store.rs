@@ -1037,19 +1037,9 @@ impl IdentityStore for StoreIdentity {
         batch: &ChangeBatch,
         rules: &AiplRules,
     ) -> Result<(), IdentityError> {
-        // Beside only on a connection had soon: waiting long for one while this
-        // transaction holds its own could wait for ever on a small, busy pool. An idle one
-        // is taken first with `try_acquire`, which skips the pool's liveness ping (one
-        // round trip); a dead one fails this delivery, which the bus then retries.
         let free = match self {
             StoreIdentity::Postgres(pool) if batch.new_edges.len() >= COPY_MIN_ROWS => {
-                match pool.try_acquire() {
-                    Some(conn) => Some(conn),
-                    None => tokio::time::timeout(BESIDE_CONNECTION_WAIT, pool.acquire())
-                        .await
-                        .ok()
-                        .and_then(Result::ok),
-                }
+                meridian_store::spare_connection(pool).await
             }
             _ => None,
         };
@@ -1595,10 +1585,6 @@ async fn insert_anchored(tx: &mut Tx<'_>, ws: &str, b: &ChangeBatch) -> Result<(
     }
     Ok(())
 }
-
-/// How long a delivery waits for a second connection to copy its edges beside it, before
-/// it writes them itself: long enough to open one, short against the delivery.
-const BESIDE_CONNECTION_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Commits a delivery's new edges on a connection of their own, while the delivery's
 /// transaction writes the rest: PostgreSQL then works on both at once, on two backends
