@@ -327,8 +327,11 @@ fn bus_error(e: meridian_bus::BusError) -> IdentityError {
     IdentityError::Setup(format!("bus: {e}"))
 }
 
-/// Runs the consumer until `expected` events were applied; returns the wall time.
+/// Runs the consumer until `expected` events were applied; returns the wall time. A failed
+/// event ends the run with the handler's error: the bus keeps it with the retry, in a
+/// scratch database that is dropped with the run.
 async fn consume(
+    store: &Store,
     bus: &LocalBus,
     subscription: &meridian_bus::Subscription,
     handler: &dyn EventHandler,
@@ -342,8 +345,13 @@ async fn consume(
             .await
             .map_err(bus_error)?;
         if stats.retried + stats.dead_lettered > 0 {
+            let error = match last_error(store, subscription.consumer.as_str()).await {
+                Ok(Some(error)) => error,
+                Ok(None) => "not kept".to_owned(),
+                Err(e) => format!("unread ({e})"),
+            };
             return Err(IdentityError::Setup(format!(
-                "the consumer failed {} events",
+                "the consumer failed {} events; the handler's error: {error}",
                 stats.retried + stats.dead_lettered
             )));
         }
@@ -355,6 +363,26 @@ async fn consume(
         applied += stats.applied + stats.duplicates;
     }
     Ok(started.elapsed().max(Duration::from_micros(1)))
+}
+
+/// An error the bus kept for one of `consumer`'s failed events.
+async fn last_error(store: &Store, consumer: &str) -> Result<Option<String>, IdentityError> {
+    const SQL: &str = "SELECT last_error FROM bus_retries WHERE consumer = $1 \
+         UNION ALL SELECT last_error FROM bus_dead_letters WHERE consumer = $1 LIMIT 1";
+    Ok(match store {
+        Store::Postgres(pool) => {
+            sqlx::query_scalar(SQL)
+                .bind(consumer)
+                .fetch_optional(pool)
+                .await?
+        }
+        Store::Sqlite(pool) => {
+            sqlx::query_scalar(SQL)
+                .bind(consumer)
+                .fetch_optional(pool)
+                .await?
+        }
+    })
 }
 
 /// Runs the benchmark on `store` (migrated).
@@ -497,7 +525,7 @@ async fn run_once(
             Store::Postgres(pool) => ProcessAndBackendCpu::start(pool).await?,
             Store::Sqlite(_) => None,
         };
-        let took = consume(&bus, &subscription, &*handler, part.len()).await?;
+        let took = consume(store, &bus, &subscription, &*handler, part.len()).await?;
         cpu = match (cpu, meter, store) {
             (Some((own, postgres)), Some(meter), Store::Postgres(pool)) => {
                 let (o, p) = meter.seconds_since_start(pool).await?;
@@ -829,6 +857,66 @@ mod tests {
         assert!(json["quality"]["precision"].as_f64().is_some());
         store.close().await;
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Fails every event.
+    struct Failing;
+
+    #[async_trait::async_trait]
+    impl EventHandler for Failing {
+        async fn handle(
+            &self,
+            _tx: &mut meridian_bus::Tx<'_>,
+            _event: &OutboxEvent,
+        ) -> Result<(), meridian_bus::HandlerError> {
+            Err(meridian_bus::HandlerError::Failed(
+                "the graph is on fire".into(),
+            ))
+        }
+    }
+
+    /// On a migrated `store`: a failed event ends `consume` with the handler's error.
+    async fn a_failed_event_ends_the_bench_on(store: &Store) {
+        let workspace: meridian_domain::WorkspaceId = "acme".parse().unwrap();
+        meridian_access::ensure_workspace(
+            &*meridian_access::access_store(store),
+            &workspace,
+            &"eu".parse().unwrap(),
+            "UTC".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let subscription = IngestConsumer::subscription();
+        let event = OutboxEvent::new(workspace, subscription.family.clone(), "key", vec![1]);
+        enqueue(store, &[event]).await.unwrap();
+        let bus = LocalBus::new(store.clone());
+        while bus.relay_batch(100).await.unwrap() > 0 {}
+
+        let err = consume(store, &bus, &subscription, &Failing, 1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("failed 1 events"), "{err}");
+        assert!(err.contains("the graph is on fire"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_event_ends_the_bench_with_the_handlers_error_on_sqlite() {
+        let dir = tempfile_dir();
+        let store = Store::connect(&meridian_store::StoreLocation::Embedded {
+            data_dir: dir.clone(),
+        })
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        a_failed_event_ends_the_bench_on(&store).await;
+        store.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[sqlx::test(migrations = "../../migrations/postgres")]
+    async fn a_failed_event_ends_the_bench_with_the_handlers_error_on_postgres(pool: sqlx::PgPool) {
+        a_failed_event_ends_the_bench_on(&Store::Postgres(pool)).await;
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
