@@ -818,13 +818,7 @@ mod tests {
 
     #[tokio::test]
     async fn bench_runs_on_sqlite_and_reports_quality() {
-        let dir = tempfile_dir();
-        let store = Store::connect(&meridian_store::StoreLocation::Embedded {
-            data_dir: dir.clone(),
-        })
-        .await
-        .unwrap();
-        store.migrate().await.unwrap();
+        let (store, dir) = embedded_store().await;
         let report = run(
             &store,
             &BenchOptions {
@@ -902,13 +896,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_event_ends_the_bench_with_the_handlers_error_on_sqlite() {
-        let dir = tempfile_dir();
-        let store = Store::connect(&meridian_store::StoreLocation::Embedded {
-            data_dir: dir.clone(),
-        })
-        .await
-        .unwrap();
-        store.migrate().await.unwrap();
+        let (store, dir) = embedded_store().await;
         a_failed_event_ends_the_bench_on(&store).await;
         store.close().await;
         let _ = std::fs::remove_dir_all(dir);
@@ -917,6 +905,18 @@ mod tests {
     #[sqlx::test(migrations = "../../migrations/postgres")]
     async fn a_failed_event_ends_the_bench_with_the_handlers_error_on_postgres(pool: sqlx::PgPool) {
         a_failed_event_ends_the_bench_on(&Store::Postgres(pool)).await;
+    }
+
+    /// A migrated embedded store in a fresh directory (removed by the caller).
+    async fn embedded_store() -> (Store, std::path::PathBuf) {
+        let dir = tempfile_dir();
+        let store = Store::connect(&meridian_store::StoreLocation::Embedded {
+            data_dir: dir.clone(),
+        })
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        (store, dir)
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
