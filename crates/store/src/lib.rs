@@ -20,6 +20,7 @@ pub use scratch::ScratchDatabase;
 pub use spare::{SPARE_CONNECTION_WAIT, spare_connection};
 pub use sqlx;
 
+pub mod backend_states;
 mod copy;
 pub mod cpu;
 mod scratch;
