@@ -30,6 +30,7 @@ use meridian_bus::{Bus, EventHandler, LocalBus, OutboxEvent};
 use meridian_proto::bus::v1::{EventAccepted, Money, SealedIdentifier};
 use meridian_proto::v1::EventType;
 use meridian_store::Store;
+use meridian_store::backend_states::{BackendStateSampler, BackendStates, SAMPLE_EVERY};
 use meridian_store::cpu::{ConnectionCpu, ProcessAndBackendCpu};
 use meridian_store::sqlx;
 use meridian_test_support::storefront::{QualityReport, Storefront, StorefrontConfig};
@@ -100,6 +101,12 @@ pub struct RunReport {
     /// ratio: it moves little with the load of a shared machine, so it shows whether a
     /// change made the consumer cheaper when rates are too noisy to tell.
     pub cpu_cost_ratio_to_baseline: Option<f64>,
+    /// While it consumed (PostgreSQL only): the mean number of the database's backends
+    /// executing, waiting inside a transaction for the consumer, flushing the write-ahead
+    /// log, and so on, sampled every [`SAMPLE_EVERY`]. With one delivery in flight, its
+    /// backend is always in one of these states: the shares say where a delivery's wall
+    /// time went on the database's side.
+    pub postgres_backends: Option<BackendStates>,
 }
 
 /// Results.
@@ -512,6 +519,7 @@ async fn run_once(
     let mut publish_seconds = published_seconds;
     // CPU seconds of (this process, the database's backends) while consuming.
     let mut cpu = Some((0.0, 0.0));
+    let mut backends: Option<BackendStates> = None;
     room.reset_consumer_timings();
     for part in [&payloads[..half], &payloads[half..]] {
         let started = Instant::now();
@@ -521,11 +529,18 @@ async fn run_once(
         analyze(store).await?;
         publish_seconds += started.elapsed().as_secs_f64();
         // Only on PostgreSQL on this host (Linux).
-        let meter = match store {
-            Store::Postgres(pool) => ProcessAndBackendCpu::start(pool).await?,
-            Store::Sqlite(_) => None,
+        let (meter, sampler) = match store {
+            Store::Postgres(pool) => (
+                ProcessAndBackendCpu::start(pool).await?,
+                Some(BackendStateSampler::start(pool, SAMPLE_EVERY).await?),
+            ),
+            Store::Sqlite(_) => (None, None),
         };
         let took = consume(store, &bus, &subscription, &*handler, part.len()).await?;
+        if let Some(sampler) = sampler {
+            let states = sampler.finish().await?;
+            backends = Some(backends.map_or(states, |before| before.merge(states)));
+        }
         cpu = match (cpu, meter, store) {
             (Some((own, postgres)), Some(meter), Store::Postgres(pool)) => {
                 let (o, p) = meter.seconds_since_start(pool).await?;
@@ -607,6 +622,7 @@ async fn run_once(
         postgres_cpu_us_per_link,
         baseline_postgres_cpu_us_per_row,
         cpu_cost_ratio_to_baseline,
+        postgres_backends: backends,
     };
     Ok((
         RunOutcome {
@@ -841,6 +857,7 @@ mod tests {
                 .all(|r| r.cpu_cost_ratio_to_baseline.is_none())
         );
         assert!(report.cpu_cost_ratio_to_baseline_median.is_none());
+        assert!(report.runs.iter().all(|r| r.postgres_backends.is_none()));
         assert!(report.edges_written > 0);
         assert!(report.profile_changed_events > 0);
         assert!(report.store_agrees_with_graph);
@@ -851,6 +868,32 @@ mod tests {
         assert!(json["quality"]["precision"].as_f64().is_some());
         store.close().await;
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[sqlx::test(migrations = "../../migrations/postgres")]
+    async fn bench_on_postgres_reports_cpu_and_backend_states(pool: sqlx::PgPool) {
+        let report = run(
+            &Store::Postgres(pool),
+            &BenchOptions {
+                shoppers: 200,
+                batch: 200,
+                seed: 7,
+                runs: 1,
+            },
+        )
+        .await
+        .unwrap();
+        assert!(report.store_agrees_with_graph);
+        let run = &report.runs[0];
+        assert!(
+            run.postgres_cpu_us_per_link.is_some_and(|c| c > 0.0),
+            "{run:?}"
+        );
+        // Sampled once as each half starts, then every SAMPLE_EVERY.
+        let states = run.postgres_backends.expect("sampled on PostgreSQL");
+        assert!(states.samples >= 2, "{states:?}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert!(json["runs"][0]["postgres_backends"]["executing"].is_number());
     }
 
     /// Fails every event.

@@ -37,6 +37,7 @@ use anyhow::Context as _;
 use futures::StreamExt as _;
 use meridian_proto::JsonObject;
 use meridian_proto::v1::*;
+use meridian_store::backend_states::{BackendStateSampler, BackendStates, SAMPLE_EVERY};
 use meridian_store::cpu::{ConnectionCpu, ProcessAndBackendCpu, cpu_seconds};
 use meridian_store::{ScratchDatabase, StoreLocation};
 use serde::Serialize;
@@ -148,6 +149,10 @@ pub(crate) struct IngestBenchReport {
     pub(crate) goal_p99_ack_ms_at_half_rate: f64,
     /// Where phase (1) and its relay wait spent CPU (Linux only).
     pub(crate) max_cpu_per_event: Option<CpuPerEvent>,
+    /// The mean number of the server's database backends executing, waiting inside a
+    /// transaction for the server, flushing the write-ahead log, and so on, over phase (1)
+    /// and its relay wait, sampled every [`SAMPLE_EVERY`].
+    pub(crate) max_postgres_backends: BackendStates,
     /// PostgreSQL CPU per row of the baseline `COPY` (Linux only), in microseconds.
     pub(crate) copy_postgres_cpu_us_per_row: Option<f64>,
     /// `copy_postgres_cpu_us_per_row / (server + postgres CPU per event)`: the share of an
@@ -593,6 +598,7 @@ async fn measure(
     );
     let next = Arc::new(AtomicUsize::new(0));
     let cpu = CpuMeter::start(&pool, server_pid).await?;
+    let sampler = BackendStateSampler::start(&pool, SAMPLE_EVERY).await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..opts.concurrency {
@@ -629,6 +635,7 @@ async fn measure(
         calls,
     );
     let (relay_backlog_after_max, relay_drain_seconds) = wait_for_relay(&pool).await?;
+    let max_postgres_backends = sampler.finish().await?;
     let max_cpu_per_event = match &cpu {
         Some(cpu) => Some(cpu.per_event(&pool, accepted).await?),
         None => None,
@@ -740,6 +747,7 @@ async fn measure(
         goal_ratio: GOAL_RATIO,
         goal_p99_ack_ms_at_half_rate: GOAL_P99_ACK_MS_AT_HALF_RATE,
         max_cpu_per_event,
+        max_postgres_backends,
         copy_postgres_cpu_us_per_row,
         cpu_cost_ratio_to_copy,
     })
@@ -905,6 +913,7 @@ mod tests {
             goal_ratio: GOAL_RATIO,
             goal_p99_ack_ms_at_half_rate: GOAL_P99_ACK_MS_AT_HALF_RATE,
             max_cpu_per_event: cpu,
+            max_postgres_backends: BackendStates::default(),
             copy_postgres_cpu_us_per_row: cost.map(|_| 30.0),
             cpu_cost_ratio_to_copy: cost,
         }
