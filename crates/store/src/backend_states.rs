@@ -157,17 +157,50 @@ impl BackendStateSampler {
     }
 
     /// Stops sampling: the mean number of backends in each state since [`Self::start`].
-    pub async fn finish(self) -> Result<BackendStates, sqlx::Error> {
+    pub async fn finish(mut self) -> Result<BackendStates, sqlx::Error> {
         self.stop.store(true, Ordering::Relaxed);
-        self.task
+        (&mut self.task)
             .await
             .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
+    }
+}
+
+impl Drop for BackendStateSampler {
+    /// A sampler dropped unfinished (its phase failed with `?`) stops too, and its
+    /// connection closes, instead of polling until the process exits. After
+    /// [`BackendStateSampler::finish`] the task is done and this does nothing.
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A phase that fails drops its sampler without finishing it: the sampling stops and
+    /// its backend goes.
+    #[sqlx::test(migrations = false)]
+    async fn a_sampler_dropped_unfinished_stops_and_closes_its_connection(pool: PgPool) {
+        const SAMPLERS: &str = "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'SELECT state, wait_event_type%'";
+        let sampler = BackendStateSampler::start(&pool, Duration::from_millis(10))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let running: i64 = sqlx::query_scalar(SAMPLERS).fetch_one(&pool).await.unwrap();
+        assert_eq!(running, 1);
+        drop(sampler);
+        let mut left = running;
+        for _ in 0..100 {
+            left = sqlx::query_scalar(SAMPLERS).fetch_one(&pool).await.unwrap();
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(left, 0, "the dropped sampler's backend is still there");
+    }
 
     #[test]
     fn activity_rows_are_classified_by_state_and_wait() {
