@@ -328,9 +328,9 @@ async fn consume_local(
     let limit = limit_i64(subscription.batch_size.max(1));
     let mut deliveries = Vec::new();
     let mut new_position = None;
-    // (workspace, key) of the events after this delivery, for `EventHandler::look_ahead`
-    // (SQLite; PostgreSQL names them once it has read them ahead).
-    let mut upcoming: Vec<(String, String)> = Vec::new();
+    // (event id, workspace, key, payload) of the events after this delivery, for
+    // `EventHandler::look_ahead` (SQLite; PostgreSQL names them once it has read them ahead).
+    let mut upcoming: Vec<(String, String, String, Vec<u8>)> = Vec::new();
     // Where the next delivery's new events start, when they are read ahead.
     let mut read_next_after = None;
     match tx {
@@ -414,7 +414,7 @@ async fn consume_local(
             }
             if let Some(after) = new_position.filter(|_| wants_hints(handler, rows.len(), limit)) {
                 upcoming = sqlx::query_as(
-                    "SELECT workspace_id, event_key FROM outbox_events \
+                    "SELECT event_id, workspace_id, event_key, payload FROM outbox_events \
                      WHERE family = ?1 AND stream_seq > ?2 ORDER BY stream_seq LIMIT ?3",
                 )
                 .bind(family)
@@ -453,7 +453,15 @@ async fn consume_local(
     if !upcoming.is_empty() {
         let upcoming: Vec<UpcomingEvent> = upcoming
             .into_iter()
-            .map(|(workspace_id, key)| UpcomingEvent { workspace_id, key })
+            // A row whose id does not parse is left out of the hint (its delivery reports it).
+            .filter_map(|(event_id, workspace_id, key, payload)| {
+                Some(UpcomingEvent {
+                    event_id: uuid::Uuid::parse_str(&event_id).ok()?,
+                    workspace_id,
+                    key,
+                    payload,
+                })
+            })
             .collect();
         handler.look_ahead(&upcoming);
     }
@@ -621,8 +629,10 @@ async fn read_ahead(
         let upcoming: Vec<UpcomingEvent> = events
             .iter()
             .map(|(stored, _)| UpcomingEvent {
+                event_id: stored.event.event_id,
                 workspace_id: stored.event.workspace_id.as_str().to_owned(),
                 key: stored.event.key.clone(),
+                payload: stored.event.payload.clone(),
             })
             .collect();
         handler.look_ahead(&upcoming);

@@ -57,21 +57,25 @@ pub trait EventHandler: Send + Sync {
 
     /// The events the bus expects to deliver after the current delivery, oldest first,
     /// given before that delivery is applied. Work on them that needs no transaction, such
-    /// as loading their keys' data keys into a cache, can then overlap the current
-    /// delivery's database work. A hint only: they may come later, in other deliveries, or
-    /// never (another replica took them, erasure removed them), so nothing may depend on
-    /// it. Must return at once (spawn what takes longer). The in-process bus gives hints
+    /// as loading their keys' data keys into a cache or decoding their payloads, can then
+    /// overlap the current delivery's database work. A hint only: they may come later, in
+    /// other deliveries, or never (another replica took them, erasure removed them), so
+    /// what is made of it must be checked against the delivery that comes. Must return at once (spawn what takes longer). The in-process bus gives hints
     /// when a delivery was full (more events are waiting); JetStream gives none.
     fn look_ahead(&self, _upcoming: &[UpcomingEvent]) {}
 }
 
-/// An event expected in a later delivery (see [`EventHandler::look_ahead`]): what it is
-/// about, without its payload.
+/// An event expected in a later delivery (see [`EventHandler::look_ahead`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpcomingEvent {
+    /// The outbox event's id ([`OutboxEvent::event_id`]): the event, if it comes, is
+    /// delivered under it with this payload (an outbox row's payload never changes).
+    pub event_id: Uuid,
     pub workspace_id: String,
     /// The event's key ([`OutboxEvent::key`]).
     pub key: String,
+    /// The event's payload ([`OutboxEvent::payload`]).
+    pub payload: Vec<u8>,
 }
 
 /// Retries with exponential backoff; after `max_attempts` deliveries the event goes to the

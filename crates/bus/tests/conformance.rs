@@ -675,8 +675,10 @@ async fn a_full_delivery_names_the_events_after_it_to_a_handler_that_looks_ahead
         let upcoming = |keys: &[usize]| -> Vec<UpcomingEvent> {
             keys.iter()
                 .map(|i| UpcomingEvent {
+                    event_id: events[*i].event_id,
                     workspace_id: "acme".into(),
                     key: format!("subject-{i}"),
+                    payload: format!("ahead-{i}").into_bytes(),
                 })
                 .collect()
         };

@@ -654,6 +654,14 @@ impl Vault {
         })
     }
 
+    /// A number that changes whenever this replica drops a data key from its cache
+    /// ([`Vault::forget`], [`Vault::evict_subject`]): what was opened with keys read before
+    /// a change may have been opened with a key that is gone since, and is to be opened
+    /// again.
+    pub fn forget_generation(&self) -> u64 {
+        self.cache.generation()
+    }
+
     /// Drops a subject's data key, and the identifiers it is cached as the subject of, from
     /// this replica's caches (call it when another replica's erasure event arrives, to close
     /// the `dek_cache_ttl` window).

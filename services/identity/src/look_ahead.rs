@@ -1,87 +1,169 @@
-//! Data keys loaded ahead for the `ingest-event` consumer.
+//! The next delivery, prepared ahead for the `ingest-event` consumer.
 //!
-//! The bus names the events it will deliver next ([`meridian_bus::EventHandler::look_ahead`]);
-//! ingest keys each accepted event by its sealed subject. The room notes those subjects and,
-//! once the current delivery's graph pass is done and its store write begins, loads their
-//! data keys into the vault's cache: the consumer waits on the database then, so the key
-//! store's lookups and the unwrapping use a core that would otherwise idle, and the next
-//! delivery's decode finds its keys in memory. Started earlier (when the hint arrives), the
-//! loading competed with the graph pass for the cores and saved nothing in `bench identity`.
+//! The bus names the events it will deliver next, with their payloads
+//! ([`meridian_bus::EventHandler::look_ahead`]); ingest keys each accepted event by its
+//! sealed subject. The room notes them and, once the current delivery's graph pass is done
+//! and its store write begins (or when the hint arrives, if that is later), loads their data keys into the vault's cache and decodes
+//! them ([`crate::accepted::decode_ahead`]: the payload, opening the sealed identifiers,
+//! matching blocked values): the consumer waits on the database then, so this uses a core
+//! that would otherwise idle. The next delivery takes what was prepared for each of its
+//! events (by outbox event id) instead of decoding it again. Started earlier (when the hint
+//! arrives), the loading competed with the graph pass for the cores and saved nothing in
+//! `bench identity`.
 //!
-//! Only the cache is touched: a delivery decodes, checks and applies its events exactly as
-//! without it, and the cache keeps its own rules (a key forgotten on this replica while it
-//! loads is not cached; other replicas' erasures reach it within its lifetime, as always).
+//! A hint is only a hint: an event prepared and not delivered next is decoded again if it
+//! comes later. What was prepared is used only while the workspace's blocked values are
+//! the ones it was matched against and this replica forgot no data key since its keys
+//! were read ([`meridian_vault::Vault::forget_generation`]): an erasure between the
+//! preparing and the delivery makes the delivery decode again, and skip what the erasure
+//! took. Anything else a delivery decodes and applies exactly as without the look-ahead.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use meridian_bus::UpcomingEvent;
-use meridian_vault::Vault;
+use meridian_proto::bus::v1::EventAccepted;
 use tokio::task::JoinHandle;
 
-/// Subjects noted for the next delivery and the loading in flight.
-#[derive(Debug, Default)]
-pub(crate) struct KeyLookAhead {
+use crate::accepted::Decoded;
+use crate::identifier::NodeKey;
+use crate::room::IdentityRoom;
+use uuid::Uuid;
+
+/// Events noted for the next delivery, the preparing in flight, and what it prepared.
+#[derive(Default)]
+pub(crate) struct LookAhead {
     state: Mutex<State>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
-    /// Subjects by workspace, from the latest hint not yet loaded.
-    noted: BTreeMap<String, Vec<String>>,
-    /// At most one loading runs, however slow the key store.
-    loading: Option<JoinHandle<()>>,
+    /// The latest hint not yet started on, by workspace.
+    noted: BTreeMap<String, Vec<UpcomingEvent>>,
+    /// Whether a delivery's store write runs: a hint arriving then is started on at once
+    /// (the bus may name the next delivery only once it has read it, on a connection of
+    /// its own, while the current one is applied).
+    writing: bool,
+    /// At most one preparing runs, however slow the key store.
+    preparing: Option<JoinHandle<Prepared>>,
+    /// What the last finished preparing made, until taken or replaced.
+    prepared: Prepared,
 }
 
-impl KeyLookAhead {
+/// Events decoded ahead, by workspace.
+pub(crate) type Prepared = HashMap<String, PreparedEvents>;
+
+/// One workspace's events decoded ahead of their delivery.
+pub(crate) struct PreparedEvents {
+    /// [`meridian_vault::Vault::forget_generation`] before their data keys were read.
+    pub(crate) forget_generation: u64,
+    /// The blocked values they were matched against.
+    pub(crate) blocked: Arc<HashSet<NodeKey>>,
+    /// By outbox event id (an outbox row's payload never changes): the payload decoded,
+    /// and what decoding made of it (`None`: its subject was forgotten, the event is
+    /// skipped).
+    pub(crate) events: HashMap<Uuid, (EventAccepted, Option<Decoded>)>,
+}
+
+impl LookAhead {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Notes the subjects of `upcoming`, replacing an older hint not yet loaded.
-    pub(crate) fn note(&self, upcoming: &[UpcomingEvent]) {
-        let mut noted: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for e in upcoming.iter().filter(|e| !e.key.is_empty()) {
+    /// Notes `upcoming`, replacing an older hint not yet started on; starts preparing it
+    /// if the current delivery's store write has begun.
+    pub(crate) fn note(&self, room: &IdentityRoom, upcoming: &[UpcomingEvent]) {
+        let mut noted: BTreeMap<String, Vec<UpcomingEvent>> = BTreeMap::new();
+        for e in upcoming {
             noted
                 .entry(e.workspace_id.clone())
                 .or_default()
-                .push(e.key.clone());
+                .push(e.clone());
         }
-        self.state().noted = noted;
+        let mut state = self.state();
+        state.noted = noted;
+        if state.writing {
+            Self::start_noted(&mut state, room);
+        }
     }
 
-    /// Starts loading the noted subjects' data keys, unless a loading is still running
-    /// (the hint then waits for the next call) or nothing is noted.
-    pub(crate) fn start(&self, vault: &Arc<Vault>) {
+    /// A delivery's store write begins: starts preparing what is noted.
+    pub(crate) fn start(&self, room: &IdentityRoom) {
         let mut state = self.state();
-        if state.noted.is_empty() || state.loading.as_ref().is_some_and(|l| !l.is_finished()) {
+        state.writing = true;
+        Self::start_noted(&mut state, room);
+    }
+
+    /// The current delivery's store write has ended: a hint arriving from now on waits
+    /// for the next one.
+    pub(crate) fn stop(&self) {
+        self.state().writing = false;
+    }
+
+    /// Starts preparing the noted events, unless nothing is noted or a preparing has not
+    /// been taken yet (the hint then waits for the next call; a finished preparing's work
+    /// is never dropped).
+    fn start_noted(state: &mut State, room: &IdentityRoom) {
+        if state.noted.is_empty() || state.preparing.is_some() {
             return;
         }
         let noted = std::mem::take(&mut state.noted);
-        let vault = vault.clone();
-        state.loading = Some(tokio::spawn(async move {
-            for (workspace, mut subjects) in noted {
-                subjects.sort_unstable();
-                subjects.dedup();
-                let subjects: Vec<&str> = subjects.iter().map(String::as_str).collect();
-                if let Err(err) = vault.existing_subject_keys(&workspace, &subjects).await {
-                    // The delivery's own decode loads what is missing and reports failures.
-                    tracing::debug!(error = %err, "look-ahead data-key loading failed");
+        let room = room.clone();
+        state.preparing = Some(tokio::spawn(async move {
+            let mut prepared = Prepared::new();
+            for (workspace, upcoming) in noted {
+                if let Some(events) =
+                    crate::accepted::decode_ahead(&room, &workspace, &upcoming).await
+                {
+                    prepared.insert(workspace, events);
                 }
             }
+            prepared
         }));
     }
 
-    /// Loads what is noted and waits until no loading runs (one still running when this is
-    /// called is waited for first, then the noted subjects are loaded).
-    pub(crate) async fn settle(&self, vault: &Arc<Vault>) {
+    /// Waits for the preparing in flight, if any, and keeps what it made.
+    async fn finish_preparing(&self) {
+        let Some(preparing) = self.state().preparing.take() else {
+            return;
+        };
+        // A preparing that panicked or was cancelled only leaves the next delivery to
+        // decode everything itself.
+        if let Ok(prepared) = preparing.await {
+            self.state().prepared = prepared;
+        }
+    }
+
+    /// What was prepared for the delivery of the outbox events `delivered` (waiting for a
+    /// preparing still in flight: the delivery about to be decoded is the one it prepares,
+    /// since preparing starts only while a store write runs), taken: each prepared event is
+    /// used at most once, and what the delivery does not use is dropped. A hint naming this
+    /// very delivery, noted too late to be started on, is dropped too: prepared during this
+    /// delivery's store write, it would keep the next hint waiting, and every later
+    /// preparing would be a delivery behind.
+    pub(crate) async fn take(&self, delivered: &[Uuid]) -> Prepared {
+        self.finish_preparing().await;
+        let mut state = self.state();
+        if state
+            .noted
+            .values()
+            .filter_map(|hint| hint.first())
+            .any(|first| delivered.contains(&first.event_id))
+        {
+            state.noted.clear();
+        }
+        std::mem::take(&mut state.prepared)
+    }
+
+    /// Prepares what is noted and waits until no preparing runs (one still running when
+    /// this is called is waited for first, then the noted events are prepared).
+    pub(crate) async fn settle(&self, room: &IdentityRoom) {
         loop {
-            self.start(vault);
-            let Some(loading) = self.state().loading.take() else {
+            Self::start_noted(&mut self.state(), room);
+            if self.state().preparing.is_none() {
                 return;
-            };
-            // A loading that panicked or was cancelled only leaves the cache colder.
-            let _ = loading.await;
+            }
+            self.finish_preparing().await;
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::identifier::{
     CompiledRules, IdentifierObservation, Intake, NodeKey, Normalized, RawIdentifier, intake,
     prepare,
 };
-use crate::look_ahead::KeyLookAhead;
+use crate::look_ahead::LookAhead;
 use crate::store::{
     ChangeBatch, ComputedRow, IdentifierRow, IdentityStore, ProfileRow, SealedValue,
 };
@@ -112,7 +112,11 @@ pub struct ConsumerTimings {
     /// Calls (one per workspace of a delivery).
     pub batches: u64,
     pub events: u64,
-    /// Data keys of the sealed subjects (vault) and opening the sealed identifiers.
+    /// Events whose decoding was prepared ahead, during the previous delivery's store
+    /// write (see [`crate::look_ahead`]), and taken as prepared.
+    pub prepared_events: u64,
+    /// Data keys of the sealed subjects (vault) and opening the sealed identifiers, of the
+    /// events not prepared ahead; checking and taking those that were.
     pub decode_micros: u64,
     /// The graph and assembling the store batch (CPU only).
     pub graph_micros: u64,
@@ -125,6 +129,7 @@ impl std::ops::AddAssign for ConsumerTimings {
     fn add_assign(&mut self, o: ConsumerTimings) {
         self.batches += o.batches;
         self.events += o.events;
+        self.prepared_events += o.prepared_events;
         self.decode_micros += o.decode_micros;
         self.graph_micros += o.graph_micros;
         self.store_micros += o.store_micros;
@@ -246,7 +251,7 @@ struct Inner {
     event_source: Option<Arc<dyn ProfileEventSource>>,
     consumer_timings: Mutex<ConsumerTimings>,
     statistics: StatisticsRefresh,
-    key_look_ahead: KeyLookAhead,
+    look_ahead: LookAhead,
 }
 
 /// Graph size (identifiers of a workspace) from which the room keeps the planner's
@@ -322,7 +327,7 @@ impl IdentityRoom {
                 event_source,
                 consumer_timings: Mutex::new(ConsumerTimings::default()),
                 statistics: StatisticsRefresh::default(),
-                key_look_ahead: KeyLookAhead::default(),
+                look_ahead: LookAhead::default(),
             }),
         }
     }
@@ -350,7 +355,7 @@ impl IdentityRoom {
                 event_source: Some(source),
                 consumer_timings: Mutex::new(ConsumerTimings::default()),
                 statistics: StatisticsRefresh::default(),
-                key_look_ahead: KeyLookAhead::default(),
+                look_ahead: LookAhead::default(),
             }),
         }
     }
@@ -420,15 +425,37 @@ impl IdentityRoom {
         &self.inner.vault
     }
 
-    /// Notes the subjects of the events the bus will deliver next (see
-    /// [`crate::look_ahead`]).
+    /// Notes the events the bus will deliver next (see [`crate::look_ahead`]).
     pub(crate) fn note_upcoming(&self, upcoming: &[meridian_bus::UpcomingEvent]) {
-        self.inner.key_look_ahead.note(upcoming);
+        self.inner.look_ahead.note(self, upcoming);
     }
 
-    /// Loads what [`IdentityRoom::note_upcoming`] noted and waits for it.
-    pub(crate) async fn settle_key_look_ahead(&self) {
-        self.inner.key_look_ahead.settle(&self.inner.vault).await;
+    /// What was prepared for the delivery of the outbox events `delivered`, about to be
+    /// applied ([`crate::look_ahead`]), by workspace: only what still holds (this replica forgot no data key since, and the
+    /// workspace's blocked values are the ones matched).
+    pub(crate) async fn take_prepared(
+        &self,
+        delivered: &[uuid::Uuid],
+    ) -> crate::look_ahead::Prepared {
+        let mut prepared = self.inner.look_ahead.take(delivered).await;
+        let generation = self.inner.vault.forget_generation();
+        let mut holding = crate::look_ahead::Prepared::with_capacity(prepared.len());
+        for (workspace, events) in prepared.drain() {
+            if events.forget_generation != generation {
+                continue;
+            }
+            if let Ok(blocked) = self.blocked_keys(&workspace).await
+                && Arc::ptr_eq(&blocked, &events.blocked)
+            {
+                holding.insert(workspace, events);
+            }
+        }
+        holding
+    }
+
+    /// Prepares what [`IdentityRoom::note_upcoming`] noted and waits for it.
+    pub(crate) async fn settle_look_ahead(&self) {
+        self.inner.look_ahead.settle(self).await;
     }
 
     fn slot(&self, workspace: &str) -> GraphSlot {
@@ -857,7 +884,20 @@ impl IdentityRoom {
         tx: &mut Tx<'_>,
         events: &[&meridian_proto::bus::v1::EventAccepted],
     ) -> Result<Vec<AppliedEvent>, IdentityError> {
+        let ahead = events.iter().map(|_| None).collect();
+        self.apply_accepted_batch_decoded(tx, events, ahead).await
+    }
+
+    /// [`IdentityRoom::apply_accepted_batch`], where `ahead` holds, for each event, what
+    /// decoding made of it if it was decoded ahead ([`IdentityRoom::take_prepared`]).
+    pub(crate) async fn apply_accepted_batch_decoded(
+        &self,
+        tx: &mut Tx<'_>,
+        events: &[&meridian_proto::bus::v1::EventAccepted],
+        mut ahead: Vec<Option<Option<crate::accepted::Decoded>>>,
+    ) -> Result<Vec<AppliedEvent>, IdentityError> {
         let mut out = vec![AppliedEvent::default(); events.len()];
+        ahead.resize_with(events.len(), || None);
         // Workspaces in order of first appearance, each with its events in delivery order.
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
         for (i, e) in events.iter().enumerate() {
@@ -870,7 +910,10 @@ impl IdentityRoom {
         for (workspace, members) in groups {
             let batch: Vec<&meridian_proto::bus::v1::EventAccepted> =
                 members.iter().map(|i| events[*i]).collect();
-            let applied = self.apply_workspace_batch(tx, workspace, &batch).await?;
+            let decoded = members.iter().map(|i| ahead[*i].take()).collect();
+            let applied = self
+                .apply_workspace_batch(tx, workspace, &batch, decoded)
+                .await?;
             for (i, a) in members.into_iter().zip(applied) {
                 out[i] = a;
             }
@@ -883,6 +926,7 @@ impl IdentityRoom {
         tx: &mut Tx<'_>,
         workspace: &str,
         events: &[&meridian_proto::bus::v1::EventAccepted],
+        ahead: Vec<Option<Option<crate::accepted::Decoded>>>,
     ) -> Result<Vec<AppliedEvent>, IdentityError> {
         if workspace.is_empty() {
             return Err(IdentityError::InvalidArgument {
@@ -896,7 +940,8 @@ impl IdentityRoom {
             ..ConsumerTimings::default()
         };
         let started = Instant::now();
-        let decoded = crate::accepted::decode_batch(self, workspace, events).await?;
+        timings.prepared_events = ahead.iter().filter(|d| d.is_some()).count() as u64;
+        let decoded = crate::accepted::decode_batch(self, workspace, events, ahead).await?;
         timings.decode_micros = micros(started);
         let started = Instant::now();
         let mut seen: HashSet<&str> = HashSet::with_capacity(events.len());
@@ -1061,14 +1106,15 @@ impl IdentityRoom {
         draft.activity = activities;
         let batch = self.assemble(workspace, graph, draft)?;
         timings.graph_micros += micros(started);
-        // The consumer waits on the database from here: the next delivery's keys load now.
-        self.inner.key_look_ahead.start(&self.inner.vault);
+        // The consumer waits on the database from here: the next delivery is prepared now.
+        self.inner.look_ahead.start(self);
         let started = Instant::now();
         let result = self
             .inner
             .store
             .apply_in(tx, workspace, &batch, &self.inner.profile_rules.aipl)
             .await;
+        self.inner.look_ahead.stop();
         timings.store_micros += micros(started);
         result
     }

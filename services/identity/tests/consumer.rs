@@ -122,6 +122,14 @@ impl Harness {
 
     /// [`Harness::publish`] into workspace `ws`, consumed `batch` events a delivery.
     async fn publish_to(&self, ws: &str, events: Vec<Accepted>, batch: usize) {
+        let outbox = self.sealed(ws, events).await;
+        self.enqueue(&outbox).await;
+        self.drain_with(batch).await;
+    }
+
+    /// `events` as ingest publishes them into workspace `ws`: sealed, keyed by the sealed
+    /// subject.
+    async fn sealed(&self, ws: &str, events: Vec<Accepted>) -> Vec<OutboxEvent> {
         let rules = Rules::default().validate().unwrap();
         let indexer = self.vault.blind_indexer(ws).await.unwrap();
         let mut outbox = Vec::new();
@@ -191,19 +199,23 @@ impl Harness {
                 payload.encode_to_vec(),
             ));
         }
+        outbox
+    }
+
+    /// Commits `outbox` to the outbox (not yet relayed).
+    async fn enqueue(&self, outbox: &[OutboxEvent]) {
         match &self.store {
             Store::Postgres(p) => {
                 let mut tx = p.begin().await.unwrap();
-                meridian_bus::enqueue_all(&mut tx, &outbox).await.unwrap();
+                meridian_bus::enqueue_all(&mut tx, outbox).await.unwrap();
                 tx.commit().await.unwrap();
             }
             Store::Sqlite(p) => {
                 let mut tx = p.begin().await.unwrap();
-                meridian_bus::enqueue_all(&mut tx, &outbox).await.unwrap();
+                meridian_bus::enqueue_all(&mut tx, outbox).await.unwrap();
                 tx.commit().await.unwrap();
             }
         }
-        self.drain_with(batch).await;
     }
 
     async fn drain_with(&self, batch: usize) {
@@ -1062,35 +1074,124 @@ async fn a_bulk_delivery_is_stored_like_one_event_at_a_time(h: Harness) {
     h.publish_to(ONE_BY_ONE, bulk_events(SHOPPERS), 1).await;
     // The same ingest events again, as new outbox rows, in one delivery: applied once.
     h.publish_to(WS, bulk_events(SHOPPERS), 1_000).await;
+    assert_stored_alike(&h, WS, ONE_BY_ONE, SHOPPERS).await;
+}
+
+/// A delivery takes the events decoded ahead of it and stores them as it stores events it
+/// decodes itself: the same rows and the same profiles as the same stream where nothing is
+/// named ahead.
+async fn events_decoded_ahead_are_stored_like_events_decoded_in_place(h: Harness) {
+    const IN_PLACE: &str = "acme-in-place";
+    const SHOPPERS: usize = 40;
+    add_workspace(&h.store, IN_PLACE).await;
+    h.room.reset_consumer_timings();
+    h.publish_to(IN_PLACE, bulk_events(SHOPPERS), 1_000).await;
+    let in_place = h.room.consumer_timings();
+    assert_eq!(in_place.prepared_events, 0, "{in_place:?}");
+    // Deliveries of 16, each named ahead and prepared before it comes (as the bus names
+    // the next delivery while the current one is written).
+    let consumer = IngestConsumer::new(h.room.clone());
+    h.room.reset_consumer_timings();
+    for delivery in h.sealed(WS, bulk_events(SHOPPERS)).await.chunks(16) {
+        consumer.look_ahead(&upcoming(delivery));
+        consumer.look_ahead_settled().await;
+        h.enqueue(delivery).await;
+        h.drain_with(1_000).await;
+    }
+    let ahead = h.room.consumer_timings();
+    assert_eq!(ahead.events, 4 * SHOPPERS as u64, "{ahead:?}");
+    assert_eq!(ahead.prepared_events, ahead.events, "{ahead:?}");
+    assert_stored_alike(&h, WS, IN_PLACE, SHOPPERS).await;
+}
+
+/// The hint the bus gives for `outbox`'s events.
+fn upcoming(outbox: &[OutboxEvent]) -> Vec<meridian_bus::UpcomingEvent> {
+    outbox
+        .iter()
+        .map(|e| meridian_bus::UpcomingEvent {
+            event_id: e.event_id,
+            workspace_id: e.workspace_id.as_str().into(),
+            key: e.key.clone(),
+            payload: e.payload.clone(),
+        })
+        .collect()
+}
+
+/// Decoding ahead opens values with the data keys of the time: a subject forgotten between
+/// the decoding ahead and the delivery makes the delivery decode again, and the erased
+/// shopper's event is skipped, as it is without the look-ahead.
+async fn an_erasure_after_decoding_ahead_is_honoured_by_the_delivery(h: Harness) {
+    let consumer = IngestConsumer::new(h.room.clone());
+    let shoppers = |names: &[&str]| -> Vec<Accepted> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let at = i64::try_from(i).unwrap();
+                track(&format!("ahead-{name}"), "Viewed", at, &[(Anon, name)])
+            })
+            .collect()
+    };
+    // Nothing forgotten: the delivery takes every event as decoded ahead.
+    let outbox = h.sealed(WS, shoppers(&["anon-1", "anon-2"])).await;
+    consumer.look_ahead(&upcoming(&outbox));
+    consumer.look_ahead_settled().await;
+    h.room.reset_consumer_timings();
+    h.enqueue(&outbox).await;
+    h.drain_with(1_000).await;
+    assert_eq!(h.room.consumer_timings().prepared_events, 2);
+    // The first shopper's subject is forgotten after its event was decoded ahead.
+    let outbox = h.sealed(WS, shoppers(&["anon-3", "anon-4"])).await;
+    consumer.look_ahead(&upcoming(&outbox));
+    consumer.look_ahead_settled().await;
+    h.vault.forget(WS, &outbox[0].key).await.unwrap();
+    h.room.reset_consumer_timings();
+    h.enqueue(&outbox).await;
+    h.drain_with(1_000).await;
+    let timings = h.room.consumer_timings();
+    assert_eq!(
+        (timings.events, timings.prepared_events),
+        (2, 0),
+        "{timings:?}"
+    );
+    for (anon, stored) in [("anon-2", true), ("anon-3", false), ("anon-4", true)] {
+        let found = h.room.lookup(WS, &RawIdentifier::new(Anon, anon)).await;
+        assert_eq!(found.is_ok(), stored, "{anon}");
+    }
+}
+
+/// Workspaces `ws` and `other`, each fed [`bulk_events`] of `shoppers`, hold the same rows
+/// and the same profiles.
+async fn assert_stored_alike(h: &Harness, ws: &str, other: &str, shoppers: usize) {
     for (table, expected) in [
-        ("identity_identifiers", Some(3 * SHOPPERS)),
-        ("identity_edges", Some(2 * SHOPPERS)),
-        ("identity_conflicts", Some(SHOPPERS)),
-        ("bus_processed", Some(4 * SHOPPERS)),
-        ("identity_trait_payloads", Some(SHOPPERS)),
+        ("identity_identifiers", Some(3 * shoppers)),
+        ("identity_edges", Some(2 * shoppers)),
+        ("identity_conflicts", Some(shoppers)),
+        ("bus_processed", Some(4 * shoppers)),
+        ("identity_trait_payloads", Some(shoppers)),
         ("identity_activity", None),
-        ("identity_computed_traits", Some(SHOPPERS)),
+        ("identity_computed_traits", Some(shoppers)),
     ] {
         let count = |ws: &str| format!("SELECT COUNT(*) FROM {table} WHERE workspace_id = '{ws}'");
-        let bulk = h.scalar(&count(WS)).await;
-        assert_eq!(bulk, h.scalar(&count(ONE_BY_ONE)).await, "{table}");
-        assert!(bulk >= i64::try_from(SHOPPERS).unwrap(), "{table}");
+        let stored = h.scalar(&count(ws)).await;
+        assert_eq!(stored, h.scalar(&count(other)).await, "{table}");
+        assert!(stored >= i64::try_from(shoppers).unwrap(), "{table}");
         if let Some(expected) = expected {
-            assert_eq!(bulk, i64::try_from(expected).unwrap(), "{table}");
+            assert_eq!(stored, i64::try_from(expected).unwrap(), "{table}");
         }
     }
     let live =
         "SELECT COUNT(*) FROM identity_profiles WHERE merged_into IS NULL AND workspace_id = ";
     assert_eq!(
-        h.scalar(&format!("{live}'{WS}'")).await,
-        h.scalar(&format!("{live}'{ONE_BY_ONE}'")).await
+        h.scalar(&format!("{live}'{ws}'")).await,
+        h.scalar(&format!("{live}'{other}'")).await
     );
-    // What the bulk write stored reads back: one profile per shopper, its values opened
-    // from the sealed copies, its traits, orders, edges and refused links.
-    for n in (0..SHOPPERS).step_by(7) {
+    // What was stored reads back: one profile per shopper, its values opened from the
+    // sealed copies, its traits, orders, edges and refused links.
+    for n in (0..shoppers).step_by(7) {
         let email = format!("buyer{n}@example.org");
         let mut per_workspace = Vec::new();
-        for ws in [WS, ONE_BY_ONE] {
+        for ws in [ws, other] {
             let view = h
                 .room
                 .lookup(ws, &RawIdentifier::new(Email, &email))
@@ -1191,9 +1292,12 @@ async fn look_ahead_loads_the_named_subjects_keys_into_the_cache(h: Harness) {
     let replica = Arc::new(Vault::new(h.vault.provider().clone(), h.key_store.clone()));
     let consumer = IngestConsumer::new(room_on(&h.store, replica.clone()));
     assert!(consumer.looks_ahead());
+    // Hints without payloads: only the keys are loaded.
     let upcoming = |subject: &String| meridian_bus::UpcomingEvent {
+        event_id: uuid::Uuid::now_v7(),
         workspace_id: WS.into(),
         key: subject.clone(),
+        payload: Vec::new(),
     };
     consumer.look_ahead(&[
         upcoming(&subjects[0]),
@@ -1256,6 +1360,8 @@ on_both!(
     malformed_payloads_are_refused_not_applied,
     one_delivery_stitches_like_one_event_at_a_time,
     a_bulk_delivery_is_stored_like_one_event_at_a_time,
+    events_decoded_ahead_are_stored_like_events_decoded_in_place,
+    an_erasure_after_decoding_ahead_is_honoured_by_the_delivery,
     look_ahead_loads_the_named_subjects_keys_into_the_cache,
 );
 
