@@ -60,8 +60,9 @@ pub trait EventHandler: Send + Sync {
     /// as loading their keys' data keys into a cache or decoding their payloads, can then
     /// overlap the current delivery's database work. A hint only: they may come later, in
     /// other deliveries, or never (another replica took them, erasure removed them), so
-    /// what is made of it must be checked against the delivery that comes. Must return at once (spawn what takes longer). The in-process bus gives hints
-    /// when a delivery was full (more events are waiting); JetStream gives none.
+    /// what is made of it must be checked against the delivery that comes. Must return at
+    /// once (spawn what takes longer). The in-process bus gives hints when a delivery was
+    /// full (more events are waiting); JetStream gives none.
     fn look_ahead(&self, _upcoming: &[UpcomingEvent]) {}
 }
 

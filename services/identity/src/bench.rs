@@ -6,8 +6,9 @@
 //! [`IngestConsumer::subscription`] and the [`IngestConsumer`] handler: the bus's
 //! idempotency records, decoding (data keys from a vault with a cold cache, as on another
 //! replica; the consumer's look-ahead loads a delivery's keys and decodes its events while
-//! the previous delivery's store write runs: `timings.prepared_events`), the graph, and one store transaction per delivery with its
-//! `ProfileChanged` outbox rows. The run also reports the pairwise precision/recall of the stitching against
+//! the previous delivery's store write runs: `timings.prepared_events`), the graph, and one
+//! store transaction per delivery with its `ProfileChanged` outbox rows. The run also
+//! reports the pairwise precision/recall of the stitching against
 //! the storefront's ground truth (shared family devices and re-used emails included).
 //!
 //! A *link* is one identifier carried by one event and joined to that event's profile (or

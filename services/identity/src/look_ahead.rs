@@ -3,13 +3,13 @@
 //! The bus names the events it will deliver next, with their payloads
 //! ([`meridian_bus::EventHandler::look_ahead`]); ingest keys each accepted event by its
 //! sealed subject. The room notes them and, once the current delivery's graph pass is done
-//! and its store write begins (or when the hint arrives, if that is later), loads their data keys into the vault's cache and decodes
-//! them ([`crate::accepted::decode_ahead`]: the payload, opening the sealed identifiers,
-//! matching blocked values): the consumer waits on the database then, so this uses a core
-//! that would otherwise idle. The next delivery takes what was prepared for each of its
-//! events (by outbox event id) instead of decoding it again. Started earlier (when the hint
-//! arrives), the loading competed with the graph pass for the cores and saved nothing in
-//! `bench identity`.
+//! and its store write begins (or when the hint arrives during that write), loads their
+//! data keys into the vault's cache and decodes them ([`crate::accepted::decode_ahead`]:
+//! the payload, opening the sealed identifiers, matching blocked values): the consumer
+//! waits on the database then, so this uses a core that would otherwise idle. The next
+//! delivery takes what was prepared for each of its events (by outbox event id) instead of
+//! decoding it again. Started earlier (when the hint arrives), the loading competed with
+//! the graph pass for the cores and saved nothing in `bench identity`.
 //!
 //! A hint is only a hint: an event prepared and not delivered next is decoded again if it
 //! comes later. What was prepared is used only while the workspace's blocked values are

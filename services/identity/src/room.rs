@@ -431,16 +431,16 @@ impl IdentityRoom {
     }
 
     /// What was prepared for the delivery of the outbox events `delivered`, about to be
-    /// applied ([`crate::look_ahead`]), by workspace: only what still holds (this replica forgot no data key since, and the
-    /// workspace's blocked values are the ones matched).
+    /// applied ([`crate::look_ahead`]), by workspace: only what still holds (this replica
+    /// forgot no data key since, and the workspace's blocked values are the ones matched).
     pub(crate) async fn take_prepared(
         &self,
         delivered: &[uuid::Uuid],
     ) -> crate::look_ahead::Prepared {
-        let mut prepared = self.inner.look_ahead.take(delivered).await;
+        let prepared = self.inner.look_ahead.take(delivered).await;
         let generation = self.inner.vault.forget_generation();
         let mut holding = crate::look_ahead::Prepared::with_capacity(prepared.len());
-        for (workspace, events) in prepared.drain() {
+        for (workspace, events) in prepared {
             if events.forget_generation != generation {
                 continue;
             }
