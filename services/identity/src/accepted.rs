@@ -116,7 +116,12 @@ pub(crate) async fn decode_batch(
     let todo: Vec<usize> = (0..events.len()).filter(|i| ahead[*i].is_none()).collect();
     if !todo.is_empty() {
         let blocked_keys = room.blocked_keys(workspace).await?;
-        let keys = data_keys(room, workspace, todo.iter().map(|i| events[*i])).await?;
+        let sealed = todo
+            .iter()
+            .map(|i| events[*i])
+            .filter(|e| e.identifiers.iter().any(|i| !i.sealed_value.is_empty()))
+            .map(|e| e.sealed_subject.as_str());
+        let keys = data_keys(room, workspace, sealed).await?;
         for i in todo {
             let (kind, at) = headers[i];
             ahead[i] = Some(decode_one(room, events[i], kind, at, &blocked_keys, &keys)?);
@@ -125,19 +130,14 @@ pub(crate) async fn decode_batch(
     Ok(ahead.into_iter().flatten().collect())
 }
 
-/// The existing data keys of the sealed subjects of `events` (one vault round trip for
-/// those not cached).
+/// The existing data keys of `subjects` (empty names skipped, repeats fetched once; one
+/// vault round trip for those not cached).
 async fn data_keys<'a>(
     room: &IdentityRoom,
     workspace: &str,
-    events: impl Iterator<Item = &'a EventAccepted>,
+    subjects: impl Iterator<Item = &'a str>,
 ) -> Result<HashMap<&'a str, Option<SubjectKey>>, IdentityError> {
-    let mut subjects: Vec<&str> = events
-        .filter(|e| {
-            !e.sealed_subject.is_empty() && e.identifiers.iter().any(|i| !i.sealed_value.is_empty())
-        })
-        .map(|e| e.sealed_subject.as_str())
-        .collect();
+    let mut subjects: Vec<&str> = subjects.filter(|s| !s.is_empty()).collect();
     subjects.sort_unstable();
     subjects.dedup();
     if subjects.is_empty() {
@@ -191,20 +191,12 @@ pub(crate) async fn decode_ahead(
             return None;
         }
     };
-    let mut subjects: Vec<&str> = upcoming
+    let subjects = upcoming
         .iter()
         .map(|u| u.key.as_str())
-        .chain(payloads.iter().map(|(_, e)| e.sealed_subject.as_str()))
-        .filter(|s| !s.is_empty())
-        .collect();
-    subjects.sort_unstable();
-    subjects.dedup();
-    let keys: HashMap<&str, Option<SubjectKey>> = match room
-        .vault()
-        .existing_subject_keys(workspace, &subjects)
-        .await
-    {
-        Ok(keys) => subjects.into_iter().zip(keys).collect(),
+        .chain(payloads.iter().map(|(_, e)| e.sealed_subject.as_str()));
+    let keys = match data_keys(room, workspace, subjects).await {
+        Ok(keys) => keys,
         Err(err) => {
             tracing::debug!(error = %err, "look-ahead: data keys not loaded");
             return None;
