@@ -310,6 +310,33 @@ async fn migrate_is_idempotent_and_reports_the_schema(backend: Backend) {
     }
 }
 
+/// The server keeps its allocator off transparent huge pages (see `main.rs`), unless the
+/// operator set `MIMALLOC_ALLOW_THP`: then it keeps what it inherited.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_server_runs_off_transparent_huge_pages_unless_the_operator_chose() {
+    let env = Environment::new(Backend::Sqlite).await;
+    let server = env.serve(&[]).await;
+    assert_eq!(thp_enabled(server.child.id().unwrap()), Some(false));
+    assert!(server.terminate().await.success());
+    let inherited = thp_enabled(std::process::id());
+    assert!(inherited.is_some(), "this kernel reports no THP_enabled");
+    let server = env.serve_with_env(&[("MIMALLOC_ALLOW_THP", "1")]).await;
+    assert_eq!(thp_enabled(server.child.id().unwrap()), inherited);
+    assert!(server.terminate().await.success());
+}
+
+/// Whether transparent huge pages may back process `pid`'s memory (its `THP_enabled`, which
+/// `prctl(PR_SET_THP_DISABLE)` clears).
+#[cfg(target_os = "linux")]
+fn thp_enabled(pid: u32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .map(|value| value.trim() == "1")
+}
+
 #[tokio::test]
 async fn configuration_errors_name_the_setting_and_stop_start_up() {
     let env = Environment::new(Backend::Sqlite).await;
