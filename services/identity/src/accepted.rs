@@ -220,6 +220,7 @@ pub(crate) async fn decode_ahead(
         .filter_map(|((id, e), d)| Some((id, (e, d?))))
         .collect();
     Some(PreparedEvents {
+        named: upcoming.iter().map(|u| u.event_id).collect(),
         forget_generation,
         blocked,
         events,
@@ -473,10 +474,33 @@ impl EventHandler for IngestConsumer {
     ) -> Result<(), HandlerError> {
         // Events decoded ahead are taken as they are; the others are decoded here.
         let delivered: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
-        let mut prepared = self.room.take_prepared(&delivered).await;
+        let (mut prepared, stitched) = self.room.take_prepared(&delivered).await;
+        // A delivery stitched ahead is taken only if its workspace's events here are
+        // exactly those it stitched, in that order (a retry, a replay or a duplicate the
+        // bus skipped makes it another delivery).
+        let mut stitched = stitched.filter(|s| {
+            events
+                .iter()
+                .filter(|e| e.workspace_id.as_str() == s.workspace)
+                .map(|e| e.event_id)
+                .eq(s.outbox_ids.iter().copied())
+        });
+        let mut stitched_payloads = stitched
+            .as_mut()
+            .map(|s| std::mem::take(&mut s.payloads))
+            .unwrap_or_default()
+            .into_iter();
+        let stitched_workspace = stitched.as_ref().map(|s| s.workspace.clone());
         let mut payloads = Vec::with_capacity(events.len());
         let mut ahead = Vec::with_capacity(events.len());
         for e in events {
+            if stitched_workspace.as_deref() == Some(e.workspace_id.as_str())
+                && let Some(payload) = stitched_payloads.next()
+            {
+                payloads.push(payload);
+                ahead.push(None);
+                continue;
+            }
             let decoded = prepared
                 .get_mut(e.workspace_id.as_str())
                 .and_then(|p| p.events.remove(&e.event_id));
@@ -493,7 +517,7 @@ impl EventHandler for IngestConsumer {
         }
         let refs: Vec<&EventAccepted> = payloads.iter().collect();
         self.room
-            .apply_accepted_batch_decoded(tx, &refs, ahead)
+            .apply_accepted_batch_decoded(tx, &refs, ahead, stitched)
             .await
             .map(|_| ())
             .map_err(handler_error)

@@ -6,7 +6,8 @@
 //! [`IngestConsumer::subscription`] and the [`IngestConsumer`] handler: the bus's
 //! idempotency records, decoding (data keys from a vault with a cold cache, as on another
 //! replica; the consumer's look-ahead loads a delivery's keys and decodes its events while
-//! the previous delivery's store write runs: `timings.prepared_events`), the graph, and one
+//! the previous delivery's store write runs: `timings.prepared_events`, and runs them
+//! through the graph then too: `timings.stitched_events`), the graph, and one
 //! store transaction per delivery with its `ProfileChanged` outbox rows. The run also
 //! reports the pairwise precision/recall of the stitching against
 //! the storefront's ground truth (shared family devices and re-used emails included).

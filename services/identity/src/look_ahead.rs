@@ -11,6 +11,13 @@
 //! decoding it again. Started earlier (when the hint arrives), the loading competed with
 //! the graph pass for the cores and saved nothing in `bench identity`.
 //!
+//! Once prepared, the next delivery of the workspace being written is also **stitched
+//! ahead** ([`StitchedAhead`]): its graph pass runs on the cached graph as the current
+//! delivery left it, still during that delivery's store write, and the next delivery
+//! takes the pass instead of running it. Only the delivery of exactly the events named
+//! takes it, on the graph it was made on; anything else (another delivery, a write
+//! through the API, a rollback, an erasure since) reloads the graph from the store.
+//!
 //! A hint is only a hint: an event prepared and not delivered next is decoded again if it
 //! comes later. What was prepared is used only while the workspace's blocked values are
 //! the ones it was matched against and this replica forgot no data key since its keys
@@ -27,10 +34,11 @@ use tokio::task::JoinHandle;
 
 use crate::accepted::Decoded;
 use crate::identifier::NodeKey;
-use crate::room::IdentityRoom;
+use crate::room::{GraphPass, IdentityRoom};
 use uuid::Uuid;
 
-/// Events noted for the next delivery, the preparing in flight, and what it prepared.
+/// Events noted for the next delivery, the preparing in flight, what it prepared, and
+/// the next delivery of one workspace stitched ahead.
 #[derive(Default)]
 pub(crate) struct LookAhead {
     state: Mutex<State>,
@@ -48,6 +56,8 @@ struct State {
     preparing: Option<JoinHandle<Prepared>>,
     /// What the last finished preparing made, until taken or replaced.
     prepared: Prepared,
+    /// The last delivery stitched ahead, until taken or replaced.
+    stitched: Option<StitchedAhead>,
 }
 
 /// Events decoded ahead, by workspace.
@@ -55,6 +65,9 @@ pub(crate) type Prepared = HashMap<String, PreparedEvents>;
 
 /// One workspace's events decoded ahead of their delivery.
 pub(crate) struct PreparedEvents {
+    /// The outbox ids the hint named in this workspace, in delivery order (also those whose
+    /// payload could not be decoded ahead).
+    pub(crate) named: Vec<Uuid>,
     /// [`meridian_vault::Vault::forget_generation`] before their data keys were read.
     pub(crate) forget_generation: u64,
     /// The blocked values they were matched against.
@@ -63,6 +76,31 @@ pub(crate) struct PreparedEvents {
     /// and what decoding made of it (`None`: its subject was forgotten, the event is
     /// skipped).
     pub(crate) events: HashMap<Uuid, (EventAccepted, Option<Decoded>)>,
+}
+
+impl PreparedEvents {
+    /// Whether every event named was decoded ahead.
+    fn complete(&self) -> bool {
+        self.named.iter().all(|id| self.events.contains_key(id))
+    }
+}
+
+/// The next delivery of one workspace, stitched ahead: its events decoded ahead and run
+/// through the cached graph while the current delivery's store write ran
+/// (`IdentityRoom::stitch_ahead`). The cached graph then
+/// holds this pass beyond the stored version, marked with `token`: only the delivery of
+/// exactly the events named, in that order, takes the graph as it is; anything else reloads
+/// the graph from the store.
+pub(crate) struct StitchedAhead {
+    pub(crate) workspace: String,
+    pub(crate) token: u64,
+    /// As [`PreparedEvents::forget_generation`] and [`PreparedEvents::blocked`].
+    pub(crate) forget_generation: u64,
+    pub(crate) blocked: Arc<HashSet<NodeKey>>,
+    /// The outbox ids stitched, in delivery order, and their payloads.
+    pub(crate) outbox_ids: Vec<Uuid>,
+    pub(crate) payloads: Vec<EventAccepted>,
+    pub(crate) pass: GraphPass,
 }
 
 impl LookAhead {
@@ -141,7 +179,8 @@ impl LookAhead {
     /// very delivery, noted too late to be started on, is dropped too: prepared during this
     /// delivery's store write, it would keep the next hint waiting, and every later
     /// preparing would be a delivery behind.
-    pub(crate) async fn take(&self, delivered: &[Uuid]) -> Prepared {
+    /// The delivery stitched ahead, if any, is taken too (the caller checks it is this one).
+    pub(crate) async fn take(&self, delivered: &[Uuid]) -> (Prepared, Option<StitchedAhead>) {
         self.finish_preparing().await;
         let mut state = self.state();
         if state
@@ -152,7 +191,24 @@ impl LookAhead {
         {
             state.noted.clear();
         }
-        std::mem::take(&mut state.prepared)
+        (std::mem::take(&mut state.prepared), state.stitched.take())
+    }
+
+    /// The events prepared in `workspace`, taken, if every event the hint named there was
+    /// prepared (waiting for a preparing still in flight); otherwise they stay for the
+    /// delivery to take.
+    pub(crate) async fn take_complete(&self, workspace: &str) -> Option<PreparedEvents> {
+        self.finish_preparing().await;
+        let mut state = self.state();
+        if !state.prepared.get(workspace)?.complete() {
+            return None;
+        }
+        state.prepared.remove(workspace)
+    }
+
+    /// Keeps a delivery stitched ahead for [`LookAhead::take`].
+    pub(crate) fn keep_stitched(&self, stitched: StitchedAhead) {
+        self.state().stitched = Some(stitched);
     }
 
     /// Prepares what is noted and waits until no preparing runs (one still running when

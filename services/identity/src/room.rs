@@ -16,6 +16,7 @@
 //! sealed as ingest sealed them. Erasure returns every subject and identifier to forget.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -35,7 +36,7 @@ use crate::identifier::{
     CompiledRules, IdentifierObservation, Intake, NodeKey, Normalized, RawIdentifier, intake,
     prepare,
 };
-use crate::look_ahead::LookAhead;
+use crate::look_ahead::{LookAhead, StitchedAhead};
 use crate::store::{
     ChangeBatch, ComputedRow, IdentifierRow, IdentityStore, ProfileRow, SealedValue,
 };
@@ -115,14 +116,20 @@ pub struct ConsumerTimings {
     /// Events whose decoding was prepared ahead, during the previous delivery's store
     /// write (see [`crate::look_ahead`]), and taken as prepared.
     pub prepared_events: u64,
+    /// Events taken stitched ahead: also run through the graph during the previous
+    /// delivery's store write ([`crate::look_ahead::StitchedAhead`]).
+    pub stitched_events: u64,
     /// Data keys of the sealed subjects (vault) and opening the sealed identifiers, of the
     /// events not prepared ahead; checking and taking those that were.
     pub decode_micros: u64,
     /// The graph and assembling the store batch (CPU only).
     pub graph_micros: u64,
     /// Statements in the consumer's transaction: the version bump, stored stages, and the
-    /// batch write (graph, anchored rows, computed traits, outbox).
+    /// batch write (graph, anchored rows, computed traits, outbox); and any wait below.
     pub store_micros: u64,
+    /// Of `store_micros`, the wait after the batch write ended for the next delivery's
+    /// stitching ahead to end.
+    pub stitch_wait_micros: u64,
 }
 
 impl std::ops::AddAssign for ConsumerTimings {
@@ -130,9 +137,11 @@ impl std::ops::AddAssign for ConsumerTimings {
         self.batches += o.batches;
         self.events += o.events;
         self.prepared_events += o.prepared_events;
+        self.stitched_events += o.stitched_events;
         self.decode_micros += o.decode_micros;
         self.graph_micros += o.graph_micros;
         self.store_micros += o.store_micros;
+        self.stitch_wait_micros += o.stitch_wait_micros;
     }
 }
 
@@ -237,6 +246,90 @@ struct CachedGraph {
     graph: Graph,
     /// The stored version the graph reflects.
     version: i64,
+    /// The token of a delivery stitched ahead ([`StitchedAhead`]) the graph holds beyond
+    /// `version`: only that delivery takes the graph as it is; any other write reloads it.
+    stitched_ahead: Option<u64>,
+}
+
+/// The version of a cached graph while a delivery is written from it (none the store
+/// hands out): a call dropped half-way (a shutdown) leaves the graph ahead of the store,
+/// and it is reloaded rather than served.
+const AHEAD_OF_THE_STORE: i64 = i64::MIN;
+
+/// Tokens of deliveries stitched ahead, unique within the process.
+static NEXT_STITCH_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// How many events [`IdentityRoom::stitch_ahead`] stitches before it yields (well under a
+/// millisecond of work): it runs in the task of the current delivery's store write, whose
+/// statements must not wait for a whole delivery's pass to be sent.
+const STITCHED_AHEAD_BETWEEN_YIELDS: usize = 64;
+
+/// What the events of a delivery did to the graph, in order: the first part of
+/// [`IdentityRoom::apply_accepted_batch`], also run ahead ([`IdentityRoom::stitch_ahead`]).
+#[derive(Default)]
+pub(crate) struct GraphPass {
+    changes: Changes,
+    /// What each event did, by its position in the delivery's events of the workspace.
+    applied: Vec<(usize, AppliedEvent)>,
+    sealed: HashMap<NodeKey, (SealedValue, String)>,
+    trait_payloads: Vec<crate::store::TraitPayloadRow>,
+    activities: Vec<crate::store::ActivityRow>,
+}
+
+impl GraphPass {
+    /// Runs the event at `position` through `graph`.
+    fn observe(
+        &mut self,
+        graph: &mut Graph,
+        position: usize,
+        event: &meridian_proto::bus::v1::EventAccepted,
+        decoded: crate::accepted::Decoded,
+    ) {
+        let o = graph.observe(&decoded.observation, &mut self.changes);
+        self.applied.push((
+            position,
+            AppliedEvent {
+                applied: true,
+                links: o.links,
+                conflicts: o.conflicts,
+            },
+        ));
+        let (Some(anchor), Some(profile)) = (o.anchor, o.profile) else {
+            return;
+        };
+        for (key, copy) in decoded.sealed {
+            if graph.profile_of(&key) == Some(profile) {
+                // The first copy wins, as the store keeps the first one written.
+                self.sealed.entry(key).or_insert(copy);
+            }
+        }
+        if let Some((subject, bytes)) = decoded.sealed_traits {
+            self.trait_payloads.push(crate::store::TraitPayloadRow {
+                event_id: event.event_id.clone(),
+                profile,
+                anchor,
+                source: event.storefront_id.clone(),
+                observed_micros: decoded.at.timestamp_micros(),
+                sealed_subject: subject,
+                sealed_traits: bytes,
+            });
+        }
+        if let Some(activity) = decoded.activity {
+            self.activities.push(crate::store::ActivityRow {
+                event_id: event.event_id.clone(),
+                profile,
+                anchor,
+                activity,
+            });
+        }
+    }
+}
+
+/// The events of one workspace a delivery applies: decoded, each with its position, or
+/// stitched ahead.
+enum Stitching {
+    Decoded(Vec<(usize, crate::accepted::Decoded)>),
+    Ahead(Box<StitchedAhead>),
 }
 
 type GraphSlot = Arc<tokio::sync::Mutex<Option<CachedGraph>>>;
@@ -433,24 +526,47 @@ impl IdentityRoom {
     /// What was prepared for the delivery of the outbox events `delivered`, about to be
     /// applied ([`crate::look_ahead`]), by workspace: only what still holds (this replica
     /// forgot no data key since, and the workspace's blocked values are the ones matched).
+    /// The delivery stitched ahead, if any, is held to the same test.
     pub(crate) async fn take_prepared(
         &self,
         delivered: &[uuid::Uuid],
-    ) -> crate::look_ahead::Prepared {
-        let prepared = self.inner.look_ahead.take(delivered).await;
-        let generation = self.inner.vault.forget_generation();
+    ) -> (crate::look_ahead::Prepared, Option<StitchedAhead>) {
+        let (prepared, stitched) = self.inner.look_ahead.take(delivered).await;
         let mut holding = crate::look_ahead::Prepared::with_capacity(prepared.len());
         for (workspace, events) in prepared {
-            if events.forget_generation != generation {
-                continue;
-            }
-            if let Ok(blocked) = self.blocked_keys(&workspace).await
-                && Arc::ptr_eq(&blocked, &events.blocked)
+            if self
+                .still_holds(&workspace, events.forget_generation, &events.blocked)
+                .await
             {
                 holding.insert(workspace, events);
             }
         }
-        holding
+        let stitched = match stitched {
+            Some(s)
+                if self
+                    .still_holds(&s.workspace, s.forget_generation, &s.blocked)
+                    .await =>
+            {
+                Some(s)
+            }
+            _ => None,
+        };
+        (holding, stitched)
+    }
+
+    /// Whether what was decoded ahead in `workspace` still holds: this replica forgot no
+    /// data key since `forget_generation`, and the workspace's blocked values are `blocked`.
+    async fn still_holds(
+        &self,
+        workspace: &str,
+        forget_generation: u64,
+        blocked: &Arc<HashSet<NodeKey>>,
+    ) -> bool {
+        forget_generation == self.inner.vault.forget_generation()
+            && self
+                .blocked_keys(workspace)
+                .await
+                .is_ok_and(|now| Arc::ptr_eq(&now, blocked))
     }
 
     /// Prepares what [`IdentityRoom::note_upcoming`] noted and waits for it.
@@ -475,7 +591,11 @@ impl IdentityRoom {
         for e in edges {
             graph.restore_edge(e);
         }
-        CachedGraph { graph, version }
+        CachedGraph {
+            graph,
+            version,
+            stitched_ahead: None,
+        }
     }
 
     /// Blind indexes of the values blocked outright, per workspace (consumed events carry
@@ -523,6 +643,7 @@ impl IdentityRoom {
     ) -> Result<(T, Timings), IdentityError> {
         let slot = self.slot(workspace);
         let mut guard = slot.lock().await;
+        forget_stitched_ahead(&mut guard);
         for _ in 0..STALE_RETRIES {
             if guard.is_none() {
                 *guard = Some(self.build_graph(self.inner.store.load_graph(workspace).await?));
@@ -610,6 +731,7 @@ impl IdentityRoom {
         let indexer = self.inner.vault.blind_indexer(workspace).await?;
         let slot = self.slot(workspace);
         let mut guard = slot.lock().await;
+        forget_stitched_ahead(&mut guard);
         if guard.is_none() {
             *guard = Some(self.build_graph(self.inner.store.load_graph(workspace).await?));
         }
@@ -885,16 +1007,20 @@ impl IdentityRoom {
         events: &[&meridian_proto::bus::v1::EventAccepted],
     ) -> Result<Vec<AppliedEvent>, IdentityError> {
         let ahead = events.iter().map(|_| None).collect();
-        self.apply_accepted_batch_decoded(tx, events, ahead).await
+        self.apply_accepted_batch_decoded(tx, events, ahead, None)
+            .await
     }
 
     /// [`IdentityRoom::apply_accepted_batch`], where `ahead` holds, for each event, what
-    /// decoding made of it if it was decoded ahead ([`IdentityRoom::take_prepared`]).
+    /// decoding made of it if it was decoded ahead ([`IdentityRoom::take_prepared`]), and
+    /// `stitched` the events of its workspace stitched ahead: exactly those `events` holds
+    /// of that workspace, in that order (the caller checks).
     pub(crate) async fn apply_accepted_batch_decoded(
         &self,
         tx: &mut Tx<'_>,
         events: &[&meridian_proto::bus::v1::EventAccepted],
         mut ahead: Vec<Option<Option<crate::accepted::Decoded>>>,
+        mut stitched: Option<StitchedAhead>,
     ) -> Result<Vec<AppliedEvent>, IdentityError> {
         let mut out = vec![AppliedEvent::default(); events.len()];
         ahead.resize_with(events.len(), || None);
@@ -911,8 +1037,9 @@ impl IdentityRoom {
             let batch: Vec<&meridian_proto::bus::v1::EventAccepted> =
                 members.iter().map(|i| events[*i]).collect();
             let decoded = members.iter().map(|i| ahead[*i].take()).collect();
+            let stitched = stitched.take_if(|s| s.workspace == workspace);
             let applied = self
-                .apply_workspace_batch(tx, workspace, &batch, decoded)
+                .apply_workspace_batch(tx, workspace, &batch, decoded, stitched)
                 .await?;
             for (i, a) in members.into_iter().zip(applied) {
                 out[i] = a;
@@ -927,6 +1054,7 @@ impl IdentityRoom {
         workspace: &str,
         events: &[&meridian_proto::bus::v1::EventAccepted],
         ahead: Vec<Option<Option<crate::accepted::Decoded>>>,
+        stitched: Option<StitchedAhead>,
     ) -> Result<Vec<AppliedEvent>, IdentityError> {
         if workspace.is_empty() {
             return Err(IdentityError::InvalidArgument {
@@ -939,29 +1067,41 @@ impl IdentityRoom {
             events: events.len() as u64,
             ..ConsumerTimings::default()
         };
+        let mut out = vec![AppliedEvent::default(); events.len()];
         let started = Instant::now();
-        timings.prepared_events = ahead.iter().filter(|d| d.is_some()).count() as u64;
-        let decoded = crate::accepted::decode_batch(self, workspace, events, ahead).await?;
+        let mut stitching = match stitched {
+            Some(stitched) => Stitching::Ahead(Box::new(stitched)),
+            None => {
+                timings.prepared_events = ahead.iter().filter(|d| d.is_some()).count() as u64;
+                let todo = self.decode_todo(workspace, events, ahead).await?;
+                if todo.is_empty() {
+                    timings.decode_micros = micros(started);
+                    self.add_consumer_timings(timings);
+                    return Ok(out);
+                }
+                Stitching::Decoded(todo)
+            }
+        };
         timings.decode_micros = micros(started);
         let started = Instant::now();
-        let mut seen: HashSet<&str> = HashSet::with_capacity(events.len());
-        let todo: Vec<(usize, crate::accepted::Decoded)> = events
-            .iter()
-            .zip(decoded)
-            .enumerate()
-            // A repeated id applies once; an erased subject's event is skipped, not kept.
-            .filter_map(|(i, (e, d))| seen.insert(e.event_id.as_str()).then_some((i, d?)))
-            .collect();
-        let mut out = vec![AppliedEvent::default(); events.len()];
-        if todo.is_empty() {
-            timings.store_micros = micros(started);
-            self.add_consumer_timings(timings);
-            return Ok(out);
-        }
         let slot = self.slot(workspace);
         let mut guard = slot.lock().await;
         let version = self.inner.store.bump_version(tx, workspace).await?;
-        if guard.as_ref().is_none_or(|c| c.version != version - 1) {
+        // The graph as cached serves if it is at the version before this write and holds
+        // exactly what this delivery takes as done: its pass stitched ahead, or nothing.
+        let taken_ahead = match &stitching {
+            Stitching::Ahead(s) => Some(s.token),
+            Stitching::Decoded(_) => None,
+        };
+        let serves = |c: &CachedGraph| c.version == version - 1 && c.stitched_ahead == taken_ahead;
+        if guard.as_ref().is_none_or(|c| !serves(c)) {
+            *guard = None;
+            if let Stitching::Ahead(_) = stitching {
+                // The pass is not in the graph reloaded below: the events are decoded again.
+                let none_ahead = events.iter().map(|_| None).collect();
+                stitching =
+                    Stitching::Decoded(self.decode_todo(workspace, events, none_ahead).await?);
+            }
             match self.inner.store.load_graph_in(tx, workspace).await {
                 Ok(stored) => {
                     let mut cached = self.build_graph(stored);
@@ -977,22 +1117,27 @@ impl IdentityRoom {
         let Some(cached) = guard.as_mut() else {
             return Err(IdentityError::Corrupt("graph not loaded".into()));
         };
-        // From here the cached graph is ahead of the store: any failure drops it.
+        // From here the cached graph is ahead of the store: any failure drops it, and it
+        // is at no stored version until the write succeeds (a call dropped half-way, as
+        // at shutdown, leaves it to be reloaded).
+        cached.stitched_ahead = None;
+        cached.version = AHEAD_OF_THE_STORE;
         timings.store_micros = micros(started);
         let result = self
             .stitch_accepted(
                 tx,
                 workspace,
                 events,
-                todo,
+                stitching,
                 &mut cached.graph,
                 &mut out,
                 &mut timings,
             )
             .await;
         match result {
-            Ok(()) => {
+            Ok(stitched_ahead) => {
                 cached.version = version;
+                cached.stitched_ahead = stitched_ahead;
                 self.add_consumer_timings(timings);
                 self.refresh_statistics_after_growth(workspace, cached.graph.len());
                 Ok(out)
@@ -1004,59 +1149,64 @@ impl IdentityRoom {
         }
     }
 
-    /// The graph pass and the store write of [`IdentityRoom::apply_accepted_batch`].
+    /// The events of a workspace's delivery to apply, decoded (those decoded ahead taken as
+    /// they are), each with its position: a repeated id applies once; an erased subject's
+    /// event is skipped, not kept.
+    async fn decode_todo(
+        &self,
+        workspace: &str,
+        events: &[&meridian_proto::bus::v1::EventAccepted],
+        ahead: Vec<Option<Option<crate::accepted::Decoded>>>,
+    ) -> Result<Vec<(usize, crate::accepted::Decoded)>, IdentityError> {
+        let decoded = crate::accepted::decode_batch(self, workspace, events, ahead).await?;
+        let mut seen: HashSet<&str> = HashSet::with_capacity(events.len());
+        Ok(events
+            .iter()
+            .zip(decoded)
+            .enumerate()
+            .filter_map(|(i, (e, d))| seen.insert(e.event_id.as_str()).then_some((i, d?)))
+            .collect())
+    }
+
+    /// The graph pass and the store write of [`IdentityRoom::apply_accepted_batch`]; while
+    /// the store write runs, the next delivery of the workspace is stitched ahead if its
+    /// events were decoded ahead ([`IdentityRoom::stitch_ahead`]). Returns the token of
+    /// the pass stitched ahead that `graph` now holds.
     #[allow(clippy::too_many_arguments)]
     async fn stitch_accepted(
         &self,
         tx: &mut Tx<'_>,
         workspace: &str,
         events: &[&meridian_proto::bus::v1::EventAccepted],
-        todo: Vec<(usize, crate::accepted::Decoded)>,
+        stitching: Stitching,
         graph: &mut Graph,
         out: &mut [AppliedEvent],
         timings: &mut ConsumerTimings,
-    ) -> Result<(), IdentityError> {
+    ) -> Result<Option<u64>, IdentityError> {
         let started = Instant::now();
-        let mut changes = Changes::default();
-        let mut sealed: HashMap<NodeKey, (SealedValue, String)> = HashMap::new();
-        let mut trait_payloads = Vec::new();
-        let mut activities = Vec::new();
-        for (i, decoded) in todo {
-            let event = events[i];
-            let o = graph.observe(&decoded.observation, &mut changes);
-            out[i] = AppliedEvent {
-                applied: true,
-                links: o.links,
-                conflicts: o.conflicts,
-            };
-            let (Some(anchor), Some(profile)) = (o.anchor, o.profile) else {
-                continue;
-            };
-            for (key, copy) in decoded.sealed {
-                if graph.profile_of(&key) == Some(profile) {
-                    // The first copy wins, as the store keeps the first one written.
-                    sealed.entry(key).or_insert(copy);
+        let pass = match stitching {
+            Stitching::Ahead(stitched) => {
+                timings.prepared_events = events.len() as u64;
+                timings.stitched_events = events.len() as u64;
+                stitched.pass
+            }
+            Stitching::Decoded(todo) => {
+                let mut pass = GraphPass::default();
+                for (i, decoded) in todo {
+                    pass.observe(graph, i, events[i], decoded);
                 }
+                pass
             }
-            if let Some((subject, bytes)) = decoded.sealed_traits {
-                trait_payloads.push(crate::store::TraitPayloadRow {
-                    event_id: event.event_id.clone(),
-                    profile,
-                    anchor,
-                    source: event.storefront_id.clone(),
-                    observed_micros: decoded.at.timestamp_micros(),
-                    sealed_subject: subject,
-                    sealed_traits: bytes,
-                });
-            }
-            if let Some(activity) = decoded.activity {
-                activities.push(crate::store::ActivityRow {
-                    event_id: event.event_id.clone(),
-                    profile,
-                    anchor,
-                    activity,
-                });
-            }
+        };
+        let GraphPass {
+            changes,
+            applied,
+            sealed,
+            mut trait_payloads,
+            mut activities,
+        } = pass;
+        for (i, a) in applied {
+            out[i] = a;
         }
         // Rows follow their anchor to the profile it ended the batch in (a later event of
         // the batch may have merged its profile into another).
@@ -1106,17 +1256,70 @@ impl IdentityRoom {
         draft.activity = activities;
         let batch = self.assemble(workspace, graph, draft)?;
         timings.graph_micros += micros(started);
-        // The consumer waits on the database from here: the next delivery is prepared now.
+        // The consumer waits on the database from here: the next delivery is prepared now,
+        // and stitched as soon as it is.
         self.inner.look_ahead.start(self);
         let started = Instant::now();
-        let result = self
-            .inner
-            .store
-            .apply_in(tx, workspace, &batch, &self.inner.profile_rules.aipl)
-            .await;
+        let write =
+            self.inner
+                .store
+                .apply_in(tx, workspace, &batch, &self.inner.profile_rules.aipl);
+        let write = async { (write.await, Instant::now()) };
+        let ((written, written_at), stitched_ahead) =
+            tokio::join!(write, self.stitch_ahead(workspace, graph));
         self.inner.look_ahead.stop();
         timings.store_micros += micros(started);
-        result
+        timings.stitch_wait_micros += micros(written_at);
+        written.map(|()| stitched_ahead)
+    }
+
+    /// Stitches the next delivery of `workspace` ahead, on `graph` as the current delivery
+    /// left it, if every event the bus named for it was decoded ahead (waiting for that
+    /// preparing); keeps the pass for that delivery ([`crate::look_ahead::StitchedAhead`])
+    /// and returns its token. The pass is what the delivery's own would be: the same
+    /// events, decoded the same way, through the same graph, in the same order. If the
+    /// current delivery does not commit, or the next one is not exactly these events,
+    /// the graph is reloaded instead.
+    async fn stitch_ahead(&self, workspace: &str, graph: &mut Graph) -> Option<u64> {
+        let prepared = self.inner.look_ahead.take_complete(workspace).await?;
+        let crate::look_ahead::PreparedEvents {
+            named,
+            forget_generation,
+            blocked,
+            mut events,
+        } = prepared;
+        let mut payloads = Vec::with_capacity(named.len());
+        let mut decoded = Vec::with_capacity(named.len());
+        for id in &named {
+            // Every id named is there (`take_complete`): the graph is not touched before.
+            let (payload, d) = events.remove(id)?;
+            payloads.push(payload);
+            decoded.push(d);
+        }
+        let mut pass = GraphPass::default();
+        let mut seen: HashSet<&str> = HashSet::with_capacity(payloads.len());
+        for (i, (payload, d)) in payloads.iter().zip(decoded).enumerate() {
+            // As `decode_todo`: a repeated id applies once, an erased subject's event not.
+            if seen.insert(payload.event_id.as_str())
+                && let Some(d) = d
+            {
+                pass.observe(graph, i, payload, d);
+            }
+            if i % STITCHED_AHEAD_BETWEEN_YIELDS == STITCHED_AHEAD_BETWEEN_YIELDS - 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let token = NEXT_STITCH_TOKEN.fetch_add(1, Ordering::Relaxed);
+        self.inner.look_ahead.keep_stitched(StitchedAhead {
+            workspace: workspace.to_owned(),
+            token,
+            forget_generation,
+            blocked,
+            outbox_ids: named,
+            payloads,
+            pass,
+        });
+        Some(token)
     }
 
     // ---- reads ----------------------------------------------------------------------------
@@ -1412,7 +1615,10 @@ impl IdentityRoom {
     pub async fn cached_profile_of(&self, workspace: &str, key: &NodeKey) -> Option<ProfileId> {
         let slot = self.slot(workspace);
         let guard = slot.lock().await;
-        guard.as_ref().and_then(|g| g.graph.profile_of(key))
+        guard
+            .as_ref()
+            .filter(|g| g.stitched_ahead.is_none())
+            .and_then(|g| g.graph.profile_of(key))
     }
 
     /// Graph keys of raw identifiers in a workspace (normalized and blind-indexed).
@@ -1438,6 +1644,14 @@ impl IdentityRoom {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(workspace);
+    }
+}
+
+/// Drops a cached graph that holds a delivery stitched ahead: a write other than that
+/// delivery must start from what is stored.
+fn forget_stitched_ahead(cached: &mut Option<CachedGraph>) {
+    if cached.as_ref().is_some_and(|c| c.stitched_ahead.is_some()) {
+        *cached = None;
     }
 }
 

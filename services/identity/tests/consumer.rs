@@ -13,9 +13,9 @@ use chrono::{DateTime, Utc};
 use meridian_bus::{Bus, EventHandler, LocalBus, OutboxEvent, Tx};
 use meridian_identity::identifier::{blind_index, normalize};
 use meridian_identity::{
-    AiplRules, AiplStage, ErasedProfile, IdentifierType, IdentityError, IdentityRoom,
-    IdentityStore, IngestConsumer, ProfileEvent, ProfileEventPage, ProfileEventSource,
-    ProfileRules, RawIdentifier, Rules, StoreIdentity, SubjectRef, TraitRules,
+    AiplRules, AiplStage, ErasedProfile, IdentifierObservation, IdentifierType, IdentityError,
+    IdentityRoom, IdentityStore, IngestConsumer, LinkRule, ProfileEvent, ProfileEventPage,
+    ProfileEventSource, ProfileRules, RawIdentifier, Rules, StoreIdentity, SubjectRef, TraitRules,
 };
 use meridian_proto::bus::v1::{EventAccepted, Money, ProfileChanged, SealedIdentifier};
 use meridian_proto::v1;
@@ -1104,6 +1104,130 @@ async fn events_decoded_ahead_are_stored_like_events_decoded_in_place(h: Harness
     assert_stored_alike(&h, WS, IN_PLACE, SHOPPERS).await;
 }
 
+/// A delivery stitched ahead (run through the graph while the previous delivery's store
+/// write ran, as the bus names the next delivery during the current one) is stored as a
+/// delivery stitched in place: the same rows and the same profiles.
+async fn events_stitched_ahead_are_stored_like_events_stitched_in_place(h: Harness) {
+    const IN_PLACE: &str = "acme-in-place";
+    const SHOPPERS: usize = 40;
+    add_workspace(&h.store, IN_PLACE).await;
+    h.publish_to(IN_PLACE, bulk_events(SHOPPERS), 1_000).await;
+    let consumer = IngestConsumer::new(h.room.clone());
+    let outbox = h.sealed(WS, bulk_events(SHOPPERS)).await;
+    let deliveries: Vec<&[OutboxEvent]> = outbox.chunks(16).collect();
+    h.room.reset_consumer_timings();
+    for (k, delivery) in deliveries.iter().enumerate() {
+        if let Some(next) = deliveries.get(k + 1) {
+            consumer.look_ahead(&upcoming(next));
+        }
+        h.enqueue(delivery).await;
+        h.drain_with(1_000).await;
+    }
+    let timings = h.room.consumer_timings();
+    assert_eq!(timings.events, 4 * SHOPPERS as u64, "{timings:?}");
+    // Every delivery but the first was stitched ahead.
+    assert_eq!(timings.stitched_events, timings.events - 16, "{timings:?}");
+    assert_stored_alike(&h, WS, IN_PLACE, SHOPPERS).await;
+}
+
+/// A pass stitched ahead is used only by the delivery it was made for: a delivery of other
+/// events starts from the stored graph, and nothing of the pass is stored or read unless
+/// its delivery comes.
+async fn a_delivery_other_than_the_one_stitched_ahead_starts_from_the_store(h: Harness) {
+    const IN_PLACE: &str = "acme-in-place";
+    const SHOPPERS: usize = 12;
+    add_workspace(&h.store, IN_PLACE).await;
+    h.publish_to(IN_PLACE, bulk_events(SHOPPERS), 1_000).await;
+    let consumer = IngestConsumer::new(h.room.clone());
+    let outbox = h.sealed(WS, bulk_events(SHOPPERS)).await;
+    // Four shoppers each: `b` holds shopper 4.
+    let [a, b, c] = [&outbox[..16], &outbox[16..32], &outbox[32..]];
+    h.room.reset_consumer_timings();
+    // `b` is stitched ahead while `a` is written, but `c` comes next.
+    consumer.look_ahead(&upcoming(b));
+    h.enqueue(a).await;
+    h.drain_with(1_000).await;
+    consumer.look_ahead(&upcoming(b));
+    h.enqueue(c).await;
+    h.drain_with(1_000).await;
+    assert_eq!(h.room.consumer_timings().stitched_events, 0);
+    // `b`, stitched ahead again while `c` was written, is neither stored nor read.
+    let email = RawIdentifier::new(Email, "buyer4@example.org");
+    let key = h
+        .room
+        .keys_of(WS, std::slice::from_ref(&email))
+        .await
+        .unwrap()[0]
+        .unwrap();
+    assert!(h.room.lookup(WS, &email).await.is_err());
+    assert_eq!(h.room.cached_profile_of(WS, &key).await, None);
+    h.enqueue(b).await;
+    h.drain_with(1_000).await;
+    let timings = h.room.consumer_timings();
+    assert_eq!(
+        (timings.events, timings.stitched_events),
+        (48, 16),
+        "{timings:?}"
+    );
+    assert!(h.room.cached_profile_of(WS, &key).await.is_some());
+    assert_stored_alike(&h, WS, IN_PLACE, SHOPPERS).await;
+}
+
+/// A write through the API while a delivery is stitched ahead starts from the stored
+/// graph: it never commits on top of a pass that is not stored, and the delivery is then
+/// decoded and stitched again.
+async fn a_write_between_stitching_ahead_and_its_delivery_starts_from_the_store(h: Harness) {
+    let consumer = IngestConsumer::new(h.room.clone());
+    let outbox = h.sealed(WS, bulk_events(8)).await;
+    let [a, b] = [&outbox[..16], &outbox[16..]];
+    h.room.reset_consumer_timings();
+    consumer.look_ahead(&upcoming(b));
+    h.enqueue(a).await;
+    h.drain_with(1_000).await;
+    // Shopper 4 (in `b`) is in the graph stitched ahead only; the write links a new
+    // identifier to their email.
+    let direct = [
+        RawIdentifier::new(Anon, "direct-anon"),
+        RawIdentifier::new(Email, "buyer4@example.org"),
+    ];
+    let observation = IdentifierObservation {
+        event_id: "direct-1".into(),
+        at: t(1),
+        rule: LinkRule::SameEvent,
+        identifiers: direct.to_vec(),
+    };
+    h.room.ingest(WS, &[observation]).await.unwrap();
+    let view = h.room.lookup(WS, &direct[0]).await.unwrap();
+    assert_eq!(view.identifiers.len(), 2, "{view:?}");
+    h.enqueue(b).await;
+    h.drain_with(1_000).await;
+    let timings = h.room.consumer_timings();
+    assert_eq!(
+        (timings.events, timings.stitched_events),
+        (32, 0),
+        "{timings:?}"
+    );
+    let view = h.room.lookup(WS, &direct[0]).await.unwrap();
+    let values: std::collections::BTreeSet<String> = view
+        .identifiers
+        .iter()
+        .map(|i| i.value.to_string())
+        .collect();
+    assert_eq!(
+        values,
+        [
+            "bulk-anon-4",
+            "bulk-user-4",
+            "buyer4@example.org",
+            "direct-anon"
+        ]
+        .map(String::from)
+        .into()
+    );
+    let stored = "SELECT COUNT(*) FROM identity_identifiers WHERE workspace_id = 'acme'";
+    assert_eq!(h.scalar(stored).await, 3 * 8 + 1);
+}
+
 /// The hint the bus gives for `outbox`'s events.
 fn upcoming(outbox: &[OutboxEvent]) -> Vec<meridian_bus::UpcomingEvent> {
     outbox
@@ -1362,6 +1486,9 @@ on_both!(
     a_bulk_delivery_is_stored_like_one_event_at_a_time,
     events_decoded_ahead_are_stored_like_events_decoded_in_place,
     an_erasure_after_decoding_ahead_is_honoured_by_the_delivery,
+    events_stitched_ahead_are_stored_like_events_stitched_in_place,
+    a_delivery_other_than_the_one_stitched_ahead_starts_from_the_store,
+    a_write_between_stitching_ahead_and_its_delivery_starts_from_the_store,
     look_ahead_loads_the_named_subjects_keys_into_the_cache,
 );
 
