@@ -251,9 +251,9 @@ struct CachedGraph {
     stitched_ahead: Option<u64>,
 }
 
-/// The version of a cached graph while a delivery is written from it (none the store
-/// hands out): a call dropped half-way (a shutdown) leaves the graph ahead of the store,
-/// and it is reloaded rather than served.
+/// The version of a cached graph while a write runs on it (none the store hands out): a
+/// write whose call is dropped half-way (a client cancelling its RPC, a shutdown) leaves
+/// the graph ahead of the store, and it is reloaded rather than served.
 const AHEAD_OF_THE_STORE: i64 = i64::MIN;
 
 /// Tokens of deliveries stitched ahead, unique within the process.
@@ -643,7 +643,7 @@ impl IdentityRoom {
     ) -> Result<(T, Timings), IdentityError> {
         let slot = self.slot(workspace);
         let mut guard = slot.lock().await;
-        forget_stitched_ahead(&mut guard);
+        forget_unstored(&mut guard);
         for _ in 0..STALE_RETRIES {
             if guard.is_none() {
                 *guard = Some(self.build_graph(self.inner.store.load_graph(workspace).await?));
@@ -653,6 +653,8 @@ impl IdentityRoom {
             };
             let mut timings = Timings::default();
             let started = Instant::now();
+            // Ahead of the store until the write succeeds.
+            let stored_version = std::mem::replace(&mut cached.version, AHEAD_OF_THE_STORE);
             let (out, mut d, values) = draft(&mut cached.graph);
             timings.graph_micros = micros(started);
             let started = Instant::now();
@@ -674,7 +676,7 @@ impl IdentityRoom {
                             workspace,
                             &batch,
                             &self.inner.profile_rules.aipl,
-                            cached.version,
+                            stored_version,
                         )
                         .await
                 }
@@ -731,7 +733,7 @@ impl IdentityRoom {
         let indexer = self.inner.vault.blind_indexer(workspace).await?;
         let slot = self.slot(workspace);
         let mut guard = slot.lock().await;
-        forget_stitched_ahead(&mut guard);
+        forget_unstored(&mut guard);
         if guard.is_none() {
             *guard = Some(self.build_graph(self.inner.store.load_graph(workspace).await?));
         }
@@ -756,12 +758,14 @@ impl IdentityRoom {
         let aipl = &self.inner.profile_rules.aipl;
         let mut reports: Vec<IngestReport> = Vec::with_capacity(batches.len());
         let mut pending: Option<ChangeBatch> = None;
+        // The graph is ahead of the store until the last batch is written.
+        let mut stored_version = std::mem::replace(&mut cached.version, AHEAD_OF_THE_STORE);
         for observations in batches {
             let started = Instant::now();
             let (mut report, mut draft, values) =
                 draft_ingest(&self.inner.rules, indexer, &mut cached.graph, observations);
             report.timings.graph_micros = micros(started);
-            let version = cached.version;
+            let version = stored_version;
             let graph = &cached.graph;
             let seal = async {
                 let started = Instant::now();
@@ -787,7 +791,7 @@ impl IdentityRoom {
                 previous.timings.store_micros = store_micros;
             }
             if let Some(version) = applied? {
-                cached.version = version;
+                stored_version = version;
             }
             draft.sealed.extend(sealed?);
             pending = Some(self.assemble(workspace, &cached.graph, draft)?);
@@ -795,15 +799,16 @@ impl IdentityRoom {
         }
         if let Some(batch) = pending {
             let started = Instant::now();
-            cached.version = self
+            stored_version = self
                 .inner
                 .store
-                .apply(workspace, &batch, aipl, cached.version)
+                .apply(workspace, &batch, aipl, stored_version)
                 .await?;
             if let Some(last) = reports.last_mut() {
                 last.timings.store_micros = micros(started);
             }
         }
+        cached.version = stored_version;
         Ok(reports)
     }
 
@@ -1617,7 +1622,7 @@ impl IdentityRoom {
         let guard = slot.lock().await;
         guard
             .as_ref()
-            .filter(|g| g.stitched_ahead.is_none())
+            .filter(|g| g.stitched_ahead.is_none() && g.version != AHEAD_OF_THE_STORE)
             .and_then(|g| g.graph.profile_of(key))
     }
 
@@ -1647,10 +1652,14 @@ impl IdentityRoom {
     }
 }
 
-/// Drops a cached graph that holds a delivery stitched ahead: a write other than that
-/// delivery must start from what is stored.
-fn forget_stitched_ahead(cached: &mut Option<CachedGraph>) {
-    if cached.as_ref().is_some_and(|c| c.stitched_ahead.is_some()) {
+/// Drops a cached graph that holds what is not stored: a delivery stitched ahead, or a
+/// write that did not finish (its call was dropped). A write must start from what is
+/// stored.
+fn forget_unstored(cached: &mut Option<CachedGraph>) {
+    if cached
+        .as_ref()
+        .is_some_and(|c| c.stitched_ahead.is_some() || c.version == AHEAD_OF_THE_STORE)
+    {
         *cached = None;
     }
 }

@@ -585,6 +585,55 @@ async fn lite(pool: SqlitePool) -> Harness {
     }
 }
 
+/// A write whose call is dropped half-way (a client cancelling its RPC) leaves nothing
+/// behind: its graph pass had run on the cached graph, but the next write starts from
+/// what is stored.
+async fn a_write_dropped_half_way_leaves_no_trace_in_the_next(h: Harness) {
+    // The graph is loaded and the workspace's index key cached: the dropped call gets
+    // through its graph pass before it first waits (on the vault, sealing new values).
+    h.room
+        .ingest(WS, &[obs("w-0", 0, vec![anon("warm-anon")])])
+        .await
+        .unwrap();
+    let dropped = obs(
+        "w-1",
+        1,
+        vec![anon("dropped-anon"), email("shared@example.com")],
+    );
+    let write = h.room.ingest(WS, std::slice::from_ref(&dropped));
+    assert!(
+        tokio::time::timeout(std::time::Duration::ZERO, write)
+            .await
+            .is_err()
+    );
+    h.room
+        .ingest(
+            WS,
+            &[obs(
+                "w-2",
+                2,
+                vec![email("shared@example.com"), user("kept")],
+            )],
+        )
+        .await
+        .unwrap();
+    let view = h
+        .room
+        .lookup(WS, &email("shared@example.com"))
+        .await
+        .unwrap();
+    let values: std::collections::BTreeSet<String> = view
+        .identifiers
+        .iter()
+        .map(|i| i.value.to_string())
+        .collect();
+    assert_eq!(
+        values,
+        ["kept", "shared@example.com"].map(String::from).into()
+    );
+    assert!(h.room.lookup(WS, &anon("dropped-anon")).await.is_err());
+}
+
 /// Instantiates each conformance check once per backend.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
@@ -618,4 +667,5 @@ conformance!(
     blocked_values_and_limits_are_recorded_not_linked,
     shared_devices_are_detached_in_the_store,
     two_replicas_writing_one_workspace_stay_consistent,
+    a_write_dropped_half_way_leaves_no_trace_in_the_next,
 );
