@@ -28,6 +28,8 @@ use prost::Message;
 use serde_json::json;
 
 const WS: &str = "acme";
+/// The workspace deliveries in [`WS`] are compared with ([`Harness::feed_in_place`]).
+const IN_PLACE_WS: &str = "acme-in-place";
 
 struct Harness {
     room: IdentityRoom,
@@ -216,6 +218,15 @@ impl Harness {
                 tx.commit().await.unwrap();
             }
         }
+    }
+
+    /// Adds workspace [`IN_PLACE_WS`] and feeds it [`bulk_events`] of `shoppers`, one
+    /// delivery, nothing named ahead: what other deliveries of the same events are
+    /// compared with ([`assert_stored_alike`]).
+    async fn feed_in_place(&self, shoppers: usize) {
+        add_workspace(&self.store, IN_PLACE_WS).await;
+        self.publish_to(IN_PLACE_WS, bulk_events(shoppers), 1_000)
+            .await;
     }
 
     async fn drain_with(&self, batch: usize) {
@@ -1108,10 +1119,8 @@ async fn events_decoded_ahead_are_stored_like_events_decoded_in_place(h: Harness
 /// write ran, as the bus names the next delivery during the current one) is stored as a
 /// delivery stitched in place: the same rows and the same profiles.
 async fn events_stitched_ahead_are_stored_like_events_stitched_in_place(h: Harness) {
-    const IN_PLACE: &str = "acme-in-place";
     const SHOPPERS: usize = 40;
-    add_workspace(&h.store, IN_PLACE).await;
-    h.publish_to(IN_PLACE, bulk_events(SHOPPERS), 1_000).await;
+    h.feed_in_place(SHOPPERS).await;
     let consumer = IngestConsumer::new(h.room.clone());
     let outbox = h.sealed(WS, bulk_events(SHOPPERS)).await;
     let deliveries: Vec<&[OutboxEvent]> = outbox.chunks(16).collect();
@@ -1127,17 +1136,15 @@ async fn events_stitched_ahead_are_stored_like_events_stitched_in_place(h: Harne
     assert_eq!(timings.events, 4 * SHOPPERS as u64, "{timings:?}");
     // Every delivery but the first was stitched ahead.
     assert_eq!(timings.stitched_events, timings.events - 16, "{timings:?}");
-    assert_stored_alike(&h, WS, IN_PLACE, SHOPPERS).await;
+    assert_stored_alike(&h, WS, IN_PLACE_WS, SHOPPERS).await;
 }
 
 /// A pass stitched ahead is used only by the delivery it was made for: a delivery of other
 /// events starts from the stored graph, and nothing of the pass is stored or read unless
 /// its delivery comes.
 async fn a_delivery_other_than_the_one_stitched_ahead_starts_from_the_store(h: Harness) {
-    const IN_PLACE: &str = "acme-in-place";
     const SHOPPERS: usize = 12;
-    add_workspace(&h.store, IN_PLACE).await;
-    h.publish_to(IN_PLACE, bulk_events(SHOPPERS), 1_000).await;
+    h.feed_in_place(SHOPPERS).await;
     let consumer = IngestConsumer::new(h.room.clone());
     let outbox = h.sealed(WS, bulk_events(SHOPPERS)).await;
     // Four shoppers each: `b` holds shopper 4.
@@ -1170,7 +1177,7 @@ async fn a_delivery_other_than_the_one_stitched_ahead_starts_from_the_store(h: H
         "{timings:?}"
     );
     assert!(h.room.cached_profile_of(WS, &key).await.is_some());
-    assert_stored_alike(&h, WS, IN_PLACE, SHOPPERS).await;
+    assert_stored_alike(&h, WS, IN_PLACE_WS, SHOPPERS).await;
 }
 
 /// A write through the API while a delivery is stitched ahead starts from the stored
