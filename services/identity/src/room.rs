@@ -251,6 +251,14 @@ struct CachedGraph {
     stitched_ahead: Option<u64>,
 }
 
+impl CachedGraph {
+    /// Whether the graph holds what is not stored: a delivery stitched ahead, or a write
+    /// that did not finish (its call was dropped).
+    fn holds_unstored(&self) -> bool {
+        self.stitched_ahead.is_some() || self.version == AHEAD_OF_THE_STORE
+    }
+}
+
 /// The version of a cached graph while a write runs on it (none the store hands out): a
 /// write whose call is dropped half-way (a client cancelling its RPC, a shutdown) leaves
 /// the graph ahead of the store, and it is reloaded rather than served.
@@ -1154,9 +1162,8 @@ impl IdentityRoom {
         }
     }
 
-    /// The events of a workspace's delivery to apply, decoded (those decoded ahead taken as
-    /// they are), each with its position: a repeated id applies once; an erased subject's
-    /// event is skipped, not kept.
+    /// The events of a workspace's delivery to apply ([`to_apply`]), decoded (those decoded
+    /// ahead taken as they are), each with its position.
     async fn decode_todo(
         &self,
         workspace: &str,
@@ -1164,13 +1171,7 @@ impl IdentityRoom {
         ahead: Vec<Option<Option<crate::accepted::Decoded>>>,
     ) -> Result<Vec<(usize, crate::accepted::Decoded)>, IdentityError> {
         let decoded = crate::accepted::decode_batch(self, workspace, events, ahead).await?;
-        let mut seen: HashSet<&str> = HashSet::with_capacity(events.len());
-        Ok(events
-            .iter()
-            .zip(decoded)
-            .enumerate()
-            .filter_map(|(i, (e, d))| seen.insert(e.event_id.as_str()).then_some((i, d?)))
-            .collect())
+        Ok(to_apply(events.iter().copied(), decoded))
     }
 
     /// The graph pass and the store write of [`IdentityRoom::apply_accepted_batch`]; while
@@ -1302,15 +1303,9 @@ impl IdentityRoom {
             decoded.push(d);
         }
         let mut pass = GraphPass::default();
-        let mut seen: HashSet<&str> = HashSet::with_capacity(payloads.len());
-        for (i, (payload, d)) in payloads.iter().zip(decoded).enumerate() {
-            // As `decode_todo`: a repeated id applies once, an erased subject's event not.
-            if seen.insert(payload.event_id.as_str())
-                && let Some(d) = d
-            {
-                pass.observe(graph, i, payload, d);
-            }
-            if i % STITCHED_AHEAD_BETWEEN_YIELDS == STITCHED_AHEAD_BETWEEN_YIELDS - 1 {
+        for (n, (i, d)) in to_apply(payloads.iter(), decoded).into_iter().enumerate() {
+            pass.observe(graph, i, &payloads[i], d);
+            if n % STITCHED_AHEAD_BETWEEN_YIELDS == STITCHED_AHEAD_BETWEEN_YIELDS - 1 {
                 tokio::task::yield_now().await;
             }
         }
@@ -1622,7 +1617,7 @@ impl IdentityRoom {
         let guard = slot.lock().await;
         guard
             .as_ref()
-            .filter(|g| g.stitched_ahead.is_none() && g.version != AHEAD_OF_THE_STORE)
+            .filter(|g| !g.holds_unstored())
             .and_then(|g| g.graph.profile_of(key))
     }
 
@@ -1652,14 +1647,26 @@ impl IdentityRoom {
     }
 }
 
-/// Drops a cached graph that holds what is not stored: a delivery stitched ahead, or a
-/// write that did not finish (its call was dropped). A write must start from what is
-/// stored.
+/// Of a delivery's events and what decoding made of each, those to apply, with their
+/// positions: an event id seen before in the delivery applies once; an erased subject's
+/// event (decoded as `None`) is skipped, not kept. One rule for the delivery decoded in
+/// place and the one stitched ahead.
+fn to_apply<'a>(
+    events: impl Iterator<Item = &'a meridian_proto::bus::v1::EventAccepted>,
+    decoded: impl IntoIterator<Item = Option<crate::accepted::Decoded>>,
+) -> Vec<(usize, crate::accepted::Decoded)> {
+    let mut seen: HashSet<&str> = HashSet::with_capacity(events.size_hint().0);
+    events
+        .zip(decoded)
+        .enumerate()
+        .filter_map(|(i, (e, d))| seen.insert(e.event_id.as_str()).then_some((i, d?)))
+        .collect()
+}
+
+/// Drops a cached graph that holds what is not stored ([`CachedGraph::holds_unstored`]):
+/// a write must start from what is stored.
 fn forget_unstored(cached: &mut Option<CachedGraph>) {
-    if cached
-        .as_ref()
-        .is_some_and(|c| c.stitched_ahead.is_some() || c.version == AHEAD_OF_THE_STORE)
-    {
+    if cached.as_ref().is_some_and(CachedGraph::holds_unstored) {
         *cached = None;
     }
 }
