@@ -220,6 +220,13 @@ impl Harness {
         }
     }
 
+    /// Commits `outbox` to the outbox and consumes it: one delivery, as the bus would
+    /// deliver it.
+    async fn deliver(&self, outbox: &[OutboxEvent]) {
+        self.enqueue(outbox).await;
+        self.drain_with(1_000).await;
+    }
+
     /// Adds workspace [`IN_PLACE_WS`] and feeds it [`bulk_events`] of `shoppers`, one
     /// delivery, nothing named ahead: what other deliveries of the same events are
     /// compared with ([`assert_stored_alike`]).
@@ -1092,11 +1099,9 @@ async fn a_bulk_delivery_is_stored_like_one_event_at_a_time(h: Harness) {
 /// decodes itself: the same rows and the same profiles as the same stream where nothing is
 /// named ahead.
 async fn events_decoded_ahead_are_stored_like_events_decoded_in_place(h: Harness) {
-    const IN_PLACE: &str = "acme-in-place";
     const SHOPPERS: usize = 40;
-    add_workspace(&h.store, IN_PLACE).await;
     h.room.reset_consumer_timings();
-    h.publish_to(IN_PLACE, bulk_events(SHOPPERS), 1_000).await;
+    h.feed_in_place(SHOPPERS).await;
     let in_place = h.room.consumer_timings();
     assert_eq!(in_place.prepared_events, 0, "{in_place:?}");
     // Deliveries of 16, each named ahead and prepared before it comes (as the bus names
@@ -1106,13 +1111,12 @@ async fn events_decoded_ahead_are_stored_like_events_decoded_in_place(h: Harness
     for delivery in h.sealed(WS, bulk_events(SHOPPERS)).await.chunks(16) {
         consumer.look_ahead(&upcoming(delivery));
         consumer.look_ahead_settled().await;
-        h.enqueue(delivery).await;
-        h.drain_with(1_000).await;
+        h.deliver(delivery).await;
     }
     let ahead = h.room.consumer_timings();
     assert_eq!(ahead.events, 4 * SHOPPERS as u64, "{ahead:?}");
     assert_eq!(ahead.prepared_events, ahead.events, "{ahead:?}");
-    assert_stored_alike(&h, WS, IN_PLACE, SHOPPERS).await;
+    assert_stored_alike(&h, WS, IN_PLACE_WS, SHOPPERS).await;
 }
 
 /// A delivery stitched ahead (run through the graph while the previous delivery's store
@@ -1129,8 +1133,7 @@ async fn events_stitched_ahead_are_stored_like_events_stitched_in_place(h: Harne
         if let Some(next) = deliveries.get(k + 1) {
             consumer.look_ahead(&upcoming(next));
         }
-        h.enqueue(delivery).await;
-        h.drain_with(1_000).await;
+        h.deliver(delivery).await;
     }
     let timings = h.room.consumer_timings();
     assert_eq!(timings.events, 4 * SHOPPERS as u64, "{timings:?}");
@@ -1152,11 +1155,9 @@ async fn a_delivery_other_than_the_one_stitched_ahead_starts_from_the_store(h: H
     h.room.reset_consumer_timings();
     // `b` is stitched ahead while `a` is written, but `c` comes next.
     consumer.look_ahead(&upcoming(b));
-    h.enqueue(a).await;
-    h.drain_with(1_000).await;
+    h.deliver(a).await;
     consumer.look_ahead(&upcoming(b));
-    h.enqueue(c).await;
-    h.drain_with(1_000).await;
+    h.deliver(c).await;
     assert_eq!(h.room.consumer_timings().stitched_events, 0);
     // `b`, stitched ahead again while `c` was written, is neither stored nor read.
     let email = RawIdentifier::new(Email, "buyer4@example.org");
@@ -1168,8 +1169,7 @@ async fn a_delivery_other_than_the_one_stitched_ahead_starts_from_the_store(h: H
         .unwrap();
     assert!(h.room.lookup(WS, &email).await.is_err());
     assert_eq!(h.room.cached_profile_of(WS, &key).await, None);
-    h.enqueue(b).await;
-    h.drain_with(1_000).await;
+    h.deliver(b).await;
     let timings = h.room.consumer_timings();
     assert_eq!(
         (timings.events, timings.stitched_events),
@@ -1189,8 +1189,7 @@ async fn a_write_between_stitching_ahead_and_its_delivery_starts_from_the_store(
     let [a, b] = [&outbox[..16], &outbox[16..]];
     h.room.reset_consumer_timings();
     consumer.look_ahead(&upcoming(b));
-    h.enqueue(a).await;
-    h.drain_with(1_000).await;
+    h.deliver(a).await;
     // Shopper 4 (in `b`) is in the graph stitched ahead only; the write links a new
     // identifier to their email.
     let direct = [
@@ -1206,8 +1205,7 @@ async fn a_write_between_stitching_ahead_and_its_delivery_starts_from_the_store(
     h.room.ingest(WS, &[observation]).await.unwrap();
     let view = h.room.lookup(WS, &direct[0]).await.unwrap();
     assert_eq!(view.identifiers.len(), 2, "{view:?}");
-    h.enqueue(b).await;
-    h.drain_with(1_000).await;
+    h.deliver(b).await;
     let timings = h.room.consumer_timings();
     assert_eq!(
         (timings.events, timings.stitched_events),
@@ -1268,8 +1266,7 @@ async fn an_erasure_after_decoding_ahead_is_honoured_by_the_delivery(h: Harness)
     consumer.look_ahead(&upcoming(&outbox));
     consumer.look_ahead_settled().await;
     h.room.reset_consumer_timings();
-    h.enqueue(&outbox).await;
-    h.drain_with(1_000).await;
+    h.deliver(&outbox).await;
     assert_eq!(h.room.consumer_timings().prepared_events, 2);
     // The first shopper's subject is forgotten after its event was decoded ahead.
     let outbox = h.sealed(WS, shoppers(&["anon-3", "anon-4"])).await;
@@ -1277,8 +1274,7 @@ async fn an_erasure_after_decoding_ahead_is_honoured_by_the_delivery(h: Harness)
     consumer.look_ahead_settled().await;
     h.vault.forget(WS, &outbox[0].key).await.unwrap();
     h.room.reset_consumer_timings();
-    h.enqueue(&outbox).await;
-    h.drain_with(1_000).await;
+    h.deliver(&outbox).await;
     let timings = h.room.consumer_timings();
     assert_eq!(
         (timings.events, timings.prepared_events),
